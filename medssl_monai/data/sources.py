@@ -1,0 +1,119 @@
+"""Decode any supported clip source to ``T x H x W x C`` ``uint8`` frames.
+
+Sources: video files (``.avi``, ``.mp4``, ...), frame folders (``00000.jpg``, ``00001.jpg``, ...),
+arrays (``.npy``, ``T x H x W`` or ``T x H x W x C`` ``uint8``) and NIfTI sequences (``.nii``/``.nii.gz``,
+stored ``W x H x T`` as CAMUS does, or ``W x H x 1 x T``).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from medssl_monai.data.video import VIDEO_EXTENSIONS, read_video
+from medssl_monai.errors import DataError, VideoReadError
+
+__all__ = ["decode_frames", "frame_files", "IMAGE_EXTENSIONS", "is_nifti"]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+
+
+def is_nifti(path: str | Path) -> bool:
+    name = str(path).lower()
+    return name.endswith(".nii") or name.endswith(".nii.gz")
+
+
+def _frame_key(p: Path):
+    digits = re.findall(r"\d+", p.stem)
+    return (int(digits[-1]) if digits else -1, p.name)
+
+
+def frame_files(folder: str | Path) -> list[Path]:
+    """Image files of a frame folder in frame order (numeric order of the last number in the name)."""
+    folder = Path(folder)
+    files = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")]
+    return sorted(files, key=_frame_key)
+
+
+def _read_image(path: Path) -> np.ndarray:
+    import cv2
+
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise DataError(path, "cannot be decoded as an image (corrupt or unsupported)")
+    if img.dtype != np.uint8:
+        raise DataError(path, f"expected an 8-bit image, got {img.dtype}")
+    if img.ndim == 2:
+        return img[..., None]
+    if img.shape[-1] == 4:
+        img = img[..., :3]
+    return img[..., ::-1]
+
+
+def _decode_folder(folder: Path) -> np.ndarray:
+    files = frame_files(folder)
+    if not files:
+        raise DataError(folder, f"frame folder holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+    frames = [_read_image(f) for f in files]
+    shapes = {f.shape for f in frames}
+    if len(shapes) != 1:
+        raise DataError(folder, f"frames differ in shape: {sorted(shapes)}")
+    return np.stack(frames)
+
+
+def _decode_npy(path: Path) -> np.ndarray:
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise DataError(path, f"cannot be read as a .npy array ({e})") from e
+    if arr.dtype != np.uint8:
+        raise DataError(path, f"expected uint8 frames, got {arr.dtype}")
+    if arr.ndim == 3:
+        return np.asarray(arr)[..., None]
+    if arr.ndim == 4 and arr.shape[-1] in (1, 3):
+        return np.asarray(arr)
+    raise DataError(path, f"expected T x H x W or T x H x W x C (C in 1, 3), got shape {arr.shape}")
+
+
+def _decode_nifti(path: Path) -> np.ndarray:
+    import nibabel as nib
+
+    try:
+        data = np.asanyarray(nib.load(str(path)).dataobj)
+    except Exception as e:  # nibabel raises several types for corrupt files
+        raise DataError(path, f"cannot be read as NIfTI ({e})") from e
+    if data.ndim == 4 and data.shape[2] == 1:
+        data = data[:, :, 0]
+    if data.ndim != 3:
+        raise DataError(path, f"expected a W x H x T sequence, got shape {data.shape}")
+    if data.dtype != np.uint8:
+        if data.min() < 0 or data.max() > 255:
+            raise DataError(path, f"intensities outside 0..255 ({data.min()}..{data.max()}); expected 8-bit frames")
+        data = data.astype(np.uint8)
+    return np.ascontiguousarray(np.transpose(data, (2, 1, 0))[..., None])  # W x H x T -> T x H x W x 1
+
+
+def decode_frames(path: str | Path, min_frames: int = 1) -> np.ndarray:
+    """Decode a clip source to ``T x H x W x C`` ``uint8``.
+
+    Raises:
+        DataError: (or :class:`VideoReadError`) naming the source and the problem.
+    """
+    path = Path(path)
+    if path.is_dir():
+        frames = _decode_folder(path)
+    elif not path.exists():
+        raise DataError(path, "file not found")
+    elif path.suffix.lower() in VIDEO_EXTENSIONS:
+        return read_video(path, min_frames=min_frames)
+    elif path.suffix.lower() == ".npy":
+        frames = _decode_npy(path)
+    elif is_nifti(path):
+        frames = _decode_nifti(path)
+    else:
+        raise DataError(path, f"unsupported clip source (expected a video {VIDEO_EXTENSIONS}, a frame folder, .npy or NIfTI)")
+    if frames.shape[0] < min_frames:
+        raise VideoReadError(path, f"too few frames: {frames.shape[0]}, at least {min_frames} needed")
+    return frames

@@ -1,0 +1,3 @@
+"""engines for medssl_monai."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""evaluation for medssl_monai."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""losses for medssl_monai."""
+
+from __future__ import annotations

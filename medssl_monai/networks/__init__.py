@@ -1,0 +1,3 @@
+"""networks for medssl_monai."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""transforms for medssl_monai."""
+
+from __future__ import annotations
