@@ -90,7 +90,7 @@ class ClipCache:
             return np.load(entry, mmap_mode="r")
         except FileNotFoundError:
             pass
-        except ValueError:  # unreadable entry (disk trouble): rebuild it
+        except (ValueError, EOFError):  # unreadable entry (disk trouble; numpy raises EOFError when empty): rebuild
             entry.unlink(missing_ok=True)
         frames = np.ascontiguousarray(self.decoder(path))
         self._write(entry, frames)

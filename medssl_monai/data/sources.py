@@ -113,7 +113,8 @@ def decode_frames(path: str | Path, min_frames: int = 1) -> np.ndarray:
     elif is_nifti(path):
         frames = _decode_nifti(path)
     else:
-        raise DataError(path, f"unsupported clip source (expected a video {VIDEO_EXTENSIONS}, a frame folder, .npy or NIfTI)")
+        expected = f"a video {VIDEO_EXTENSIONS}, a frame folder, .npy or NIfTI"
+        raise DataError(path, f"unsupported clip source (expected {expected})")
     if frames.shape[0] < min_frames:
         raise VideoReadError(path, f"too few frames: {frames.shape[0]}, at least {min_frames} needed")
     return frames

@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from medssl_monai.networks.unet import UniLVSegUNet
+
+
+def _count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_default_3d_shape_and_parameter_count() -> None:
+    torch.manual_seed(0)
+    net = UniLVSegUNet().eval()
+    # the reference UNet3D rebuilt from MONAI blocks has exactly this many parameters
+    assert _count(net) == 18_832_525
+    x = torch.randn(1, 3, 32, 64, 64)
+    with torch.no_grad():
+        y = net(x)
+        feats = net.encoder_features(x)
+        emb = net.embed(x)
+    assert y.shape == (1, 1, 32, 64, 64)
+    assert feats.shape == (1, 256, 2, 4, 4)
+    assert emb.shape == (1, 256)
+    torch.testing.assert_close(emb, feats.mean(dim=(2, 3, 4)))
+
+
+def test_2d_super_image_variant() -> None:
+    net = UniLVSegUNet(spatial_dims=2, channels=((4, 4), (8, 8), (16,))).eval()
+    with torch.no_grad():
+        y = net(torch.randn(2, 3, 32, 48))
+    assert y.shape == (2, 1, 32, 48)
+    assert _count(UniLVSegUNet(spatial_dims=2)) == 6_338_779
+
+
+def test_custom_plan_channels_last_and_backward() -> None:
+    net = UniLVSegUNet(channels=((4,), (8, 8), (16,)), out_channels=2)
+    x = torch.randn(2, 3, 4, 8, 12).to(memory_format=torch.channels_last_3d)
+    y = net(x)
+    assert y.shape == (2, 2, 4, 8, 12)
+    y.mean().backward()
+    assert all(p.grad is not None for p in net.parameters())
+
+
+@pytest.mark.parametrize(
+    "shape, match",
+    [((1, 3, 30, 64, 64), "divisible by 16"), ((1, 1, 32, 64, 64), "3 input channels"), ((3, 32, 64, 64), "B x C")],
+)
+def test_bad_input_raises(shape: tuple[int, ...], match: str) -> None:
+    net = UniLVSegUNet()
+    with pytest.raises(ValueError, match=match):
+        net(torch.zeros(shape))
+
+
+def test_bad_plan_raises() -> None:
+    with pytest.raises(ValueError, match="two non-empty stages"):
+        UniLVSegUNet(channels=((16,),))
+    with pytest.raises(ValueError, match="spatial_dims"):
+        UniLVSegUNet(spatial_dims=1)
