@@ -1,0 +1,52 @@
+"""All four synthetic datasets at once, in named sizes (``tiny`` for tests, ``small`` for the demo default)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from medssl_monai.data.synthetic.camus import make_camus
+from medssl_monai.data.synthetic.echonet import make_echonet
+from medssl_monai.data.synthetic.timed_series import make_timed_series
+from medssl_monai.data.synthetic.ultrasound import make_frame_folders
+
+__all__ = ["SIZES", "make_all"]
+
+# Keyword arguments of each generator per size. "tiny" keeps each test in a second or two on a 2-core CPU;
+# "small" is what the bundles' demos run on. Larger datasets: call the generators directly.
+SIZES: dict[str, dict[str, dict]] = {
+    "tiny": {
+        "echonet": {"num_videos": 6, "fps": 25.0, "min_frames": 40, "max_frames": 48},
+        "camus": {"num_patients": 3},
+        "ultrasound": {"num_videos": 6, "num_frames": (12, 16), "image_size": 64},
+        "timed_series": {"num_subjects": 12, "min_visits": 3, "max_visits": 4},
+    },
+    "small": {
+        "echonet": {},
+        "camus": {},
+        "ultrasound": {},
+        "timed_series": {},
+    },
+}
+
+_MAKERS = {
+    "echonet": make_echonet,
+    "camus": make_camus,
+    "ultrasound": make_frame_folders,
+    "timed_series": make_timed_series,
+}
+
+
+def make_all(root: str | Path, seed: int = 0, size: str = "small") -> dict[str, Path]:
+    """Write ``root/{echonet,camus,ultrasound,timed_series}``; each is skipped if already complete.
+
+    Every dataset is written to a temporary folder, its ``.synthetic.json`` marker last, then renamed into place,
+    so a second call with the same ``seed`` and ``size`` rewrites nothing and an interrupted call leaves nothing
+    that looks complete.
+
+    Returns:
+        dataset name -> its folder.
+    """
+    if size not in SIZES:
+        raise ValueError(f"size must be one of {sorted(SIZES)}, got {size!r}")
+    root = Path(root)
+    return {name: maker(root / name, seed=seed, **SIZES[size][name]) for name, maker in _MAKERS.items()}
