@@ -33,7 +33,13 @@ from medssl_monai.transforms.intensity import RandClipCLAHEd, RandClipColorJitte
 from medssl_monai.transforms.io import LoadClipd, LoadTracingMaskd
 from medssl_monai.transforms.spatial import ClipConsistentd
 
-__all__ = ["unilvseg_train_transforms", "unilvseg_eval_transforms", "ssl_clip_transforms", "simlvseg_augmentation"]
+__all__ = [
+    "unilvseg_train_transforms",
+    "unilvseg_eval_transforms",
+    "ssl_clip_transforms",
+    "simlvseg_augmentation",
+    "video_transforms",
+]
 
 
 def _resize(keys: list[str], spatial_size: int | Sequence[int], time_keys: tuple[str, ...]) -> ClipConsistentd:
@@ -233,4 +239,22 @@ def ssl_clip_transforms(
         ts += simlvseg_augmentation(image_key, None, rotate_degrees, pad, crop, jitter_prob, clahe_prob)
     else:
         ts.append(_center_pad_or_crop([image_key], crop, (image_key,)))
+    return Compose(ts)
+
+
+def video_transforms(
+    image_key: str = "image",
+    cache: ClipCache | bool | None = None,
+    cache_dir: str | Path | None = None,
+    channels: int | None = 3,
+    spatial_size: int | Sequence[int] | None = None,
+) -> Compose:
+    """Whole-video inference: every frame (``C x T x H x W`` uint8), optionally resized to the training size.
+
+    Used with :class:`~medssl_monai.engines.inferers.VideoSlidingWindowInferer` (UniLVSeg inference and the
+    EF-from-masks evaluation), which slides the training window over the whole video.
+    """
+    ts: list = [LoadClipd(keys=image_key, mode="all", cache=cache, cache_dir=cache_dir, channels=channels)]
+    if spatial_size is not None:
+        ts.append(_resize([image_key], spatial_size, (image_key,)))
     return Compose(ts)

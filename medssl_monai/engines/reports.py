@@ -1,0 +1,359 @@
+"""Evaluation and inference writers attached to MONAI evaluators (UniLVSeg evaluate / inference, methods.md section 2).
+
+- :class:`TracedFrameReport`: per traced frame Dice, pooled Dice overall/ED/ES with bootstrap intervals, a
+  per-frame CSV, a JSON summary, a Dice histogram and overlays of the worst and best frames.
+- :class:`VideoEFReport`: EF from whole-video predicted masks against the true EF (MAE, RMSE, correlation with
+  bootstrap intervals), a per-video CSV, Bland-Altman and scatter plots.
+- :class:`VideoMaskWriter`: whole-video inference outputs: a mask for every frame (NIfTI), an overlay video,
+  the LV area curve (CSV and PNG) and the EF estimated from the masks (JSON).
+
+All gather on the evaluator's process and write on :meth:`completed`; under DDP run evaluation on one rank.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from ignite.engine import Engine, Events
+
+from medssl_monai.evaluation.bootstrap import bootstrap_ci, dice_summary
+from medssl_monai.evaluation.ef import ef_from_masks
+from medssl_monai.evaluation.plots import (
+    plot_area_curve,
+    plot_bland_altman,
+    plot_dice_histogram,
+    plot_overlays,
+    plot_scatter,
+)
+from medssl_monai.evaluation.segmentation import frame_dice, frame_overlap
+
+__all__ = ["TracedFrameReport", "VideoEFReport", "VideoMaskWriter", "update_json", "format_dice_table"]
+
+logger = logging.getLogger(__name__)
+
+
+def update_json(path: str | Path, updates: dict) -> Path:
+    """Merge ``updates`` into the JSON object at ``path`` and write it atomically (the old file survives a crash)."""
+    path = Path(path)
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    data.update(updates)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=float))
+    os.replace(tmp, path)
+    return path
+
+
+def _list(value, n: int) -> list:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().reshape(-1).tolist()
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value] * n
+
+
+def format_dice_table(summary: dict) -> str:
+    """Markdown rows of a ``dice`` summary: pooled Dice with the true 95% and the reference's 90% interval."""
+    rows = [
+        '| subset | frames | pooled Dice | 95% CI (2.5-97.5) | reference "95% CI" (5-95, a 90% interval) |',
+        "| --- | ---: | ---: | --- | --- |",
+    ]
+    for name, r in summary.items():
+        rows.append(
+            f"| {name} | {r['frames']} | {100 * r['estimate']:.2f} | {100 * r['ci_low']:.2f}-{100 * r['ci_high']:.2f} "
+            f"| {100 * r['reference_90_low']:.2f}-{100 * r['reference_90_high']:.2f} |"
+        )
+    return "\n".join(rows)
+
+
+class TracedFrameReport:
+    """Collect the traced-frame predictions of an evaluator and write the UniLVSeg Dice report.
+
+    Expects ``engine.state.output`` with ``pred`` (``B x 1 x H x W`` logits at the traced frame, from
+    :class:`~medssl_monai.engines.inferers.TracedFrameInferer`) and ``label`` (``B x 1 x H x W``), and the batch
+    with ``video_id``, ``phase``, ``frame_index``, ``image`` (the uint8 clip) and ``target_index``.
+
+    Args:
+        output_dir: where ``per_frame_dice.csv``, ``summary.json`` and the PNGs go.
+        n_resamples: bootstrap resamples (the reference: 10,000).
+        num_overlays: frames in each of the worst and best overlay montages.
+        seed: bootstrap seed.
+    """
+
+    def __init__(self, output_dir: str | Path, n_resamples: int = 10000, num_overlays: int = 8, seed: int = 0) -> None:
+        self.output_dir = Path(output_dir)
+        self.n_resamples = n_resamples
+        self.num_overlays = num_overlays
+        self.seed = seed
+        self.summary: dict = {}
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self.reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.iteration_completed)
+        engine.add_event_handler(Events.COMPLETED, self.completed)
+
+    def reset(self, engine: Engine | None = None) -> None:
+        self.rows: list[dict] = []
+        self.frames: list[np.ndarray] = []
+        self.preds: list[np.ndarray] = []
+        self.labels: list[np.ndarray] = []
+
+    def iteration_completed(self, engine: Engine) -> None:
+        out, batch = engine.state.output, engine.state.batch
+        pred = out["pred"].detach().float().cpu()[:, 0]
+        label = out["label"].detach().cpu()[:, 0]
+        inter, psum, tsum = frame_overlap(pred.numpy(), label.numpy() > 0.5)
+        n = pred.shape[0]
+        image = torch.as_tensor(batch["image"])
+        idx = torch.as_tensor(batch["target_index"]).long().reshape(-1)
+        frames = image[torch.arange(n), 0, idx].cpu().numpy()
+        ids, phases, fidx = (_list(batch.get(k), n) for k in ("video_id", "phase", "frame_index"))
+        for b in range(n):
+            self.rows.append(
+                {
+                    "video_id": ids[b],
+                    "phase": phases[b],
+                    "frame_index": fidx[b],
+                    "inter": int(inter[b]),
+                    "pred_sum": int(psum[b]),
+                    "true_sum": int(tsum[b]),
+                }
+            )
+        self.frames.extend(frames)
+        self.preds.extend((pred > 0).numpy().astype(np.uint8))
+        self.labels.extend((label > 0.5).numpy().astype(np.uint8))
+
+    def completed(self, engine: Engine) -> None:
+        if not self.rows:
+            logger.warning("TracedFrameReport: no frames were evaluated")
+            return
+        df = pd.DataFrame(self.rows)
+        df["dice"] = frame_dice(df["inter"], df["pred_sum"], df["true_sum"])
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        df.to_csv(self.output_dir / "per_frame_dice.csv", index=False)
+        results = dice_summary(
+            df["inter"], df["pred_sum"], df["true_sum"], df["phase"], n_resamples=self.n_resamples, seed=self.seed
+        )
+        self.summary = {}
+        for name, r in results.items():
+            frames = len(df) if name == "overall" else int((df["phase"] == name).sum())
+            self.summary[name] = {**r.as_dict(), "frames": frames}
+        update_json(self.output_dir / "summary.json", {"dice": self.summary})
+        plot_dice_histogram(df["dice"].to_numpy(), self.output_dir / "dice_histogram.png")
+        order = np.argsort(df["dice"].to_numpy(), kind="stable")
+        k = min(self.num_overlays, len(order))
+        for name, sel in (("worst", order[:k]), ("best", order[::-1][:k])):
+            titles = [f"{df.video_id[i]} {df.phase[i]} f{df.frame_index[i]} Dice {df.dice[i]:.3f}" for i in sel]
+            plot_overlays(
+                [self.frames[i] for i in sel],
+                [self.preds[i] for i in sel],
+                [self.labels[i] for i in sel],
+                titles,
+                self.output_dir / f"overlays_{name}.png",
+            )
+        logger.info("Pooled Dice (traced frames):\n%s", format_dice_table(self.summary))
+
+
+class VideoEFReport:
+    """EF from the predicted masks of whole videos against the true EF (batch size 1, ``pred`` ``1 x 1 x T x H x W``).
+
+    Args:
+        output_dir: where ``per_video_ef.csv``, ``summary.json`` (key ``ef``) and the plots go.
+        ef_key: batch key of the true EF.
+        method: volume method of :func:`~medssl_monai.evaluation.ef.ef_from_masks` (``area_length`` or ``discs``).
+        min_distance: minimum frames between beats (EchoNet: 20 at 50 fps).
+        n_resamples: bootstrap resamples for the intervals.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | Path,
+        ef_key: str = "ef",
+        method: str = "area_length",
+        min_distance: int = 20,
+        n_resamples: int = 10000,
+        seed: int = 0,
+    ) -> None:
+        self.output_dir = Path(output_dir)
+        self.ef_key = ef_key
+        self.method = method
+        self.min_distance = min_distance
+        self.n_resamples = n_resamples
+        self.seed = seed
+        self.summary: dict = {}
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self.reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.iteration_completed)
+        engine.add_event_handler(Events.COMPLETED, self.completed)
+
+    def reset(self, engine: Engine | None = None) -> None:
+        self.rows: list[dict] = []
+
+    def iteration_completed(self, engine: Engine) -> None:
+        pred, batch = engine.state.output["pred"].detach().float().cpu(), engine.state.batch
+        n = pred.shape[0]
+        ids, efs = _list(batch.get("video_id"), n), _list(batch.get(self.ef_key), n)
+        for b in range(n):
+            masks = (pred[b, 0] > 0).numpy()
+            try:
+                res = ef_from_masks(masks, method=self.method, min_distance=self.min_distance)
+            except ValueError as e:  # an empty prediction: reported, not fatal
+                logger.warning("VideoEFReport: %s: %s", ids[b], e)
+                self.rows.append({"video_id": ids[b], "ef_true": efs[b], "ef_pred": float("nan"), "beats": 0})
+                continue
+            self.rows.append(
+                {
+                    "video_id": ids[b],
+                    "ef_true": float(efs[b]),
+                    "ef_pred": res.ef,
+                    "beats": len(res.beats),
+                    "ed_frames": " ".join(map(str, res.ed_frames)),
+                    "es_frames": " ".join(map(str, res.es_frames)),
+                }
+            )
+
+    def completed(self, engine: Engine) -> None:
+        if not self.rows:
+            return
+        df = pd.DataFrame(self.rows)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        df.to_csv(self.output_dir / "per_video_ef.csv", index=False)
+        ok = df.dropna(subset=["ef_pred", "ef_true"])
+        t, p = ok["ef_true"].to_numpy(float), ok["ef_pred"].to_numpy(float)
+        self.summary = {"videos": len(df), "videos_without_mask": int(len(df) - len(ok))}
+        if len(ok) >= 2:
+            stats = {
+                "mae": lambda a, b: np.mean(np.abs(a - b), axis=-1),
+                "rmse": lambda a, b: np.sqrt(np.mean((a - b) ** 2, axis=-1)),
+                "pearson_r": _pearson,
+            }
+            for name, fn in stats.items():
+                r = bootstrap_ci(fn, t, p, n_resamples=self.n_resamples, seed=self.seed)
+                self.summary[name] = r.as_dict()
+            plot_bland_altman(t, p, self.output_dir / "ef_bland_altman.png", title="EF from masks vs true EF")
+            plot_scatter(t, p, self.output_dir / "ef_scatter.png", title="EF from masks", unit="%")
+            logger.info(
+                "EF from masks: MAE %.2f, RMSE %.2f, r %.3f over %d videos",
+                self.summary["mae"]["estimate"],
+                self.summary["rmse"]["estimate"],
+                self.summary["pearson_r"]["estimate"],
+                len(ok),
+            )
+        update_json(self.output_dir / "summary.json", {"ef": self.summary})
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a - a.mean(axis=-1, keepdims=True)
+    b = b - b.mean(axis=-1, keepdims=True)
+    den = np.sqrt((a**2).sum(axis=-1) * (b**2).sum(axis=-1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (a * b).sum(axis=-1) / den
+
+
+class VideoMaskWriter:
+    """Write whole-video inference outputs per video (batch size 1 or more, ``pred`` ``B x 1 x T x H x W`` logits).
+
+    Per video ``<id>``: ``<id>_mask.nii.gz`` (uint8 {0, 1}, stored ``W x H x T`` like CAMUS sequences, so
+    :func:`medssl_monai.data.sources.decode_frames` reads it back as ``T x H x W``), ``<id>_overlay.avi`` (the video
+    with the mask outline in red), ``<id>_area.csv`` and ``<id>_area.png`` (LV area per frame with ED/ES marked),
+    and ``<id>_ef.json`` (EF from the masks, beats). ``predictions.csv`` lists every video.
+
+    Args:
+        output_dir: the output folder.
+        write_video: write the overlay AVI.
+        method, min_distance: EF estimation (see :class:`VideoEFReport`).
+        fps: overlay frame rate when the batch gives none.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | Path,
+        write_video: bool = True,
+        method: str = "area_length",
+        min_distance: int = 20,
+        fps: float = 50.0,
+    ) -> None:
+        self.output_dir = Path(output_dir)
+        self.write_video = write_video
+        self.method = method
+        self.min_distance = min_distance
+        self.fps = fps
+        self.rows: list[dict] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.iteration_completed)
+        engine.add_event_handler(Events.COMPLETED, self.completed)
+
+    def iteration_completed(self, engine: Engine) -> None:
+        import nibabel as nib
+
+        from medssl_monai.data.video import write_video
+
+        pred, batch = engine.state.output["pred"].detach().float().cpu(), engine.state.batch
+        n = pred.shape[0]
+        ids = _list(batch.get("video_id", batch.get("image_meta_dict", {}).get("filename_or_obj")), n)
+        fps = _list(batch.get("fps", self.fps), n)
+        image = torch.as_tensor(batch["image"]).cpu()
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        for b in range(n):
+            vid = Path(str(ids[b])).name.split(".")[0]
+            masks = (pred[b, 0] > 0).numpy().astype(np.uint8)  # T x H x W
+            nib.save(
+                nib.Nifti1Image(np.ascontiguousarray(masks.transpose(2, 1, 0)), np.eye(4)),
+                str(self.output_dir / f"{vid}_mask.nii.gz"),
+            )
+            row = {"video_id": vid, "frames": int(masks.shape[0]), "mask_pixels_mean": float(masks.sum((1, 2)).mean())}
+            area = masks.sum(axis=(1, 2)).astype(float)
+            try:
+                res = ef_from_masks(masks, method=self.method, min_distance=self.min_distance)
+                row.update(ef=res.ef, beats=len(res.beats))
+                (self.output_dir / f"{vid}_ef.json").write_text(
+                    json.dumps(
+                        {"video_id": vid, "ef": res.ef, "method": res.method, "beats": [vars(bt) for bt in res.beats]},
+                        indent=2,
+                        default=float,
+                    )
+                )
+                plot_area_curve(
+                    area,
+                    res.ed_frames,
+                    res.es_frames,
+                    self.output_dir / f"{vid}_area.png",
+                    title=f"{vid}: LV area (EF {res.ef:.1f}%)",
+                )
+            except ValueError as e:
+                logger.warning("VideoMaskWriter: %s: no EF (%s)", vid, e)
+                row.update(ef=float("nan"), beats=0)
+            pd.DataFrame({"frame": np.arange(len(area)), "lv_area_pixels": area}).to_csv(
+                self.output_dir / f"{vid}_area.csv", index=False
+            )
+            if self.write_video:
+                write_video(self.output_dir / f"{vid}_overlay.avi", _overlay(image[b], masks), fps=float(fps[b]))
+            self.rows.append(row)
+
+    def completed(self, engine: Engine) -> None:
+        if self.rows:
+            pd.DataFrame(self.rows).to_csv(self.output_dir / "predictions.csv", index=False)
+            logger.info("VideoMaskWriter: wrote masks for %d videos to %s", len(self.rows), self.output_dir)
+
+
+def _overlay(clip: torch.Tensor, masks: np.ndarray) -> np.ndarray:
+    """``C x T x H x W`` uint8 clip and ``T x H x W`` masks -> ``T x H x W x 3`` RGB frames with a red outline."""
+    from scipy.ndimage import binary_erosion
+
+    frames = clip.numpy()
+    if frames.dtype != np.uint8:
+        frames = np.clip(frames, 0, 255).astype(np.uint8)
+    rgb = np.repeat(frames[:1], 3, axis=0) if frames.shape[0] == 1 else frames[:3]
+    rgb = np.ascontiguousarray(np.moveaxis(rgb, 0, -1))  # T x H x W x 3
+    m = masks.astype(bool)
+    edge = m & ~binary_erosion(m, structure=np.ones((1, 3, 3), bool))
+    rgb[edge] = (255, 0, 0)
+    return rgb
