@@ -125,11 +125,12 @@ class CLI:
             "mean_intensity": float(frames.mean()),
         }
 
-    def demo(self, root: str = "data", seed: int = 0, size: str = "small", out_dir: str = "runs/demo") -> None:
+    def demo(self, root: str = "data", seed: int = 0, size: str = "small", out_dir: str = "runs/demo",
+             log_level: str = "WARNING") -> None:
         """The README's main job on the synthetic data (see :mod:`medssl_monai.demo`)."""
         from medssl_monai.demo import run_demo
 
-        _setup_logging()
+        _setup_logging(log_level)
         run_demo(root=root, seed=seed, size=size, out_dir=out_dir)
 
 

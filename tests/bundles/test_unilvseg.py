@@ -1,0 +1,78 @@
+"""UniLVSeg specifics beyond the generic bundle test: SSL weights feed segmentation, and the 2D super-image config."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from monai.bundle import ConfigWorkflow
+
+from medssl_monai.bundle_tools import load_state_dict
+
+ROOT = Path(__file__).resolve().parents[2] / "bundles"
+
+
+def _copy(name: str, tmp: Path) -> Path:
+    dst = tmp / name
+    shutil.copytree(ROOT / name, dst, ignore=shutil.ignore_patterns("models", "runs", "eval"))
+    return dst
+
+
+def _run(bundle: Path, configs: list[str], **overrides) -> ConfigWorkflow:
+    wf = ConfigWorkflow(
+        config_file=[str(bundle / "configs" / c) for c in configs],
+        workflow_type="train",
+        logging_file=False,
+        **overrides,
+    )
+    wf.initialize()
+    assert wf.check_properties() == []
+    wf.run()
+    wf.finalize()
+    return wf
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", [[], ["superimage.yaml"]], ids=["3d", "superimage"])
+def test_pretraining_initialises_segmentation(variant, tiny_data, tmp_path):
+    ssl, seg = _copy("unilvseg_echo_ssl_pretraining", tmp_path), _copy("unilvseg_echo_lv_segmentation", tmp_path)
+    common = {
+        "dataset_dir": str(tiny_data["echonet"]),
+        "cache_dir": str(tmp_path / "cache"),
+        "epochs": 1,
+        "num_workers": 0,
+        "batch_size": 2,
+    }
+    _run(ssl, ["train.yaml", "small.yaml", *variant], bundle_root=str(ssl), **common)
+    pretrained = load_state_dict(ssl / "models" / "model.pt")
+    if variant:
+        assert any(k.startswith("network.") for k in pretrained), "the super-image net wraps a 2D UNet"
+        assert next(v for k, v in pretrained.items() if v.ndim == 4 and "conv" in k).ndim == 4  # 2D kernels
+
+    # epochs=0 after loading: the segmentation network must hold exactly the pretrained weights
+    wf = ConfigWorkflow(
+        config_file=[str(seg / "configs" / c) for c in ["train.yaml", "small.yaml", *variant]],
+        workflow_type="train",
+        logging_file=False,
+        bundle_root=str(seg),
+        pretrained_ckpt=str(ssl / "models" / "model.pt"),
+        **common,
+    )
+    wf.initialize()
+    loader = next(h for h in wf.parser.get_parsed_content("train#handlers") if type(h).__name__ == "CheckpointLoader")
+    trainer = wf.parser.get_parsed_content("train#trainer")
+    loader(trainer)
+    state = wf.parser.get_parsed_content("network_def").state_dict()
+    for k, v in pretrained.items():
+        torch.testing.assert_close(state[k], v)
+
+    _run(
+        seg,
+        ["train.yaml", "small.yaml", *variant],
+        bundle_root=str(seg),
+        pretrained_ckpt=str(ssl / "models" / "model.pt"),
+        **common,
+    )
+    assert (seg / "models" / "model.pt").is_file()
