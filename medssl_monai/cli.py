@@ -126,12 +126,12 @@ class CLI:
         }
 
     def demo(self, root: str = "data", seed: int = 0, size: str = "small", out_dir: str = "runs/demo",
-             log_level: str = "WARNING") -> None:
+             ssl_epochs: int | None = None, seg_epochs: int | None = None, log_level: str = "WARNING") -> None:
         """The README's main job on the synthetic data (see :mod:`medssl_monai.demo`)."""
         from medssl_monai.demo import run_demo
 
         _setup_logging(log_level)
-        run_demo(root=root, seed=seed, size=size, out_dir=out_dir)
+        run_demo(root=root, seed=seed, size=size, out_dir=out_dir, ssl_epochs=ssl_epochs, seg_epochs=seg_epochs)
 
 
 def main() -> None:
