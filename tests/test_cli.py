@@ -1,0 +1,47 @@
+"""The ``python -m medssl_monai`` command line: synth, cache, inspect."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from medssl_monai.cli import CLI, detect_dataset
+
+
+def test_detect_dataset_kinds(tiny_data):
+    assert {k: detect_dataset(v) for k, v in tiny_data.items()} == {
+        "echonet": "echonet",
+        "camus": "camus",
+        "ultrasound": "frame_folders",
+        "timed_series": "timed_series",
+    }
+
+
+def test_detect_dataset_rejects_unknown_folder(tmp_path):
+    with pytest.raises(ValueError, match=str(tmp_path)):
+        detect_dataset(tmp_path)
+
+
+def test_cache_then_inspect(tiny_data, tmp_path):
+    cli = CLI()
+    first = cli.cache(root=str(tiny_data["echonet"]), cache_dir=str(tmp_path / "c"), num_workers=0)
+    assert first["built"] == 6 and first["failed"] == 0
+    again = cli.cache(root=str(tiny_data["echonet"]), cache_dir=str(tmp_path / "c"), num_workers=0)
+    assert again == {"built": 0, "cached": 6, "failed": 0}
+    info = cli.inspect(str(tiny_data["echonet"]))
+    assert info["reader"] == "echonet" and info["items"] == 6
+    video = next(Path(tiny_data["echonet"], "Videos").glob("*.avi"))
+    frames = cli.inspect(str(video))
+    assert frames["shape_THWC"][1:] == [112, 112, 3]
+
+
+def test_module_entry_point_synth_is_idempotent(tmp_path):
+    cmd = [sys.executable, "-m", "medssl_monai", "synth", "--root", str(tmp_path), "--size", "tiny"]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+    marker = tmp_path / "echonet" / ".synthetic.json"
+    mtime = marker.stat().st_mtime_ns
+    subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+    assert marker.stat().st_mtime_ns == mtime
