@@ -16,6 +16,7 @@ import numpy as np
 from medssl_monai.errors import DataError
 
 __all__ = [
+    "progress",
     "MARKER_NAME",
     "FORMAT_VERSION",
     "item_rng",
@@ -194,3 +195,10 @@ def write_dataset(root: str | Path, generator: str, params: dict, writer: Callab
         raise
     logger.info("%s: wrote synthetic %s dataset", root, generator)
     return root
+
+
+def progress(iterable, total: int, desc: str):
+    """A tqdm progress bar over a generator's items (shown on terminals only, so logs and CI stay clean)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, leave=False, disable=None)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medssl_monai.data.synthetic._common import item_rng, write_dataset
+from medssl_monai.data.synthetic._common import item_rng, progress, write_dataset
 from medssl_monai.data.synthetic.echonet import ECHONET_DEPTH_CM, NUM_CHORDS, systole_fraction
 from medssl_monai.data.synthetic.heart import HeartRenderer, contraction_curve, lv_tracing, sample_heart
 from medssl_monai.data.tracings import disc_volume
@@ -96,7 +96,7 @@ def make_camus(
 
     def writer(out: Path) -> None:
         truth = []
-        for k in range(1, num_patients + 1):
+        for k in progress(range(1, num_patients + 1), num_patients, "camus"):
             pat = synthesize_camus_patient(seed, k, (height, width))
             name = f"patient{k:04d}"
             folder = out / name

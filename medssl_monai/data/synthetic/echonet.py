@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medssl_monai.data.synthetic._common import assign_splits, item_rng, write_dataset
+from medssl_monai.data.synthetic._common import assign_splits, item_rng, progress, write_dataset
 from medssl_monai.data.synthetic.heart import (
     ABNORMALITIES,
     HeartParams,
@@ -235,7 +235,7 @@ def make_echonet(
         splits = assign_splits(meta_rng, num_videos, split_fractions)
         spacing = echonet_pixel_spacing(image_size)
         files, tracings, truth = [], [], []
-        for i, (name, abnormality, split) in enumerate(zip(names, plan, splits)):
+        for i, (name, abnormality, split) in progress(enumerate(zip(names, plan, splits)), len(names), "echonet"):
             video = synthesize_echo_video(seed, i, abnormality, image_size, fps, min_frames, max_frames)
             write_video(out / "Videos" / f"{name}.avi", video.frames, fps=fps)
             volumes = {}

@@ -29,6 +29,7 @@ from medssl_monai.data.synthetic._common import (
     assign_splits,
     complex_speckle,
     item_rng,
+    progress,
     smooth_noise,
     speckle_amplitude,
     write_dataset,
@@ -178,7 +179,7 @@ def make_timed_series(
         group_splits = assign_splits(meta, num_groups, split_fractions)
         series, truth = [], []
         next_id = 0
-        for g in range(num_groups):
+        for g in progress(range(num_groups), num_groups, "timed series"):
             rng = item_rng(seed, "timed", g)
             subject = sample_subject(rng, threshold, horizon, min_visits, max_visits)
             anatomy = _Anatomy(rng, image_size)

@@ -29,6 +29,7 @@ from medssl_monai.data.synthetic._common import (
     _cv2,
     complex_speckle,
     item_rng,
+    progress,
     sector_geometry,
     smooth_noise,
     speckle_amplitude,
@@ -189,7 +190,7 @@ def make_frame_folders(
         labels = meta.permutation(np.arange(num_videos) % len(classes))
         lengths = meta.integers(lo, hi + 1, num_videos)
         rows = []
-        for k in range(num_videos):
+        for k in progress(range(num_videos), num_videos, "ultrasound"):
             name = f"Video_{k + 1}"
             label = int(labels[k])
             frames = synthesize_sweep(seed, k, classes[label], int(lengths[k]), image_size)
