@@ -72,7 +72,31 @@ def format_dice_table(summary: dict) -> str:
     return "\n".join(rows)
 
 
-class TracedFrameReport:
+class _Report:
+    """An evaluator handler that collects rows per iteration and writes files when the evaluator completes."""
+
+    def __init__(self, output_dir: str | Path, n_resamples: int = 10000, seed: int = 0) -> None:
+        self.output_dir = Path(output_dir)
+        self.n_resamples = n_resamples
+        self.seed = seed
+        self.summary: dict = {}
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self.reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.iteration_completed)
+        engine.add_event_handler(Events.COMPLETED, self.completed)
+
+    def reset(self, engine: Engine | None = None) -> None:
+        self.rows: list[dict] = []
+
+    def iteration_completed(self, engine: Engine) -> None:
+        raise NotImplementedError
+
+    def completed(self, engine: Engine) -> None:
+        raise NotImplementedError
+
+
+class TracedFrameReport(_Report):
     """Collect the traced-frame predictions of an evaluator and write the UniLVSeg Dice report.
 
     Expects ``engine.state.output`` with ``pred`` (``B x 1 x H x W`` logits at the traced frame, from
@@ -87,19 +111,11 @@ class TracedFrameReport:
     """
 
     def __init__(self, output_dir: str | Path, n_resamples: int = 10000, num_overlays: int = 8, seed: int = 0) -> None:
-        self.output_dir = Path(output_dir)
-        self.n_resamples = n_resamples
+        super().__init__(output_dir, n_resamples, seed)
         self.num_overlays = num_overlays
-        self.seed = seed
-        self.summary: dict = {}
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.STARTED, self.reset)
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self.iteration_completed)
-        engine.add_event_handler(Events.COMPLETED, self.completed)
 
     def reset(self, engine: Engine | None = None) -> None:
-        self.rows: list[dict] = []
+        super().reset(engine)
         self.frames: list[np.ndarray] = []
         self.preds: list[np.ndarray] = []
         self.labels: list[np.ndarray] = []
@@ -160,7 +176,7 @@ class TracedFrameReport:
         logger.info("Pooled Dice (traced frames):\n%s", format_dice_table(self.summary))
 
 
-class VideoEFReport:
+class VideoEFReport(_Report):
     """EF from the predicted masks of whole videos against the true EF (batch size 1, ``pred`` ``1 x 1 x T x H x W``).
 
     Args:
@@ -180,21 +196,10 @@ class VideoEFReport:
         n_resamples: int = 10000,
         seed: int = 0,
     ) -> None:
-        self.output_dir = Path(output_dir)
+        super().__init__(output_dir, n_resamples, seed)
         self.ef_key = ef_key
         self.method = method
         self.min_distance = min_distance
-        self.n_resamples = n_resamples
-        self.seed = seed
-        self.summary: dict = {}
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.STARTED, self.reset)
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self.iteration_completed)
-        engine.add_event_handler(Events.COMPLETED, self.completed)
-
-    def reset(self, engine: Engine | None = None) -> None:
-        self.rows: list[dict] = []
 
     def iteration_completed(self, engine: Engine) -> None:
         pred, batch = engine.state.output["pred"].detach().float().cpu(), engine.state.batch
