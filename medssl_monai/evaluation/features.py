@@ -1,0 +1,217 @@
+"""Frozen clip features of a pretrained encoder and the DISCOVR feature evaluation (kNN, linear probe, anomaly).
+
+Features are the CLS embedding of DISCOVR's *video teacher* (``run_discovr_encoder.py``, methods.md section 3):
+the pretraining bundle saves the teacher as ``models/model.pt``, loadable into its ``network_def``
+(:class:`~medssl_monai.networks.videovit.VideoViT`, whose ``forward`` returns that CLS).
+
+:func:`evaluate_features` fits on one split and scores another:
+
+- kNN ("zero-shot") and linear-probe classification of ``Abnormal`` (AUROC, AP, balanced accuracy),
+- one-class anomaly detection fit on the *normal* clips of the fitting split only (kNN distance; AUROC, AP),
+
+with paired percentile bootstrap intervals. :class:`FeatureEvaluationHandler` collects features from a MONAI
+``SupervisedEvaluator`` (``pred`` = features) and runs it when the evaluator completes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from sklearn.metrics import balanced_accuracy_score
+
+from medssl_monai.engines.prepare import ClipPrepareBatch
+from medssl_monai.evaluation.anomaly import binary_score_metrics, knn_anomaly_scores
+from medssl_monai.evaluation.knn import knn_predict_proba, linear_probe_predict_proba
+
+__all__ = ["extract_features", "evaluate_features", "results_table", "FeatureEvaluationHandler"]
+
+logger = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def extract_features(
+    network: torch.nn.Module,
+    data_loader,
+    device: str | torch.device = "cpu",
+    prepare_batch: ClipPrepareBatch | None = None,
+    keys: Sequence[str] = ("Abnormal", "split", "video_id"),
+) -> dict[str, np.ndarray]:
+    """``network(clip)`` for every batch: ``{"features": N x D, <key>: N values for each of keys}``."""
+    prepare_batch = prepare_batch or ClipPrepareBatch(label_key=None)
+    network = network.to(device).eval()
+    out: dict[str, list] = {"features": [], **{k: [] for k in keys}}
+    for batch in data_loader:
+        x = prepare_batch(batch, device)[0]
+        out["features"].append(network(x).float().cpu().numpy())
+        for k in keys:
+            v = batch[k]
+            out[k].extend(v.tolist() if isinstance(v, torch.Tensor) else list(v))
+    return {k: np.concatenate(v) if k == "features" else np.asarray(v) for k, v in out.items()}
+
+
+def _positive_scores(proba: np.ndarray, classes: np.ndarray, positive: int = 1) -> np.ndarray:
+    idx = np.flatnonzero(classes == positive)
+    return proba[:, idx[0]] if len(idx) else np.zeros(len(proba))
+
+
+def _balanced_acc(labels: np.ndarray, scores: np.ndarray) -> float:
+    if len(np.unique(labels)) < 2:
+        return float("nan")
+    return float(balanced_accuracy_score(labels, (scores >= 0.5).astype(int)))
+
+
+def evaluate_features(
+    fit_features: np.ndarray,
+    fit_labels: np.ndarray,
+    features: np.ndarray,
+    labels: np.ndarray,
+    k: int = 20,
+    temperature: float = 0.07,
+    anomaly_k: int = 5,
+    probe_C: float = 1.0,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    confidence_level: float = 0.95,
+) -> dict[str, dict]:
+    """kNN, linear probe and one-class anomaly detection of binary ``labels`` (1 = abnormal).
+
+    Returns:
+        ``{"knn": {"auroc", "ap", "balanced_accuracy"}, "linear_probe": {...}, "anomaly": {"auroc", "ap"}}``;
+        ``auroc``/``ap`` are ``{"estimate", "ci_low", "ci_high", "n"}``; undefined values are NaN.
+    """
+    fit_labels = np.asarray(fit_labels).astype(int)
+    labels = np.asarray(labels).astype(int)
+    boot = {"n_resamples": n_resamples, "seed": seed, "confidence_level": confidence_level}
+    results: dict[str, dict] = {}
+
+    proba, classes = knn_predict_proba(fit_features, fit_labels, features, k=k, temperature=temperature)
+    s = _positive_scores(proba, classes)
+    results["knn"] = {**binary_score_metrics(labels, s, **boot), "balanced_accuracy": _balanced_acc(labels, s)}
+
+    try:
+        proba, classes = linear_probe_predict_proba(fit_features, fit_labels, features, C=probe_C, seed=seed)
+        s = _positive_scores(proba, classes)
+        results["linear_probe"] = {
+            **binary_score_metrics(labels, s, **boot),
+            "balanced_accuracy": _balanced_acc(labels, s),
+        }
+    except ValueError as e:
+        logger.warning("linear probe skipped: %s", e)
+        nan = {"estimate": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "n": len(labels)}
+        results["linear_probe"] = {"auroc": nan, "ap": dict(nan), "balanced_accuracy": float("nan")}
+
+    normal = np.asarray(fit_features)[fit_labels == 0]
+    scores = knn_anomaly_scores(normal, features, k=anomaly_k)
+    results["anomaly"] = binary_score_metrics(labels, scores, **boot)
+    return results
+
+
+def _fmt(m: dict) -> str:
+    if not np.isfinite(m["estimate"]):
+        return "n/a"
+    if not np.isfinite(m["ci_low"]):
+        return f"{m['estimate']:.3f}"
+    return f"{m['estimate']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]"
+
+
+def results_table(rows: dict[str, dict[str, dict]]) -> str:
+    """A markdown table, one row per model (``{name: evaluate_features(...)}``), AUROC / AP with CIs."""
+    lines = [
+        "| encoder | kNN AUROC | kNN AP | linear-probe AUROC | linear-probe AP | anomaly AUROC | anomaly AP |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, r in rows.items():
+        cells = [_fmt(r[task][m]) for task in ("knn", "linear_probe", "anomaly") for m in ("auroc", "ap")]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+class FeatureEvaluationHandler:
+    """Collect ``pred`` (clip features) with each item's label and split, then run :func:`evaluate_features`.
+
+    Attach to a ``SupervisedEvaluator`` whose network returns features and whose data holds both the fitting
+    split and the evaluated split(s). Writes ``feature_metrics.json`` and ``feature_metrics.md`` to
+    ``output_dir`` and stores the results in ``engine.state.metrics["feature_evaluation"]``.
+
+    Args:
+        output_dir: where the report goes (created).
+        label_key, split_key: batch keys of the binary label and the split name.
+        fit_split: split the classifiers and the anomaly model are fit on.
+        eval_splits: split(s) they are evaluated on.
+        k, temperature, anomaly_k, probe_C, n_resamples, seed, confidence_level: see :func:`evaluate_features`.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | Path,
+        label_key: str = "Abnormal",
+        split_key: str = "split",
+        fit_split: str = "TRAIN",
+        eval_splits: str | Sequence[str] = "TEST",
+        k: int = 20,
+        temperature: float = 0.07,
+        anomaly_k: int = 5,
+        probe_C: float = 1.0,
+        n_resamples: int = 1000,
+        seed: int = 0,
+        confidence_level: float = 0.95,
+    ) -> None:
+        self.output_dir = Path(output_dir)
+        self.label_key = label_key
+        self.split_key = split_key
+        self.fit_split = fit_split.upper()
+        self.eval_splits = {s.upper() for s in ([eval_splits] if isinstance(eval_splits, str) else eval_splits)}
+        self.kwargs = {
+            "k": k,
+            "temperature": temperature,
+            "anomaly_k": anomaly_k,
+            "probe_C": probe_C,
+            "n_resamples": n_resamples,
+            "seed": seed,
+            "confidence_level": confidence_level,
+        }
+        self._reset()
+
+    def _reset(self, engine: Engine | None = None) -> None:
+        self._features: list[np.ndarray] = []
+        self._labels: list[int] = []
+        self._splits: list[str] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def _collect(self, engine: Engine) -> None:
+        out = engine.state.output
+        pred = out["pred"] if isinstance(out, dict) else out[0]["pred"]
+        batch = engine.state.batch
+        self._features.append(torch.as_tensor(pred).detach().float().cpu().numpy())
+        self._labels.extend(torch.as_tensor(batch[self.label_key]).reshape(-1).tolist())
+        self._splits.extend(str(s).upper() for s in batch[self.split_key])
+
+    def __call__(self, engine: Engine) -> None:
+        feats = np.concatenate(self._features)
+        labels, splits = np.asarray(self._labels, dtype=int), np.asarray(self._splits)
+        fit = splits == self.fit_split
+        ev = np.isin(splits, list(self.eval_splits))
+        if not fit.any() or not ev.any():
+            raise ValueError(f"need clips of split {self.fit_split} and {sorted(self.eval_splits)}, got {set(splits)}")
+        results = evaluate_features(feats[fit], labels[fit], feats[ev], labels[ev], **self.kwargs)
+        results["counts"] = {
+            "fit": int(fit.sum()),
+            "fit_abnormal": int(labels[fit].sum()),
+            "eval": int(ev.sum()),
+            "eval_abnormal": int(labels[ev].sum()),
+        }
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        (self.output_dir / "feature_metrics.json").write_text(json.dumps(results, indent=2))
+        (self.output_dir / "feature_metrics.md").write_text(results_table({"encoder": results}) + "\n")
+        engine.state.metrics["feature_evaluation"] = results
+        logger.info("feature evaluation: %s", json.dumps(results))
