@@ -1,0 +1,448 @@
+"""TVRL's six pretraining frameworks on the spatio-temporal encoder, chosen by one key (methods.md section 1).
+
+Shen et al., "Spatio-temporal representation learning for medical image time series" (TVRL, MICCAI 2024,
+arXiv 2403.07513), reference ``pretrain.py`` / ``models/simclr.py`` / ``models/mae.py``:
+
+- ``cvrl``: clip contrastive learning between two clips from *different* times (Qian et al., CVRL).
+- ``csimclr``: one clip, two augmentations (``make_clips_identical``), NT-Xent on the temporal CLS.
+- ``csimclr_te``: ``csimclr`` with the encoder's time embedding of the real time steps.
+- ``ltn``: latent time navigation (Zeng et al.): the second view's embedding is moved along ``K`` = 64
+  orthonormal directions (QR of a learnable ``K x D`` matrix, every forward) by coefficients from an MLP on
+  ``[z, TE(|dt|)]``, ``dt`` = the offset between the views' first time steps, before the projection head.
+- ``mae``: VideoMAE-style tube masking (90% of the patch positions, the same in every frame), the visible
+  patches through the encoder, a small decoder (192-d, 4 blocks), norm-pix MSE on the masked patches only.
+- ``tvrl``: clip contrastive plus masked frame-feature prediction:
+  ``L = (1 - w) InfoNCE + w NegCos(pred_masked, target_masked)`` averaged over the two views, ``w`` = 0.5 from
+  epoch ``mlm_start_epoch`` (100) on and 0 before; 15% of the valid frames masked (Bernoulli). ``mask_mode``
+  ``"v2"`` (default): masked frames are removed from the contrastive branch's attention; the prediction branch
+  sees a detached copy of the frame features with masked frames replaced by a learnable mask token.
+
+Differences from the reference, on purpose (say so in the bundle docs):
+
+- The prediction *target* is the true frame feature (the unmasked, detached ``mid_project`` output). The
+  reference writes the mask token and the position embedding in place into the tensor it later reads the
+  target from, so its target is ``mask_token + pos_embed`` (methods.md quirk 4), and it adds the position
+  embedding twice to the prediction input. ``mask_mode="v1"`` here only changes the contrastive branch (it
+  sees every frame); its target is the same true, detached feature (the reference's v1 target is not detached).
+- LTN is trained on two clips from different times (CVRL's sampling): with the reference's identical clips
+  ``dt`` is always ~0 (quirk 5) and the navigation has nothing to learn.
+- MAE trains this project's factorised encoder (per-frame ViT with a linear patch stem, then the temporal
+  transformer) rather than the reference's joint space-time ViT, so that every framework yields the same
+  encoder for the probe: each frame encodes its visible patches; the decoder attends jointly over the
+  temporal tokens and all space-time patch tokens, so the temporal transformer is trained too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from ignite.engine import Engine, Events
+from monai.engines.utils import PrepareBatch
+from torch import nn
+
+from medssl_monai.losses.contrastive import NTXentLoss, negative_cosine_similarity
+from medssl_monai.networks.spatiotemporal import (
+    AttentionBlock,
+    SpatioTemporalEncoder,
+    key_padding_mask,
+    sinusoidal_embedding,
+)
+from medssl_monai.transforms.intensity import normalize_clip
+
+__all__ = [
+    "FRAMEWORKS",
+    "TIME_AWARE_FRAMEWORKS",
+    "projection_head",
+    "LatentTimeNavigation",
+    "VideoMAEDecoder",
+    "TVRLPretraining",
+    "TwoViewPrepareBatch",
+    "EpochSetter",
+    "bernoulli_frame_mask",
+    "tube_mask",
+    "patchify",
+    "norm_pix_mse",
+]
+
+FRAMEWORKS = ("cvrl", "ltn", "mae", "csimclr", "csimclr_te", "tvrl")
+TIME_AWARE_FRAMEWORKS = ("csimclr_te", "tvrl")  # the encoder uses the time embedding
+TWO_CLIP_FRAMEWORKS = ("cvrl", "ltn")  # two clips from different times; the others duplicate one clip
+
+
+def projection_head(
+    in_features: int, hidden: int = 2048, out_features: int = 128, batch_norm: bool = True
+) -> nn.Sequential:
+    """lightly ``SimCLRProjectionHead``: Linear (no bias with BN) - [BN] - ReLU - Linear (TVRL: 384 -> 2048 -> 128)."""
+    layers: list[nn.Module] = [nn.Linear(in_features, hidden, bias=not batch_norm)]
+    if batch_norm:
+        layers.append(nn.BatchNorm1d(hidden))
+    layers += [nn.ReLU(inplace=True), nn.Linear(hidden, out_features)]
+    return nn.Sequential(*layers)
+
+
+def bernoulli_frame_mask(
+    frame_mask: torch.Tensor, mask_ratio: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Mask each valid frame with probability ``mask_ratio`` (TVRL ``mlm.mask_ratio`` = 0.15), keeping at least one
+    valid frame of every clip visible (the contrastive branch then still has a frame to attend to)."""
+    valid = frame_mask.bool()
+    draw = torch.rand(valid.shape, device=valid.device, generator=generator) < mask_ratio
+    masked = draw & valid
+    all_gone = valid.any(1) & ~(valid & ~masked).any(1)
+    if all_gone.any():
+        # unmask the last valid frame of the clips that lost every frame
+        last = (valid.cumsum(1) == valid.sum(1, keepdim=True)) & valid
+        masked = masked & ~(last & all_gone[:, None])
+    return masked
+
+
+def tube_mask(
+    batch: int, num_patches: int, mask_ratio: float, device: torch.device, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """VideoMAE tube masking: ``int(mask_ratio * P)`` of the ``P`` patch positions masked, the same in every frame.
+
+    Returns ``(visible_idx B x P_vis, masked B x P bool)`` (at least one visible patch).
+    """
+    n_mask = min(int(mask_ratio * num_patches), num_patches - 1)
+    noise = torch.rand(batch, num_patches, device=device, generator=generator)
+    order = noise.argsort(dim=1)
+    visible = order[:, n_mask:].sort(dim=1).values
+    masked = torch.ones(batch, num_patches, dtype=torch.bool, device=device)
+    masked.scatter_(1, visible, False)
+    return visible, masked
+
+
+def patchify(x: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """``B x C x T x H x W`` -> ``B x T x P x (p*p*C)`` patches (row-major patch order, as the stem's tokens)."""
+    b, c, t, h, w = x.shape
+    p = patch_size
+    x = x.reshape(b, c, t, h // p, p, w // p, p).permute(0, 2, 3, 5, 4, 6, 1)
+    return x.reshape(b, t, (h // p) * (w // p), p * p * c)
+
+
+def norm_pix_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, norm_pix: bool = True) -> torch.Tensor:
+    """VideoMAE's loss: MSE between ``pred`` and (per-patch normalised) ``target`` over the patches where ``mask``.
+
+    ``target`` patches are normalised by their own mean and unbiased variance (``(x - mu) / sqrt(var + 1e-6)``)
+    when ``norm_pix``; the mean is over masked patches and patch values.
+    """
+    if norm_pix:
+        mu = target.mean(dim=-1, keepdim=True)
+        var = target.var(dim=-1, unbiased=True, keepdim=True)
+        target = (target - mu) / (var + 1e-6).sqrt()
+    per_patch = ((pred - target) ** 2).mean(dim=-1)
+    mask = mask.to(per_patch.dtype)
+    return (per_patch * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+class LatentTimeNavigation(nn.Module):
+    """LTN (TVRL's ``use_ltn``): ``z + MLP([z, TE(|dt|)]) Q^T`` with ``Q`` the QR-orthonormalised directions.
+
+    Args:
+        hidden_size: embedding width ``D`` (384).
+        num_directions: ``K`` (64).
+        mlp_hidden: MLP width (2048).
+        max_period: the sinusoid's ``max_period`` for ``|dt|``.
+    """
+
+    def __init__(
+        self, hidden_size: int = 384, num_directions: int = 64, mlp_hidden: int = 2048, max_period: float = 100.0
+    ):
+        super().__init__()
+        if num_directions > hidden_size:
+            raise ValueError(f"num_directions {num_directions} must not exceed hidden_size {hidden_size}")
+        self.hidden_size, self.max_period = hidden_size, max_period
+        self.directions = nn.Parameter(torch.randn(num_directions, hidden_size) / hidden_size**0.5)
+        self.mlp = nn.Sequential(
+            nn.Linear(2 * hidden_size, mlp_hidden), nn.ReLU(inplace=True), nn.Linear(mlp_hidden, num_directions)
+        )
+
+    def basis(self) -> torch.Tensor:
+        """``D x K`` orthonormal columns spanning the directions (reduced QR, re-computed every call)."""
+        q, _ = torch.linalg.qr(self.directions.T)
+        return q
+
+    def forward(self, z: torch.Tensor, dt: torch.Tensor) -> torch.Tensor:
+        te = sinusoidal_embedding(dt.abs(), self.hidden_size, self.max_period)
+        a = self.mlp(torch.cat([z, te.to(z.dtype)], dim=-1))
+        return z + a @ self.basis().T
+
+
+class VideoMAEDecoder(nn.Module):
+    """VideoMAE decoder over ``[temporal tokens, T*P patch tokens]`` (mask tokens where masked) -> patch pixels.
+
+    Args:
+        encoder_size: encoder token width.
+        temporal_size: temporal token width.
+        num_frames: frames per clip (decoder position embedding length ``T*P``).
+        num_patches: patches per frame.
+        patch_dim: pixels per patch ``p*p*C``.
+        hidden_size, num_layers, num_heads: decoder (VideoMAE ViT-S: 192, 4, 6... heads must divide the width).
+    """
+
+    def __init__(
+        self,
+        encoder_size: int,
+        temporal_size: int,
+        num_frames: int,
+        num_patches: int,
+        patch_dim: int,
+        hidden_size: int = 192,
+        num_layers: int = 4,
+        num_heads: int = 6,
+    ) -> None:
+        super().__init__()
+        self.num_patches = num_patches
+        self.embed = nn.Linear(encoder_size, hidden_size)
+        self.embed_temporal = nn.Linear(temporal_size, hidden_size)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, hidden_size))
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_frames * num_patches, hidden_size))
+        self.blocks = nn.ModuleList(AttentionBlock(hidden_size, 4 * hidden_size, num_heads) for _ in range(num_layers))
+        self.norm = nn.LayerNorm(hidden_size)
+        self.head = nn.Linear(hidden_size, patch_dim)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.trunc_normal_(self.mask_token, std=0.02)
+
+    def forward(
+        self, visible: torch.Tensor, visible_idx: torch.Tensor, temporal: torch.Tensor, frame_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """``visible`` ``B x T x P_vis x De``, ``visible_idx`` ``B x P_vis``, ``temporal`` ``B x (1+T) x Dt`` ->
+        ``B x T x P x patch_dim``."""
+        b, t, n_vis, _ = visible.shape
+        p = self.num_patches
+        grid = self.mask_token.expand(b * t, p, -1).clone()
+        idx = visible_idx[:, None].expand(b, t, n_vis).reshape(b * t, n_vis, 1).expand(-1, -1, grid.shape[-1])
+        grid = grid.scatter(1, idx, self.embed(visible).reshape(b * t, n_vis, -1))
+        tokens = grid.reshape(b, t * p, -1) + self.pos_embed[:, : t * p]
+        x = torch.cat([self.embed_temporal(temporal), tokens], dim=1)
+        valid = torch.cat([frame_mask.bool(), frame_mask.bool().repeat_interleave(p, dim=1)], dim=1)
+        mask = key_padding_mask(valid, num_prefix=1)
+        for blk in self.blocks:
+            x = blk(x, attn_mask=mask)
+        return self.head(self.norm(x[:, 1 + t :])).reshape(b, t, p, -1)
+
+
+class TVRLPretraining(nn.Module):
+    """One of TVRL's six frameworks around a :class:`SpatioTemporalEncoder`; ``forward`` returns ``{"loss", ...}``.
+
+    Args:
+        encoder: the bundle's ``network_def``.
+        framework: one of :data:`FRAMEWORKS`.
+        proj_hidden, proj_out: SimCLR projection head (2048, 128); BatchNorm in it except for ``tvrl`` (as the
+            reference's ``SimCLRMaskLM``).
+        temperature: NT-Xent temperature (0.1).
+        mlm_weight: ``w`` of the masked-feature loss (0.5).
+        mlm_start_epoch: first (0-based) epoch with ``w > 0`` (100 of 200); set by :class:`EpochSetter`.
+        mask_ratio: TVRL frame masking probability (0.15).
+        mask_mode: ``"v2"`` (masked frames hidden from the contrastive branch) or ``"v1"``.
+        ltn_directions: LTN's ``K`` (64).
+        mae_mask_ratio: VideoMAE tube-mask ratio (0.9).
+        mae_decoder_size, mae_decoder_layers, mae_decoder_heads: VideoMAE decoder (192, 4, 6).
+        norm_pix_loss: VideoMAE's per-patch target normalisation.
+        num_frames: clip length (MAE decoder position embedding; default the encoder's ``max_frames``).
+        gather_distributed: NT-Xent negatives from every rank.
+
+    Raises:
+        ValueError: an unknown framework, ``csimclr_te`` on an encoder without time embedding (or ``csimclr`` on
+            one with it: they would be the same method), or ``mae`` on a conv-stem encoder (the stem's receptive
+            field would leak masked pixels into visible tokens).
+    """
+
+    def __init__(
+        self,
+        encoder: SpatioTemporalEncoder,
+        framework: str = "tvrl",
+        proj_hidden: int = 2048,
+        proj_out: int = 128,
+        temperature: float = 0.1,
+        mlm_weight: float = 0.5,
+        mlm_start_epoch: int = 100,
+        mask_ratio: float = 0.15,
+        mask_mode: str = "v2",
+        ltn_directions: int = 64,
+        mae_mask_ratio: float = 0.9,
+        mae_decoder_size: int = 192,
+        mae_decoder_layers: int = 4,
+        mae_decoder_heads: int = 6,
+        norm_pix_loss: bool = True,
+        num_frames: int | None = None,
+        gather_distributed: bool = True,
+    ) -> None:
+        super().__init__()
+        if framework not in FRAMEWORKS:
+            raise ValueError(f"framework must be one of {FRAMEWORKS}, got {framework!r}")
+        if mask_mode not in ("v1", "v2"):
+            raise ValueError(f"mask_mode must be 'v1' or 'v2', got {mask_mode!r}")
+        te = encoder.temporal.use_time_embed
+        if framework == "csimclr_te" and not te:
+            raise ValueError("csimclr_te needs an encoder with use_time_embed=True")
+        if framework == "csimclr" and te:
+            raise ValueError("csimclr is cSimCLR without time embedding; use csimclr_te or use_time_embed=False")
+        self.encoder, self.framework = encoder, framework
+        self.mlm_weight, self.mlm_start_epoch = mlm_weight, mlm_start_epoch
+        self.mask_ratio, self.mask_mode = mask_ratio, mask_mode
+        self.mae_mask_ratio, self.norm_pix_loss = mae_mask_ratio, norm_pix_loss
+        self.epoch = 0
+        d = encoder.out_features
+        self.criterion = NTXentLoss(temperature, gather_distributed)
+        if framework == "mae":
+            fe = encoder.frame_encoder
+            if fe.stem_type != "patch":
+                raise ValueError("mae needs the encoder's linear patch stem (stem='patch')")
+            self.decoder = VideoMAEDecoder(
+                fe.hidden_size,
+                d,
+                num_frames or encoder.temporal.max_frames,
+                fe.num_patches,
+                fe.patch_size**2 * fe.in_channels,
+                mae_decoder_size,
+                mae_decoder_layers,
+                mae_decoder_heads,
+            )
+            return
+        self.head = projection_head(d, proj_hidden, proj_out, batch_norm=framework != "tvrl")
+        if framework == "ltn":
+            self.ltn = LatentTimeNavigation(d, ltn_directions, proj_hidden)
+        if framework == "tvrl":
+            self.mask_token = nn.Parameter(torch.zeros(1, 1, d))
+            nn.init.normal_(self.mask_token, std=0.02)
+            self.pred_norm = nn.LayerNorm(d)
+            self.pred_head = projection_head(d, proj_hidden, d, batch_norm=False)
+
+    # ------------------------------------------------------------------ helpers
+    def set_epoch(self, epoch: int) -> None:
+        """The 0-based training epoch (TVRL's loss-weight schedule)."""
+        self.epoch = int(epoch)
+
+    def current_mlm_weight(self) -> float:
+        """``w``: ``mlm_weight`` from ``mlm_start_epoch`` on, 0 before."""
+        return self.mlm_weight if self.epoch >= self.mlm_start_epoch else 0.0
+
+    @staticmethod
+    def _defaults(x: torch.Tensor, times: torch.Tensor | None, frame_mask: torch.Tensor | None):
+        b, t = x.shape[0], x.shape[2]
+        if times is None:
+            times = torch.arange(t, device=x.device, dtype=torch.float32).expand(b, t)
+        if frame_mask is None:
+            frame_mask = torch.ones(b, t, dtype=torch.bool, device=x.device)
+        return times.float(), frame_mask.bool()
+
+    def masked_feature_prediction(
+        self, frames: torch.Tensor, times: torch.Tensor, frame_mask: torch.Tensor, masked: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """TVRL's prediction branch: ``(pred, target)``, both ``B x T x D``; the loss reads them where ``masked``.
+
+        The input is a detached copy of the frame features with masked frames replaced by the mask token; the
+        target is the detached, *unmasked* frame feature (the paper; not the reference's corrupted copy).
+        """
+        target = frames.detach()
+        inp = torch.where(masked[..., None], self.mask_token.to(target.dtype).expand_as(target), target)
+        tokens = self.encoder.encode_temporal(inp, times, frame_mask)[:, 1:]
+        return self.pred_head(self.pred_norm(tokens)), target
+
+    def _tvrl_view(self, x: torch.Tensor, times: torch.Tensor, frame_mask: torch.Tensor):
+        frames = self.encoder.encode_frames(x)
+        masked = bernoulli_frame_mask(frame_mask, self.mask_ratio)
+        attend = frame_mask & ~masked if self.mask_mode == "v2" else frame_mask
+        z = self.encoder.encode_temporal(frames, times, attend)[:, 0]
+        pred, target = self.masked_feature_prediction(frames, times, frame_mask, masked)
+        return z, negative_cosine_similarity(pred, target, masked)
+
+    def _mae(self, x: torch.Tensor, frame_mask: torch.Tensor, times: torch.Tensor) -> dict[str, torch.Tensor]:
+        fe = self.encoder.frame_encoder
+        b, c, t, h, w = x.shape
+        tokens = fe.patch_tokens(x.transpose(1, 2).reshape(b * t, c, h, w))  # (B*T) x P x D, with positions
+        visible_idx, masked = tube_mask(b, fe.num_patches, self.mae_mask_ratio, x.device)
+        n_vis = visible_idx.shape[1]
+        gather = visible_idx[:, None].expand(b, t, n_vis).reshape(b * t, n_vis, 1).expand(-1, -1, tokens.shape[-1])
+        enc = fe.forward_tokens(torch.gather(tokens, 1, gather))  # (B*T) x (1 + P_vis) x D
+        frame_feats = self.encoder.mid_project(enc[:, 0]).reshape(b, t, -1)
+        temporal = self.encoder.encode_temporal(frame_feats, times, frame_mask)
+        pred = self.decoder(enc[:, 1:].reshape(b, t, n_vis, -1), visible_idx, temporal, frame_mask)
+        loss_mask = masked[:, None, :] & frame_mask[:, :, None]
+        loss = norm_pix_mse(pred, patchify(x, fe.patch_size), loss_mask, self.norm_pix_loss)
+        return {"loss": loss, "reconstruction": loss.detach()}
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        x: torch.Tensor,
+        image_2: torch.Tensor | None = None,
+        times: torch.Tensor | None = None,
+        times_2: torch.Tensor | None = None,
+        frame_mask: torch.Tensor | None = None,
+        frame_mask_2: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Views ``x`` and ``image_2`` (``B x C x T x H x W``, normalised) with their times and frame masks."""
+        times, frame_mask = self._defaults(x, times, frame_mask)
+        if self.framework == "mae":
+            return self._mae(x, frame_mask, times)
+        if image_2 is None:
+            raise ValueError(f"{self.framework} needs two views (image_2)")
+        times_2, frame_mask_2 = self._defaults(image_2, times_2, frame_mask_2)
+        if self.framework == "tvrl":
+            z0, m0 = self._tvrl_view(x, times, frame_mask)
+            z1, m1 = self._tvrl_view(image_2, times_2, frame_mask_2)
+            contrastive = self.criterion(self.head(z0), self.head(z1))
+            mlm = 0.5 * (m0 + m1)
+            w = self.current_mlm_weight()
+            loss = (1.0 - w) * contrastive + w * mlm
+            return {
+                "loss": loss,
+                "contrastive": contrastive.detach(),
+                "mlm": mlm.detach(),
+                "mlm_weight": torch.tensor(w, device=x.device),
+            }
+        z0 = self.encoder(x, times, frame_mask)
+        z1 = self.encoder(image_2, times_2, frame_mask_2)
+        if self.framework == "ltn":
+            z1 = self.ltn(z1, times_2[:, 0] - times[:, 0])
+        loss = self.criterion(self.head(z0), self.head(z1))
+        return {"loss": loss, "contrastive": loss.detach()}
+
+
+class TwoViewPrepareBatch(PrepareBatch):
+    """``prepare_batch`` for :class:`TVRLPretraining`: both views to the device, normalised there, as kwargs.
+
+    Returns ``(image, None, (), {"image_2", "times", "times_2", "frame_mask", "frame_mask_2"})`` (keys absent
+    from the batch are left out). TVRL scales pixels to [0, 1] only (``mean=0, std=1``).
+    """
+
+    def __init__(
+        self,
+        image_key: str = "image",
+        second_suffix: str = "_2",
+        mean: float | tuple[float, ...] = 0.0,
+        std: float | tuple[float, ...] = 1.0,
+    ) -> None:
+        self.image_key, self.second_suffix, self.mean, self.std = image_key, second_suffix, mean, std
+
+    def __call__(self, batchdata: dict, device=None, non_blocking: bool = False, **kwargs: Any):
+        def clip(key: str) -> torch.Tensor:
+            x = torch.as_tensor(batchdata[key]).to(device=device, non_blocking=non_blocking)
+            return normalize_clip(x, self.mean, self.std)
+
+        s = self.second_suffix
+        extra: dict[str, torch.Tensor] = {}
+        if f"{self.image_key}{s}" in batchdata:
+            extra["image_2"] = clip(f"{self.image_key}{s}")
+        for key in ("times", f"times{s}", "frame_mask", f"frame_mask{s}"):
+            if key in batchdata:
+                extra[key.replace(s, "_2")] = torch.as_tensor(batchdata[key]).to(
+                    device=device, non_blocking=non_blocking
+                )
+        return clip(self.image_key), None, (), extra
+
+
+class EpochSetter:
+    """Ignite handler: ``method.set_epoch(engine.state.epoch - 1)`` at every epoch start (unwraps DDP)."""
+
+    def __init__(self, method: nn.Module) -> None:
+        self.method = method.module if hasattr(method, "module") else method
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        self.method.set_epoch(engine.state.epoch - 1)

@@ -1,0 +1,473 @@
+"""TVRL data pipelines: two views with their time steps, TVRL's strong augmentation, probe clips.
+
+Shen et al., TVRL (MICCAI 2024), reference ``datamodule/`` (methods.md section 1):
+
+- clips of ``clip_frames`` = 8 frames with ``stride`` 2 from a random start; the time step of a frame is its
+  index (videos) or its real acquisition time (timed series), optionally relative to the first frame
+  (``relative_time``), optionally with Gaussian noise (``time_noise_std``, reference 0.01; the reference then
+  casts to ``long``, truncating about half the noisy steps by one, quirk 5: here times stay float).
+- ``identical=True`` (``make_clips_identical``, every SSL config of the reference: cSimCLR, cSimCLR-TE, TVRL):
+  one clip duplicated into two views that differ only by augmentation. ``identical=False`` draws two clips at
+  different times (CVRL, and LTN here so that its time offset is not always 0, quirk 5).
+- strong augmentation, one draw per clip for all its frames (torchvision v2 on a video tensor): rotation
+  +-15 degrees, RandomResizedCrop(scale 0.08-1, ratio 1), h-flip 0.5, v-flip 0.5, colour jitter (brightness
+  0.8, contrast 0.8) with p 0.8, Gaussian blur (3, sigma 0.1-2) with p 0.5. The two views draw independently.
+- probe (finetune) augmentation: RandomResizedCrop(scale 0.9-1), h-flip 0.3, colour jitter 0.2 / 0.2;
+  validation and test frames are only resized.
+
+Everything returns ``uint8`` clips ``C x T x H x W`` (normalised later on the device), ``float32`` ``T`` times and
+``bool`` ``T`` frame masks (``False`` = padding). Second-view keys carry ``second_suffix`` (``image_2``, ...).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.transforms import Compose, MapTransform, RandFlipd, Randomizable, RandomizableTransform, RandRotated, Resized
+from torch.nn import functional as F
+
+from medssl_monai.data.cache import ClipCache
+from medssl_monai.transforms.intensity import RandClipColorJitterd, RandClipGaussianBlurd
+from medssl_monai.transforms.io import LoadClipd, LoadSeriesd, convert_channels, gather_frames, meta_key
+from medssl_monai.transforms.sampling import clip_indices
+from medssl_monai.transforms.spatial import ClipConsistentd
+
+__all__ = [
+    "RandClipResizedCropd",
+    "TwoClipsd",
+    "TwoSeriesWindowsd",
+    "ClipTimesd",
+    "RelativeTimesd",
+    "tvrl_strong_augmentation",
+    "tvrl_probe_augmentation",
+    "tvrl_ssl_transforms",
+    "tvrl_probe_transforms",
+]
+
+
+def _size2(size: int | Sequence[int]) -> tuple[int, int]:
+    return (int(size), int(size)) if isinstance(size, (int, np.integer)) else (int(size[0]), int(size[1]))
+
+
+def _resize_clip(clip: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear (antialiased) resize of a ``C x T x h x w`` clip to ``C x T x H x W``, dtype kept."""
+    dtype = clip.dtype
+    x = F.interpolate(clip.float(), size=size, mode="bilinear", align_corners=False, antialias=True)
+    return x.round().clamp_(0, 255).to(dtype) if dtype == torch.uint8 else x.to(dtype)
+
+
+class RandClipResizedCropd(RandomizableTransform, MapTransform):
+    """torchvision ``RandomResizedCrop`` with one draw per clip: a box of random area and aspect, resized.
+
+    The box is drawn as torchvision's ``get_params``: up to 10 tries of area ``U(scale) * H * W`` and
+    log-uniform aspect ``ratio``; if none fits, the centre crop of the clamped aspect. Bilinear, antialiased.
+
+    Args:
+        keys: clip keys (``C x T x H x W``); all share one draw (they must have one size).
+        spatial_size: output ``(H, W)`` or one int.
+        scale: area fraction range (TVRL SSL: 0.08-1; probe: 0.9-1).
+        ratio: aspect range (TVRL: 1, square boxes).
+        prob: probability of cropping; otherwise the clip is only resized.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "image",
+        spatial_size: int | Sequence[int] = 128,
+        scale: Sequence[float] = (0.08, 1.0),
+        ratio: Sequence[float] = (1.0, 1.0),
+        prob: float = 1.0,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        RandomizableTransform.__init__(self, prob)
+        self.spatial_size = _size2(spatial_size)
+        self.scale = (float(scale[0]), float(scale[1]))
+        self.ratio = (float(ratio[0]), float(ratio[1]))
+        if not 0 < self.scale[0] <= self.scale[1] <= 1 or not 0 < self.ratio[0] <= self.ratio[1]:
+            raise ValueError(f"bad scale {scale} or ratio {ratio}")
+        self.box: tuple[int, int, int, int] | None = None
+
+    def randomize_box(self, height: int, width: int) -> tuple[int, int, int, int]:
+        """``(top, left, h, w)`` as torchvision ``RandomResizedCrop.get_params``."""
+        area = height * width
+        log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
+        for _ in range(10):
+            target = area * self.R.uniform(*self.scale)
+            aspect = math.exp(self.R.uniform(*log_ratio))
+            w = int(round(math.sqrt(target * aspect)))
+            h = int(round(math.sqrt(target / aspect)))
+            if 0 < w <= width and 0 < h <= height:
+                return int(self.R.randint(0, height - h + 1)), int(self.R.randint(0, width - w + 1)), h, w
+        in_ratio = width / height
+        if in_ratio < self.ratio[0]:
+            w, h = width, int(round(width / self.ratio[0]))
+        elif in_ratio > self.ratio[1]:
+            h, w = height, int(round(height * self.ratio[1]))
+        else:
+            w, h = width, height
+        return (height - h) // 2, (width - w) // 2, h, w
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        keys = list(self.key_iterator(d))
+        if not keys:
+            return d
+        self.randomize(None)
+        h, w = (int(s) for s in d[keys[0]].shape[-2:])
+        self.box = self.randomize_box(h, w) if self._do_transform else (0, 0, h, w)
+        top, left, bh, bw = self.box
+        for key in keys:
+            clip = torch.as_tensor(d[key])
+            d[key] = _resize_clip(clip[..., top : top + bh, left : left + bw], self.spatial_size).contiguous()
+        return d
+
+
+def _view_times(
+    times: np.ndarray, valid: np.ndarray, origin: float, noise: float, rng: np.random.RandomState
+) -> torch.Tensor:
+    t = times.astype(np.float64) - origin
+    if noise > 0:
+        t = t + valid * rng.normal(0.0, noise, size=t.shape)
+    return torch.as_tensor(t, dtype=torch.float32)
+
+
+class TwoClipsd(Randomizable, MapTransform):
+    """Two views of a video for contrastive pretraining: clips, frame-index time steps and frame masks.
+
+    ``d[key]`` (a video path, frame folder, ``.npy``, ...) becomes the first clip; ``d[key + second_suffix]`` the
+    second. With ``identical`` both come from one window (augmented independently later); otherwise each view
+    has its own random window. ``times`` are frame indices (relative to the first frame of view 1 with
+    ``relative_time``, so the offset between the views is kept); positions past the end of a short video are
+    zero frames with ``frame_mask`` ``False``.
+
+    Args:
+        keys: the video key (one).
+        num_frames: frames per clip (TVRL: 8).
+        period: stride (TVRL: 2).
+        identical: one window for both views (cSimCLR / TVRL) or two (CVRL / LTN).
+        cache, cache_dir: the decoded-clip cache (a :class:`ClipCache`, or where to keep one).
+        channels: ``1`` (TVRL's grey input), ``3`` or ``None`` (as stored).
+        relative_time: subtract the first time step of view 1.
+        time_noise_std: Gaussian noise on valid time steps (reference 0.01).
+        second_suffix: suffix of the second view's keys.
+        times_key, mask_key: where time steps and frame masks go.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "image",
+        num_frames: int = 8,
+        period: int = 2,
+        identical: bool = True,
+        cache: ClipCache | None = None,
+        cache_dir: str | Path | None = None,
+        channels: int | None = 1,
+        relative_time: bool = True,
+        time_noise_std: float = 0.0,
+        second_suffix: str = "_2",
+        times_key: str = "times",
+        mask_key: str = "frame_mask",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        self.num_frames, self.period, self.identical = num_frames, period, identical
+        self.cache = cache if isinstance(cache, ClipCache) else ClipCache(cache_dir)
+        self.channels = channels
+        self.relative_time, self.time_noise_std = relative_time, time_noise_std
+        self.second_suffix, self.times_key, self.mask_key = second_suffix, times_key, mask_key
+
+    def randomize(self, num_video_frames: int) -> list[np.ndarray]:
+        first, _ = clip_indices(num_video_frames, self.num_frames, self.period, "random", None, self.R)
+        if self.identical:
+            return [first, first.copy()]
+        second, _ = clip_indices(num_video_frames, self.num_frames, self.period, "random", None, self.R)
+        return [first, second]
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            path = Path(d[key])
+            frames = self.cache.frames(path)
+            views = self.randomize(len(frames))
+            # the would-be index of every position (also past the end of a short video) is its time step
+            starts = [int(v[0]) for v in views]
+            origin = float(starts[0]) if self.relative_time else 0.0
+            for i, idx in enumerate(views):
+                suffix = "" if i == 0 else self.second_suffix
+                clip = convert_channels(gather_frames(frames, idx), self.channels)
+                d[f"{key}{suffix}"] = torch.from_numpy(np.ascontiguousarray(clip.transpose(3, 0, 1, 2)))
+                valid = idx >= 0
+                grid = starts[i] + self.period * np.arange(len(idx))
+                d[f"{self.times_key}{suffix}"] = _view_times(grid, valid, origin, self.time_noise_std, self.R)
+                d[f"{self.mask_key}{suffix}"] = torch.from_numpy(valid)
+            d[meta_key(key)] = {"filename_or_obj": str(path), "num_video_frames": len(frames)}
+        return d
+
+
+class TwoSeriesWindowsd(Randomizable, MapTransform):
+    """Two views of a timed image series (loaded by :class:`LoadSeriesd` with ``num_frames=None``).
+
+    A view is ``num_frames`` consecutive visits from a random start (the whole series, left-padded with zero
+    images and ``frame_mask`` ``False``, when it is shorter), with the real acquisition times. ``identical``
+    duplicates one window; otherwise each view has its own window.
+
+    Args:
+        keys: the series key (one).
+        num_frames: visits per view.
+        identical: one window for both views or two.
+        relative_time: subtract the first valid time of view 1 (years since that visit).
+        time_noise_std: Gaussian noise on valid times.
+        second_suffix, times_key, mask_key: as :class:`TwoClipsd`.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "image",
+        num_frames: int = 4,
+        identical: bool = True,
+        relative_time: bool = True,
+        time_noise_std: float = 0.0,
+        second_suffix: str = "_2",
+        times_key: str = "times",
+        mask_key: str = "frame_mask",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        self.num_frames, self.identical = num_frames, identical
+        self.relative_time, self.time_noise_std = relative_time, time_noise_std
+        self.second_suffix, self.times_key, self.mask_key = second_suffix, times_key, mask_key
+
+    def randomize(self, length: int) -> list[int]:
+        n_starts = max(1, length - self.num_frames + 1)
+        first = int(self.R.randint(n_starts))
+        return [first, first if self.identical else int(self.R.randint(n_starts))]
+
+    def _window(
+        self, series: torch.Tensor, times: np.ndarray, start: int
+    ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+        clip, t = series[:, start : start + self.num_frames], times[start : start + self.num_frames]
+        valid = np.ones(len(t), dtype=bool)
+        pad = self.num_frames - clip.shape[1]
+        if pad > 0:
+            clip = torch.cat([clip.new_zeros((clip.shape[0], pad, *clip.shape[2:])), clip], dim=1)
+            t = np.concatenate([np.full(pad, t[0]), t])  # padding carries the first real time (masked anyway)
+            valid = np.concatenate([np.zeros(pad, dtype=bool), valid])
+        return clip, t, valid
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            series = torch.as_tensor(d[key])
+            times = np.asarray(d[self.times_key], dtype=np.float64).reshape(-1)
+            if self.mask_key in d:  # drop padding a loader may have added
+                keep = np.asarray(d[self.mask_key], dtype=bool).reshape(-1)
+                series, times = series[:, torch.from_numpy(keep)], times[keep]
+            starts = self.randomize(series.shape[1])
+            windows = [self._window(series, times, s) for s in starts]
+            origin = float(windows[0][1][windows[0][2]][0]) if self.relative_time else 0.0
+            for i, (clip, t, valid) in enumerate(windows):
+                suffix = "" if i == 0 else self.second_suffix
+                d[f"{key}{suffix}"] = clip.contiguous()
+                d[f"{self.times_key}{suffix}"] = _view_times(t, valid, origin, self.time_noise_std, self.R)
+                d[f"{self.mask_key}{suffix}"] = torch.from_numpy(valid)
+        return d
+
+
+class ClipTimesd(MapTransform):
+    """Time steps and frame mask of a clip loaded by :class:`LoadClipd` (frame index as time).
+
+    Reads ``d[indices_key]`` (``-1`` = zero frame past the end); writes ``d[times_key]`` (the frame index each
+    position would have, minus the first with ``relative``) and ``d[mask_key]`` (``index >= 0``).
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "clip_indices",
+        period: int = 2,
+        relative: bool = True,
+        times_key: str = "times",
+        mask_key: str = "frame_mask",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.period, self.relative, self.times_key, self.mask_key = period, relative, times_key, mask_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            idx = np.asarray(d[key], dtype=np.int64)
+            start = 0 if self.relative else int(idx[0])
+            d[self.times_key] = torch.as_tensor(start + self.period * np.arange(len(idx)), dtype=torch.float32)
+            d[self.mask_key] = torch.from_numpy(idx >= 0)
+        return d
+
+
+class RelativeTimesd(MapTransform):
+    """Times relative to the first valid visit (padding set to 0): ``d[key] -= d[key][first True of mask]``."""
+
+    def __init__(self, keys: KeysCollection = "times", mask_key: str = "frame_mask", allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.mask_key = mask_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            t = torch.as_tensor(d[key], dtype=torch.float32)
+            valid = (
+                torch.as_tensor(d[self.mask_key], dtype=torch.bool)
+                if self.mask_key in d
+                else torch.ones_like(t, dtype=torch.bool)
+            )
+            origin = t[valid][0] if valid.any() else t.new_zeros(())
+            d[key] = torch.where(valid, t - origin, torch.zeros_like(t))
+        return d
+
+
+def tvrl_strong_augmentation(
+    key: str = "image",
+    spatial_size: int | Sequence[int] = 128,
+    rotate_degrees: float = 15.0,
+    crop_scale: Sequence[float] = (0.08, 1.0),
+    hflip_prob: float = 0.5,
+    vflip_prob: float = 0.5,
+    brightness: float = 0.8,
+    contrast: float = 0.8,
+    jitter_prob: float = 0.8,
+    blur_prob: float = 0.5,
+) -> list:
+    """TVRL's SSL augmentation of one view (rotate, RandomResizedCrop, flips, jitter, blur), one draw per clip."""
+    return [
+        ClipConsistentd(
+            RandRotated(keys=key, range_x=math.radians(rotate_degrees), prob=1.0, keep_size=True, padding_mode="zeros"),
+            keys=key,
+            time_keys=key,
+        ),
+        RandClipResizedCropd(keys=key, spatial_size=spatial_size, scale=crop_scale, ratio=(1.0, 1.0)),
+        ClipConsistentd(
+            Compose(
+                [
+                    RandFlipd(keys=key, prob=hflip_prob, spatial_axis=1),
+                    RandFlipd(keys=key, prob=vflip_prob, spatial_axis=0),
+                ]
+            ),
+            keys=key,
+            time_keys=key,
+        ),
+        RandClipColorJitterd(
+            keys=key, brightness=brightness, contrast=contrast, saturation=0.0, hue=0.0, prob=jitter_prob
+        ),
+        RandClipGaussianBlurd(keys=key, kernel_size=3, sigma=(0.1, 2.0), prob=blur_prob),
+    ]
+
+
+def tvrl_probe_augmentation(key: str = "image", spatial_size: int | Sequence[int] = 128) -> list:
+    """TVRL's finetune augmentation: RandomResizedCrop(scale 0.9-1), h-flip 0.3, colour jitter 0.2 / 0.2."""
+    return [
+        RandClipResizedCropd(keys=key, spatial_size=spatial_size, scale=(0.9, 1.0), ratio=(1.0, 1.0)),
+        ClipConsistentd(RandFlipd(keys=key, prob=0.3, spatial_axis=1), keys=key, time_keys=key),
+        RandClipColorJitterd(keys=key, brightness=0.2, contrast=0.2, saturation=0.0, hue=0.0, prob=1.0),
+    ]
+
+
+def _resize(key: str, spatial_size: int | Sequence[int]) -> ClipConsistentd:
+    return ClipConsistentd(Resized(keys=key, spatial_size=_size2(spatial_size), mode="area"), keys=key, time_keys=key)
+
+
+def tvrl_ssl_transforms(
+    source: str = "video",
+    num_frames: int = 8,
+    period: int = 2,
+    identical: bool = True,
+    spatial_size: int | Sequence[int] = 128,
+    image_key: str = "image",
+    cache_dir: str | Path | None = None,
+    channels: int | None = 1,
+    relative_time: bool = True,
+    time_noise_std: float = 0.0,
+    augment: bool = True,
+    second_suffix: str = "_2",
+) -> Compose:
+    """Two augmented views with time steps and frame masks, for every TVRL framework.
+
+    Args:
+        source: ``"video"`` (EchoNet-style videos; frame index as time) or ``"series"`` (a datalist item from
+            :func:`~medssl_monai.data.timed_series.load_timed_series_datalist`; real acquisition times).
+        num_frames, period: clip length and stride (videos; series take consecutive visits).
+        identical: one window for both views (cSimCLR, cSimCLR-TE, TVRL, MAE) or two (CVRL, LTN).
+        spatial_size: output frame size (TVRL: 128).
+        augment: ``False`` resizes only (validation).
+        Others: see :class:`TwoClipsd`.
+    """
+    second = f"{image_key}{second_suffix}"
+    if source == "video":
+        ts: list = [
+            TwoClipsd(
+                image_key,
+                num_frames,
+                period,
+                identical,
+                cache_dir=cache_dir,
+                channels=channels,
+                relative_time=relative_time,
+                time_noise_std=time_noise_std,
+                second_suffix=second_suffix,
+            )
+        ]
+    elif source == "series":
+        ts = [
+            LoadSeriesd(keys=image_key, times_key="times", num_frames=None),
+            TwoSeriesWindowsd(image_key, num_frames, identical, relative_time, time_noise_std, second_suffix),
+        ]
+    else:
+        raise ValueError(f"source must be 'video' or 'series', got {source!r}")
+    for key in (image_key, second):
+        ts += tvrl_strong_augmentation(key, spatial_size) if augment else [_resize(key, spatial_size)]
+    return Compose(ts)
+
+
+def tvrl_probe_transforms(
+    source: str = "video",
+    stage: str = "train",
+    num_frames: int = 8,
+    period: int = 2,
+    spatial_size: int | Sequence[int] = 128,
+    image_key: str = "image",
+    cache_dir: str | Path | None = None,
+    channels: int | None = 1,
+    relative_time: bool = True,
+) -> Compose:
+    """Probe clips: ``stage="train"`` a random window + TVRL's finetune augmentation; ``"eval"`` the whole video
+    (every frame, for :class:`~medssl_monai.evaluation.probe.DenseClipInferer`) or the last ``num_frames``
+    visits of a series, resized only. Writes ``times`` and ``frame_mask`` as the encoder expects.
+    """
+    if stage not in ("train", "eval"):
+        raise ValueError(f"stage must be 'train' or 'eval', got {stage!r}")
+    train = stage == "train"
+    if source == "video":
+        ts: list = [
+            LoadClipd(
+                keys=image_key,
+                num_frames=num_frames,
+                period=period if train else 1,
+                mode="random" if train else "all",
+                cache_dir=cache_dir,
+                channels=channels,
+            )
+        ]
+        if train:
+            ts.append(ClipTimesd(period=period, relative=relative_time))
+    elif source == "series":
+        ts = [LoadSeriesd(keys=image_key, times_key="times", num_frames=num_frames)]
+        if relative_time:
+            ts.append(RelativeTimesd("times"))
+    else:
+        raise ValueError(f"source must be 'video' or 'series', got {source!r}")
+    ts += tvrl_probe_augmentation(image_key, spatial_size) if train else [_resize(image_key, spatial_size)]
+    return Compose(ts)

@@ -1,0 +1,173 @@
+"""TVRL's six frameworks: each loss on hand-made inputs, the loss-weight schedule, masked-frame targets, LTN, MAE."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from medssl_monai.losses.contrastive import nt_xent
+from medssl_monai.methods.tvrl import (
+    FRAMEWORKS,
+    EpochSetter,
+    LatentTimeNavigation,
+    TVRLPretraining,
+    TwoViewPrepareBatch,
+    bernoulli_frame_mask,
+    norm_pix_mse,
+    patchify,
+    tube_mask,
+)
+from medssl_monai.networks.spatiotemporal import SpatioTemporalEncoder
+
+SMALL = dict(
+    proj_hidden=16, proj_out=8, ltn_directions=4, mae_decoder_size=16, mae_decoder_layers=1, mae_decoder_heads=2
+)
+
+
+def _method(framework: str, **kw) -> TVRLPretraining:
+    torch.manual_seed(0)
+    enc = SpatioTemporalEncoder(
+        in_channels=1,
+        img_size=16,
+        patch_size=8,
+        hidden_size=16,
+        num_layers=1,
+        num_heads=2,
+        dropout_rate=0.0,
+        temporal_layers=1,
+        max_frames=4,
+        use_time_embed=framework in ("csimclr_te", "tvrl"),
+        stem="patch" if framework == "mae" else "conv",
+    )
+    return TVRLPretraining(enc, framework, **{**SMALL, **kw})
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_every_framework_gives_a_finite_differentiable_loss(framework):
+    m = _method(framework, mlm_start_epoch=0)
+    x, x2 = torch.rand(3, 1, 4, 16, 16), torch.rand(3, 1, 4, 16, 16)
+    out = m(x, x2, times=torch.arange(4.0).expand(3, 4), times_2=torch.arange(4.0).expand(3, 4) + 2)
+    assert out["loss"].ndim == 0 and torch.isfinite(out["loss"])
+    out["loss"].backward()
+    assert m.encoder.frame_encoder.cls_token.grad is not None
+
+
+def test_contrastive_frameworks_are_nt_xent_of_the_heads():
+    m = _method("csimclr").eval()
+    x, x2 = torch.rand(3, 1, 4, 16, 16), torch.rand(3, 1, 4, 16, 16)
+    with torch.no_grad():
+        expected = nt_xent(m.head(m.encoder(x)), m.head(m.encoder(x2)), 0.1)
+        torch.testing.assert_close(m(x, x2)["loss"], expected)
+
+
+def test_framework_and_encoder_must_agree():
+    enc = SpatioTemporalEncoder(1, 16, 8, 16, 1, 2, temporal_layers=1, max_frames=4, use_time_embed=False)
+    with pytest.raises(ValueError, match="use_time_embed"):
+        TVRLPretraining(enc, "csimclr_te", **SMALL)
+    with pytest.raises(ValueError, match="patch"):
+        TVRLPretraining(enc, "mae", **SMALL)
+    with pytest.raises(ValueError):
+        TVRLPretraining(enc, "simclr", **SMALL)
+
+
+def test_tvrl_loss_weight_schedule():
+    m = _method("tvrl", mlm_weight=0.5, mlm_start_epoch=2)
+    x, x2 = torch.rand(4, 1, 4, 16, 16), torch.rand(4, 1, 4, 16, 16)
+    torch.manual_seed(1)
+    before = m(x, x2)
+    assert before["mlm_weight"].item() == 0.0
+    torch.testing.assert_close(before["loss"], before["contrastive"])  # w = 0 before the start epoch
+
+    class _Engine:
+        class state:
+            epoch = 3  # 1-based: epoch index 2
+
+    EpochSetter(m)(_Engine)
+    assert m.epoch == 2 and m.current_mlm_weight() == 0.5
+    torch.manual_seed(1)
+    after = m(x, x2)
+    torch.testing.assert_close(after["loss"], 0.5 * after["contrastive"] + 0.5 * after["mlm"])
+
+
+def test_masked_frame_targets_are_the_unmasked_features():
+    m = _method("tvrl")
+    x = torch.rand(2, 1, 4, 16, 16)
+    frames = m.encoder.encode_frames(x)
+    masked = torch.tensor([[False, True, False, False], [True, False, False, True]])
+    times, valid = torch.arange(4.0).expand(2, 4), torch.ones(2, 4, dtype=torch.bool)
+    pred, target = m.masked_feature_prediction(frames, times, valid, masked)
+    # the target is the true frame feature (not mask_token + pos_embed, the reference's in-place corruption)
+    torch.testing.assert_close(target, frames.detach())
+    assert not target.requires_grad
+    assert not torch.allclose(target[masked], m.mask_token.expand(2, 4, -1)[masked])
+    assert pred.shape == frames.shape
+    # the prediction input hides the masked frames: changing a masked frame's feature does not change pred
+    frames2 = frames.detach().clone()
+    frames2[masked] += 5.0
+    pred2, _ = m.masked_feature_prediction(frames2, times, valid, masked)
+    torch.testing.assert_close(pred, pred2)
+
+
+def test_bernoulli_frame_mask_respects_padding_and_keeps_a_frame():
+    valid = torch.tensor([[False, True, True, True], [True, True, True, True]])
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        m = bernoulli_frame_mask(valid, 0.5, g)
+        assert not (m & ~valid).any()
+        assert (valid & ~m).any(1).all()
+    full = bernoulli_frame_mask(valid, 1.0)  # everything drawn: the last valid frame stays visible
+    assert full.tolist() == [[False, True, True, False], [True, True, True, False]]
+
+
+def test_ltn_orthonormal_directions_and_hand_made_shift():
+    ltn = LatentTimeNavigation(hidden_size=8, num_directions=3, mlp_hidden=16)
+    q = ltn.basis()
+    torch.testing.assert_close(q.T @ q, torch.eye(3), atol=1e-5, rtol=0)
+    # with the MLP's last layer set to output a = [1, 0, 0], z moves by exactly the first basis vector
+    torch.nn.init.zeros_(ltn.mlp[2].weight)
+    with torch.no_grad():
+        ltn.mlp[2].bias.copy_(torch.tensor([1.0, 0.0, 0.0]))
+    z = torch.randn(2, 8)
+    torch.testing.assert_close(ltn(z, torch.tensor([0.0, 3.0])), z + q[:, 0])
+
+
+def test_ltn_uses_the_time_offset():
+    m = _method("ltn").eval()
+    x, x2 = torch.rand(3, 1, 4, 16, 16), torch.rand(3, 1, 4, 16, 16)
+    t = torch.arange(4.0).expand(3, 4)
+    with torch.no_grad():
+        assert not torch.allclose(m(x, x2, times=t, times_2=t)["loss"], m(x, x2, times=t, times_2=t + 7)["loss"])
+
+
+def test_mae_tube_mask_patchify_and_norm_pix_loss():
+    visible, masked = tube_mask(2, 10, 0.9, torch.device("cpu"))
+    assert visible.shape == (2, 1) and masked.sum(1).tolist() == [9, 9]
+    x = torch.arange(2 * 4 * 4, dtype=torch.float32).reshape(1, 2, 1, 4, 4)  # B C T H W, 2 channels
+    p = patchify(x, 2)
+    assert p.shape == (1, 1, 4, 8)
+    # patch 0 holds rows 0-1, cols 0-1 of both channels, channel last: (r, c, ch)
+    assert p[0, 0, 0].tolist() == [0.0, 16.0, 1.0, 17.0, 4.0, 20.0, 5.0, 21.0]
+    target = torch.tensor([[[[1.0, 3.0], [0.0, 0.0]]]])  # 1 x 1 x 2 patches x 2 values
+    pred = torch.zeros_like(target)
+    mask = torch.tensor([[[True, False]]])
+    # patch 0 normalised: mean 2, unbiased var 2 -> (-1/sqrt(2), 1/sqrt(2)); squared values 1/(2+eps), mean 1/(2+eps)
+    assert math.isclose(norm_pix_mse(pred, target, mask).item(), 1.0 / (2.0 + 1e-6), rel_tol=1e-6)
+    assert math.isclose(norm_pix_mse(pred, target, mask, norm_pix=False).item(), 5.0, rel_tol=1e-6)
+
+
+def test_two_view_prepare_batch():
+    batch = {
+        "image": torch.full((2, 1, 4, 8, 8), 255, dtype=torch.uint8),
+        "image_2": torch.zeros((2, 1, 4, 8, 8), dtype=torch.uint8),
+        "times": torch.zeros(2, 4),
+        "times_2": torch.ones(2, 4),
+        "frame_mask": torch.ones(2, 4, dtype=torch.bool),
+        "frame_mask_2": torch.ones(2, 4, dtype=torch.bool),
+    }
+    x, y, args, kw = TwoViewPrepareBatch()(batch, "cpu")
+    assert y is None and args == ()
+    assert x.dtype == torch.float32 and x.max().item() == 1.0 and kw["image_2"].max().item() == 0.0
+    assert sorted(kw) == ["frame_mask", "frame_mask_2", "image_2", "times", "times_2"]
+    torch.testing.assert_close(kw["times_2"], torch.ones(2, 4))

@@ -1,0 +1,94 @@
+"""TVRL two-view sampling (videos and timed series), time steps, random resized crop, probe pipelines."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from medssl_monai.transforms.tvrl import (
+    ClipTimesd,
+    RandClipResizedCropd,
+    RelativeTimesd,
+    TwoClipsd,
+    TwoSeriesWindowsd,
+    tvrl_probe_transforms,
+    tvrl_ssl_transforms,
+)
+
+
+def _series(n: int = 5) -> dict:
+    img = torch.arange(n, dtype=torch.uint8).reshape(1, n, 1, 1).expand(1, n, 4, 4).contiguous()
+    return {
+        "image": img,
+        "times": torch.tensor([2.0, 2.5, 4.0, 7.0, 7.2][:n]),
+        "frame_mask": torch.ones(n, dtype=torch.bool),
+    }
+
+
+def test_series_windows_keep_real_relative_times():
+    t = TwoSeriesWindowsd(num_frames=3, identical=False)
+    t.set_random_state(0)
+    d = t(_series())
+    for suffix in ("", "_2"):
+        first = int(d[f"image{suffix}"][0, 0, 0, 0])
+        visits = [first, first + 1, first + 2]
+        assert d[f"image{suffix}"][0, :, 0, 0].tolist() == visits
+    origin = [2.0, 2.5, 4.0, 7.0, 7.2][int(d["image"][0, 0, 0, 0])]
+    expected = [
+        [2.0, 2.5, 4.0, 7.0, 7.2][v] - origin
+        for v in range(int(d["image_2"][0, 0, 0, 0]), int(d["image_2"][0, 0, 0, 0]) + 3)
+    ]
+    np.testing.assert_allclose(d["times_2"].numpy(), expected, rtol=1e-6)
+
+
+def test_short_series_are_left_padded_and_masked():
+    d = TwoSeriesWindowsd(num_frames=4, identical=True)(_series(2))
+    assert d["frame_mask"].tolist() == [False, False, True, True]
+    assert d["image"][0, :, 0, 0].tolist() == [0, 0, 0, 1]
+    np.testing.assert_allclose(d["times"].numpy()[2:], [0.0, 0.5])
+    assert torch.equal(d["image"], d["image_2"])
+
+
+def test_two_clips_from_a_video(tmp_path):
+    frames = (
+        np.repeat(np.arange(20, dtype=np.uint8)[:, None, None, None], 4, axis=1).repeat(4, axis=2).repeat(3, axis=3)
+    )
+    np.save(tmp_path / "v.npy", frames)  # T x H x W x C
+    same = TwoClipsd(num_frames=3, period=2, identical=True, cache_dir=tmp_path / "c")
+    same.set_random_state(1)
+    d = same({"image": str(tmp_path / "v.npy")})
+    assert d["image"].shape == (1, 3, 4, 4) and torch.equal(d["image"], d["image_2"])
+    assert d["times"].tolist() == [0.0, 2.0, 4.0]
+    diff = TwoClipsd(num_frames=3, period=2, identical=False, cache_dir=tmp_path / "c")
+    diff.set_random_state(3)
+    d = diff({"image": str(tmp_path / "v.npy")})
+    start0, start1 = int(d["image"][0, 0, 0, 0]), int(d["image_2"][0, 0, 0, 0])
+    assert start0 != start1
+    assert d["times_2"].tolist() == [start1 - start0 + 2.0 * k for k in range(3)]  # the offset between views is kept
+
+
+def test_clip_times_and_relative_times():
+    d = ClipTimesd(period=2)({"clip_indices": np.array([10, 12, -1])})
+    assert d["times"].tolist() == [0.0, 2.0, 4.0] and d["frame_mask"].tolist() == [True, True, False]
+    r = RelativeTimesd()({"times": torch.tensor([0.0, 3.0, 4.5]), "frame_mask": torch.tensor([False, True, True])})
+    assert r["times"].tolist() == [0.0, 0.0, 1.5]
+
+
+def test_random_resized_crop_one_draw_for_all_frames():
+    clip = torch.randint(0, 255, (1, 3, 20, 20), dtype=torch.uint8)
+    t = RandClipResizedCropd(spatial_size=8, scale=(0.2, 0.5))
+    t.set_random_state(0)
+    out = t({"image": clip})["image"]
+    top, left, h, w = t.box
+    assert out.shape == (1, 3, 8, 8) and out.dtype == torch.uint8 and h == w and 0.2 * 400 <= h * w <= 0.5 * 400 + 40
+
+
+def test_pipelines_on_tiny_data(tiny_data, tmp_path):
+    from medssl_monai.data.timed_series import load_timed_series_datalist
+
+    item = load_timed_series_datalist(tiny_data["timed_series"] / "series.csv", split="TRAIN")[0]
+    d = tvrl_ssl_transforms("series", num_frames=4, identical=False, spatial_size=16)(item)
+    assert d["image"].shape == (1, 4, 16, 16) and d["image_2"].shape == (1, 4, 16, 16)
+    assert d["image"].dtype == torch.uint8 and d["times"].dtype == torch.float32
+    p = tvrl_probe_transforms("series", "eval", num_frames=4, spatial_size=16)(item)
+    assert p["image"].shape == (1, 4, 16, 16) and p["frame_mask"].sum() == len(item["times"][-4:])
