@@ -1,0 +1,414 @@
+"""Classification metrics of UCL's downstream evaluation, their ignite wrappers and the report writer.
+
+Reference: ``lincls_bin.py`` (gbc-iitd/US_UCL; methods.md section 4): 3-class accuracy, binary accuracy
+(malignant vs rest), sensitivity and specificity of the binary task, and the best epoch chosen by the harmonic
+mean of specificity and sensitivity on the validation list. Here ``positive_classes`` names the "malignant"
+side (on the synthetic frame folders: ``lesion``), AUROC is the binary AUROC of the summed positive-class
+probabilities, and the reference's "val = test" model selection of the POCUS evaluation is not reproduced:
+the best epoch is chosen on a validation split, never on test.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from ignite.metrics import Metric
+from sklearn.metrics import confusion_matrix
+
+from medssl_monai.evaluation.bootstrap import bootstrap_ci
+
+__all__ = [
+    "METRIC_NAMES",
+    "binary_counts",
+    "classification_metrics",
+    "harmonic_mean",
+    "aggregate_by_video",
+    "video_bootstrap",
+    "video_bootstrap_all",
+    "plot_confusion_matrix",
+    "ClassificationMetric",
+    "ClassificationReportHandler",
+]
+
+logger = logging.getLogger(__name__)
+
+METRIC_NAMES = ("accuracy", "binary_accuracy", "sensitivity", "specificity", "harmonic_mean", "auroc")
+
+
+def harmonic_mean(sensitivity: float, specificity: float) -> float:
+    """``2 s p / (s + p)``, 0 when both are 0 (the reference's model-selection score)."""
+    s, p = float(sensitivity), float(specificity)
+    return 0.0 if s + p == 0 else 2.0 * s * p / (s + p)
+
+
+def binary_counts(labels: np.ndarray, preds: np.ndarray, positive_classes: Sequence[int]) -> tuple[int, int, int, int]:
+    """``(tp, fn, tn, fp)`` of the binary task "class in ``positive_classes``" vs the rest."""
+    t = np.isin(np.asarray(labels), positive_classes)
+    p = np.isin(np.asarray(preds), positive_classes)
+    return int((t & p).sum()), int((t & ~p).sum()), int((~t & ~p).sum()), int((~t & p).sum())
+
+
+def classification_metrics(
+    labels: Sequence[int] | np.ndarray,
+    probs: np.ndarray,
+    positive_classes: Sequence[int] = (1,),
+    num_classes: int | None = None,
+    with_confusion: bool = True,
+) -> dict[str, Any]:
+    """Every metric of the evaluation from integer ``labels`` (``N``) and class probabilities ``probs`` (``N x C``).
+
+    Returns:
+        ``accuracy`` (argmax, all classes), ``binary_accuracy``, ``sensitivity`` = TP / (TP + FN), ``specificity``
+        = TN / (TN + FP) (``nan`` when a side is absent), ``harmonic_mean`` of the two, ``auroc`` (binary, score =
+        summed positive-class probability; ``nan`` with one side only) and ``confusion_matrix`` (``C x C`` list,
+        rows = truth; omitted with ``with_confusion=False``).
+    """
+    y = np.asarray(labels, dtype=np.int64).reshape(-1)
+    prob = np.asarray(probs, dtype=np.float64)
+    if prob.ndim != 2 or len(prob) != len(y) or len(y) == 0:
+        raise ValueError(f"need N labels and N x C probabilities, got {y.shape} and {prob.shape}")
+    c = num_classes or prob.shape[1]
+    pred = prob.argmax(1)
+    tp, fn, tn, fp = binary_counts(y, pred, positive_classes)
+    sens = tp / (tp + fn) if tp + fn else float("nan")
+    spec = tn / (tn + fp) if tn + fp else float("nan")
+    truth = np.isin(y, positive_classes)
+    score = prob[:, list(positive_classes)].sum(1)
+    auroc = _auroc(truth, score)
+    out = {
+        "accuracy": float((pred == y).mean()),
+        "binary_accuracy": float((tp + tn) / len(y)),
+        "sensitivity": float(sens),
+        "specificity": float(spec),
+        "harmonic_mean": harmonic_mean(sens, spec) if np.isfinite(sens) and np.isfinite(spec) else float("nan"),
+        "auroc": auroc,
+    }
+    if with_confusion:
+        out["confusion_matrix"] = confusion_matrix(y, pred, labels=list(range(c))).tolist()
+    return out
+
+
+def _auroc(truth: np.ndarray, score: np.ndarray) -> float:
+    """Binary AUROC as the Mann-Whitney statistic with average ranks for ties (equals ``roc_auc_score``; faster,
+    which matters inside the bootstrap); ``nan`` with one class only."""
+    from scipy.stats import rankdata
+
+    n_pos = int(truth.sum())
+    n_neg = len(truth) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(score)
+    return float((ranks[truth].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def aggregate_by_video(
+    video_ids: Sequence[str], probs: np.ndarray, labels: Sequence[int] | None = None
+) -> tuple[list[str], np.ndarray, np.ndarray | None]:
+    """Per-video mean of frame probabilities: ``(ids in first-seen order, V x C probs, V labels or None)``.
+
+    Raises:
+        ValueError: frames of one video carry different labels.
+    """
+    ids = [str(v) for v in video_ids]
+    order = list(dict.fromkeys(ids))
+    index = {v: i for i, v in enumerate(order)}
+    rows = np.array([index[v] for v in ids])
+    prob = np.asarray(probs, dtype=np.float64)
+    sums = np.zeros((len(order), prob.shape[1]))
+    np.add.at(sums, rows, prob)
+    out = sums / np.bincount(rows, minlength=len(order))[:, None]
+    if labels is None:
+        return order, out, None
+    lab = np.asarray(labels, dtype=np.int64)
+    vid_labels = np.full(len(order), -1, dtype=np.int64)
+    for r, lbl in zip(rows, lab):
+        if vid_labels[r] not in (-1, lbl):
+            raise ValueError(f"video {order[r]} has frames with different labels")
+        vid_labels[r] = lbl
+    return order, out, vid_labels
+
+
+def video_bootstrap(
+    metric: str,
+    video_ids: Sequence[str],
+    labels: Sequence[int],
+    probs: np.ndarray,
+    positive_classes: Sequence[int] = (1,),
+    n_resamples: int = 1000,
+    seed: int = 0,
+    confidence_level: float = 0.95,
+) -> dict[str, float]:
+    """Cluster bootstrap of a frame-level ``metric``: resample test *videos*, keep all their frames.
+
+    Frames of one video are strongly correlated, so resampling frames would give intervals that are far too
+    narrow; resampling videos keeps the dependence. With one frame per video it is the plain bootstrap.
+    """
+    ids = np.asarray([str(v) for v in video_ids])
+    y, prob = np.asarray(labels), np.asarray(probs)
+    groups = [np.flatnonzero(ids == v) for v in dict.fromkeys(ids.tolist())]
+
+    def stat(sel: np.ndarray) -> float:
+        rows = np.concatenate([groups[i] for i in sel])
+        return classification_metrics(y[rows], prob[rows], positive_classes, prob.shape[1])[metric]
+
+    res = bootstrap_ci(
+        stat,
+        np.arange(len(groups)),
+        n_resamples=n_resamples,
+        seed=seed,
+        confidence_level=confidence_level,
+        vectorized=False,
+    )
+    return {"estimate": res.estimate, "ci_low": res.ci[0], "ci_high": res.ci[1], "n_invalid": res.n_invalid}
+
+
+def video_bootstrap_all(
+    video_ids: Sequence[str],
+    labels: Sequence[int],
+    probs: np.ndarray,
+    positive_classes: Sequence[int] = (1,),
+    n_resamples: int = 1000,
+    seed: int = 0,
+    confidence_level: float = 0.95,
+) -> dict[str, dict[str, float]]:
+    """:func:`video_bootstrap` of every metric in one pass (the same resampled videos for all metrics).
+
+    Returns ``{metric: {"estimate", "ci_low", "ci_high", "n_invalid"}}``; percentile intervals over the finite
+    resampled values.
+    """
+    ids = np.asarray([str(v) for v in video_ids])
+    y, prob = np.asarray(labels), np.asarray(probs)
+    groups = [np.flatnonzero(ids == v) for v in dict.fromkeys(ids.tolist())]
+    names = [m for m in METRIC_NAMES]
+    full = classification_metrics(y, prob, positive_classes, prob.shape[1], with_confusion=False)
+    rng = np.random.default_rng(seed)
+    values = np.empty((n_resamples, len(names)))
+    for r in range(n_resamples):
+        rows = np.concatenate([groups[i] for i in rng.integers(0, len(groups), len(groups))])
+        m = classification_metrics(y[rows], prob[rows], positive_classes, prob.shape[1], with_confusion=False)
+        values[r] = [m[n] for n in names]
+    alpha = 100.0 * (1.0 - confidence_level) / 2.0
+    out = {}
+    for j, n in enumerate(names):
+        v = values[:, j][np.isfinite(values[:, j])]
+        lo, hi = np.percentile(v, [alpha, 100.0 - alpha]) if v.size else (float("nan"), float("nan"))
+        out[n] = {
+            "estimate": full[n],
+            "ci_low": float(lo),
+            "ci_high": float(hi),
+            "n_invalid": int(n_resamples - v.size),
+        }
+    return out
+
+
+def plot_confusion_matrix(
+    matrix: Sequence[Sequence[int]], out_png: str | Path, class_names: Sequence[str] | None = None, title: str = ""
+) -> Path:
+    """A confusion-matrix heat map (rows = truth, columns = prediction) with counts, as a PNG."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    m = np.asarray(matrix)
+    names = list(class_names) if class_names else [str(i) for i in range(len(m))]
+    fig = Figure(figsize=(1.2 + 0.9 * len(m), 1.0 + 0.9 * len(m)))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.imshow(m, cmap="Blues")
+    for i in range(len(m)):
+        for j in range(len(m)):
+            colour = "white" if m[i, j] > m.max() / 2 else "black"
+            ax.text(j, i, str(int(m[i, j])), ha="center", va="center", color=colour)
+    ax.set_xticks(range(len(m)), names, rotation=30)
+    ax.set_yticks(range(len(m)), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120, bbox_inches="tight")
+    return out
+
+
+def _probs(logits: torch.Tensor) -> torch.Tensor:
+    return torch.softmax(logits.detach().float(), dim=1)
+
+
+class ClassificationMetric(Metric):
+    """One of :data:`METRIC_NAMES` over an epoch, from ``(logits, labels)`` (an ignite metric for MONAI engines).
+
+    Use as the validation ``key_val_metric`` (``harmonic_mean``, the reference's selection, or ``auroc``). A value
+    that is undefined on the epoch's data (e.g. AUROC with one class) is returned as 0.0, so model selection never
+    picks it.
+    """
+
+    def __init__(
+        self,
+        metric: str = "harmonic_mean",
+        positive_classes: Sequence[int] = (1,),
+        output_transform: Callable = lambda x: x,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        if metric not in METRIC_NAMES:
+            raise ValueError(f"metric must be one of {METRIC_NAMES}, got {metric!r}")
+        self.metric = metric
+        self.positive_classes = tuple(int(c) for c in positive_classes)
+        super().__init__(output_transform=output_transform, device=device)
+
+    def reset(self) -> None:
+        self._probs: list[torch.Tensor] = []
+        self._labels: list[torch.Tensor] = []
+
+    def update(self, output: Sequence[torch.Tensor]) -> None:
+        logits, labels = output[0], output[1]
+        if isinstance(logits, (list, tuple)):  # decollated batches
+            logits, labels = torch.stack(list(logits)), torch.stack([torch.as_tensor(v) for v in labels])
+        self._probs.append(_probs(logits).cpu())
+        self._labels.append(torch.as_tensor(labels).reshape(-1).long().cpu())
+
+    def compute(self) -> float:
+        if not self._probs:
+            raise RuntimeError("ClassificationMetric needs at least one batch before compute()")
+        probs = torch.cat(self._probs).numpy()
+        labels = torch.cat(self._labels).numpy()
+        value = classification_metrics(labels, probs, self.positive_classes)[self.metric]
+        return float(value) if np.isfinite(value) else 0.0
+
+
+class ClassificationReportHandler:
+    """Collect frame predictions of an evaluator and write the evaluation report at ``COMPLETED``.
+
+    Writes to ``output_dir``: ``frame_predictions.csv`` (video, frame, label, per-class probabilities),
+    ``video_predictions.csv`` (per-video mean probabilities and prediction) and, when the data has labels,
+    ``metrics.json`` (frame- and video-level metrics with cluster-bootstrap CIs over videos, confusion matrices)
+    and ``confusion_matrix_frames.png`` / ``confusion_matrix_videos.png``. Without labels (inference) only the
+    predictions are written (plus ``video_predictions.json``).
+
+    Args:
+        output_dir: where the files go.
+        class_names: names for the CSV columns and figures.
+        positive_classes: the binary task's positive side.
+        id_key, frame_key, label_key: batch keys of the video id, frame index and label.
+        n_resamples: bootstrap resamples (0: no CIs).
+        enabled: ``False`` on non-zero ranks.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | Path,
+        class_names: Sequence[str] | None = None,
+        positive_classes: Sequence[int] = (1,),
+        id_key: str = "video_id",
+        frame_key: str = "frame_index",
+        label_key: str = "label",
+        n_resamples: int = 1000,
+        seed: int = 0,
+        enabled: bool = True,
+    ) -> None:
+        self.output_dir = Path(output_dir)
+        self.class_names = list(class_names) if class_names else None
+        self.positive_classes = tuple(int(c) for c in positive_classes)
+        self.id_key, self.frame_key, self.label_key = id_key, frame_key, label_key
+        self.n_resamples = int(n_resamples)
+        self.seed = seed
+        self.enabled = enabled
+        self.results: dict[str, Any] = {}
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.COMPLETED, self._write)
+
+    def _reset(self, engine: Engine) -> None:
+        self._ids: list[str] = []
+        self._frames: list[int] = []
+        self._labels: list[int] = []
+        self._probs: list[np.ndarray] = []
+
+    def _collect(self, engine: Engine) -> None:
+        out, batch = engine.state.output, engine.state.batch
+        pred = out["pred"] if isinstance(out, dict) else torch.stack([o["pred"] for o in out])
+        probs = _probs(pred).cpu().numpy()
+        n = len(probs)
+        self._probs.append(probs)
+        self._ids.extend(str(v) for v in batch.get(self.id_key, [""] * n))
+        self._frames.extend(int(v) for v in torch.as_tensor(batch.get(self.frame_key, [-1] * n)).reshape(-1))
+        if self.label_key in batch:
+            self._labels.extend(int(v) for v in torch.as_tensor(batch[self.label_key]).reshape(-1))
+
+    def _names(self, c: int) -> list[str]:
+        return self.class_names if self.class_names and len(self.class_names) == c else [str(i) for i in range(c)]
+
+    def _write(self, engine: Engine) -> None:
+        if not self.enabled or not self._probs:
+            return
+        probs = np.concatenate(self._probs)
+        names = self._names(probs.shape[1])
+        has_labels = len(self._labels) == len(probs)
+        labels = np.asarray(self._labels) if has_labels else None
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.output_dir / "frame_predictions.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["video_id", "frame_index", "label", "pred", *[f"prob_{n}" for n in names]])
+            for i, (v, t, p) in enumerate(zip(self._ids, self._frames, probs)):
+                w.writerow([v, t, int(labels[i]) if has_labels else "", int(p.argmax()), *[f"{x:.6f}" for x in p]])
+        vids, vprobs, vlabels = aggregate_by_video(self._ids, probs, labels)
+        videos = [
+            {
+                "video_id": v,
+                "label": int(vlabels[i]) if vlabels is not None else None,
+                "pred": int(vprobs[i].argmax()),
+                "pred_name": names[int(vprobs[i].argmax())],
+                "probs": {n: float(x) for n, x in zip(names, vprobs[i])},
+                "num_frames": int(sum(1 for x in self._ids if x == v)),
+            }
+            for i, v in enumerate(vids)
+        ]
+        with open(self.output_dir / "video_predictions.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["video_id", "label", "pred", "pred_name", "num_frames", *[f"prob_{n}" for n in names]])
+            for r in videos:
+                w.writerow(
+                    [
+                        r["video_id"],
+                        "" if r["label"] is None else r["label"],
+                        r["pred"],
+                        r["pred_name"],
+                        r["num_frames"],
+                    ]
+                    + [f"{r['probs'][n]:.6f}" for n in names]
+                )
+        if not has_labels:
+            (self.output_dir / "video_predictions.json").write_text(json.dumps(videos, indent=2))
+            self.results = {"videos": videos}
+            return
+        report: dict[str, Any] = {"class_names": names, "positive_classes": list(self.positive_classes)}
+        for level, (ids, y, p) in {
+            "frame": (self._ids, labels, probs),
+            "video": (vids, vlabels, vprobs),
+        }.items():
+            m = classification_metrics(y, p, self.positive_classes, len(names))
+            entry: dict[str, Any] = {"n": int(len(y)), "confusion_matrix": m.pop("confusion_matrix")}
+            cis = (
+                video_bootstrap_all(ids, y, p, self.positive_classes, self.n_resamples, self.seed)
+                if self.n_resamples > 0
+                else {}
+            )
+            for name, value in m.items():
+                entry[name] = {"estimate": value}
+                if name in cis and np.isfinite(value):
+                    entry[name].update(ci_low=cis[name]["ci_low"], ci_high=cis[name]["ci_high"])
+            report[level] = entry
+            plot_confusion_matrix(
+                entry["confusion_matrix"], self.output_dir / f"confusion_matrix_{level}s.png", names, f"{level}s"
+            )
+        (self.output_dir / "metrics.json").write_text(json.dumps(report, indent=2))
+        self.results = report
+        logger.info("test metrics (frames): %s", {k: v for k, v in report["frame"].items() if k != "confusion_matrix"})

@@ -1,0 +1,171 @@
+"""Frame-level loading and per-frame augmentation: the image-encoder (UCL) side of the clip pipeline.
+
+:class:`LoadFramesd` reads selected frames of a video, frame folder, ``.npy`` or NIfTI sequence through the
+decoded-clip cache as ``uint8`` ``K x C x H x W`` (or one ``C x H x W`` frame); :class:`FrameResizeCropd` is the
+reference's only augmentation, ``Resize(size)`` (shorter side) + ``RandomCrop(size)`` for training and
+``CenterCrop`` for evaluation, drawn independently for every frame (each UCL frame gets its own transform call).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.config import KeysCollection
+from monai.transforms import MapTransform, Randomizable
+
+from medssl_monai.data.cache import ClipCache
+from medssl_monai.errors import DataError
+from medssl_monai.transforms.io import _as_cache, convert_channels, meta_key
+
+__all__ = ["LoadFramesd", "FrameResizeCropd", "resize_shorter_side", "expand_frames"]
+
+
+class LoadFramesd(MapTransform):
+    """Load the frames ``d[indices_key]`` of the source ``d[key]`` as a ``uint8`` tensor.
+
+    A list of indices gives ``K x C x H x W``; a single int gives ``C x H x W``. Frames come from a
+    :class:`~medssl_monai.data.cache.ClipCache` (decoded once, memory-mapped after; only the selected frames are
+    read), so AVI videos and ``Video_k/00000.jpg`` folders behave the same.
+
+    Args:
+        keys: keys of the clip sources.
+        indices_key: key of the frame index or indices.
+        cache: a :class:`ClipCache`, ``None``/``True`` (a cache in ``cache_dir``) or ``False`` (decode every call).
+        cache_dir: cache directory when ``cache`` is not a :class:`ClipCache`.
+        channels: ``None`` keeps the source's channels, ``1`` grey, ``3`` RGB (the reference loads RGB).
+        allow_missing_keys: skip absent keys.
+
+    Raises:
+        DataError: an index outside the video.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "image",
+        indices_key: str = "frame_indices",
+        cache: ClipCache | bool | None = None,
+        cache_dir: str | Path | None = None,
+        channels: int | None = 3,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if channels not in (None, 1, 3):
+            raise ValueError(f"channels must be None, 1 or 3, got {channels}")
+        self.indices_key = indices_key
+        self.cache = _as_cache(cache, cache_dir)
+        self.channels = channels
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        raw = d[self.indices_key]
+        single = np.ndim(raw) == 0
+        idx = np.atleast_1d(np.asarray(raw, dtype=np.int64))
+        for key in self.key_iterator(d):
+            path = Path(d[key])
+            frames = self.cache.frames(path)
+            n = len(frames)
+            if idx.size and (idx.min() < 0 or idx.max() >= n):
+                raise DataError(path, f"frame indices {idx.tolist()} outside the video's {n} frames")
+            stack = convert_channels(np.asarray(frames[idx]), self.channels)
+            out = torch.from_numpy(np.ascontiguousarray(stack.transpose(0, 3, 1, 2)))
+            d[key] = out[0] if single else out
+            d[meta_key(key)] = {"filename_or_obj": str(path), "num_video_frames": n}
+        return d
+
+
+def resize_shorter_side(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize ``[K x] C x H x W`` so the shorter side is ``size`` (torchvision ``Resize(int)``; bilinear, antialiased).
+
+    ``uint8`` in gives ``uint8`` out (rounded), so frames stay 8-bit until normalisation.
+    """
+    h, w = x.shape[-2:]
+    if min(h, w) == size:
+        return x
+    if h <= w:
+        nh, nw = size, max(1, int(size * w / h))
+    else:
+        nh, nw = max(1, int(size * h / w)), size
+    batch = x.reshape(-1, *x.shape[-3:]).float()
+    out = F.interpolate(batch, size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)
+    out = out.reshape(*x.shape[:-2], nh, nw)
+    return out.round().clamp(0, 255).to(torch.uint8) if x.dtype == torch.uint8 else out.to(x.dtype)
+
+
+class FrameResizeCropd(Randomizable, MapTransform):
+    """``Resize(resize_to)`` (shorter side) then a ``spatial_size`` square crop: random per frame or centred.
+
+    The UCL reference's augmentation (``Resize(224) + RandomCrop(224)`` for pretraining and fine-tuning,
+    ``CenterCrop`` for validation). On ``K x C x H x W`` stacks every frame gets its own crop, as the reference
+    transforms the anchor, the positive and each negative separately.
+
+    Args:
+        keys: keys of ``C x H x W`` frames or ``K x C x H x W`` stacks.
+        spatial_size: the crop size.
+        resize_to: shorter-side size before cropping (``None``: ``spatial_size``).
+        random_crop: random crop (training) or centre crop (evaluation).
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "image",
+        spatial_size: int = 224,
+        resize_to: int | None = None,
+        random_crop: bool = True,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        self.spatial_size = int(spatial_size)
+        self.resize_to = int(resize_to) if resize_to is not None else self.spatial_size
+        if self.resize_to < self.spatial_size:
+            raise ValueError(f"resize_to ({self.resize_to}) must be >= spatial_size ({self.spatial_size})")
+        self.random_crop = random_crop
+
+    def randomize(self, data: Any = None) -> None:
+        pass
+
+    def _offsets(self, h: int, w: int) -> tuple[int, int]:
+        s = self.spatial_size
+        if self.random_crop:
+            return int(self.R.randint(0, h - s + 1)), int(self.R.randint(0, w - s + 1))
+        return int(round((h - s) / 2.0)), int(round((w - s) / 2.0))
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        s = self.spatial_size
+        for key in self.key_iterator(d):
+            x = resize_shorter_side(torch.as_tensor(d[key]), self.resize_to)
+            h, w = x.shape[-2:]
+            if x.ndim == 3:
+                top, left = self._offsets(h, w)
+                d[key] = x[:, top : top + s, left : left + s].contiguous()
+            else:
+                crops = []
+                for frame in x:
+                    top, left = self._offsets(h, w)
+                    crops.append(frame[:, top : top + s, left : left + s])
+                d[key] = torch.stack(crops).contiguous()
+        return d
+
+
+def expand_frames(
+    datalist: list[dict], frame_stride: int = 1, max_frames_per_video: int | None = None, index_key: str = "frame_index"
+) -> list[dict]:
+    """One item per frame of every video item (``num_frames`` needed), ``d[index_key]`` the frame number.
+
+    The classification unit of UCL's downstream task is an image (GBCU); on videos we classify frames and keep
+    ``video_id`` so frame predictions can be averaged per video. ``frame_stride`` thins near-duplicate frames;
+    ``max_frames_per_video`` keeps that many evenly spaced frames.
+    """
+    out = []
+    for d in datalist:
+        n = int(d["num_frames"])
+        idx = np.arange(0, n, max(1, int(frame_stride)))
+        if max_frames_per_video is not None and len(idx) > max_frames_per_video:
+            idx = idx[np.linspace(0, len(idx) - 1, int(max_frames_per_video)).round().astype(int)]
+        out.extend({**d, index_key: int(t)} for t in idx)
+    return out
