@@ -6,6 +6,7 @@
     python -m medssl_monai cache --root data/echonet    # decode every video once into the clip cache
     python -m medssl_monai inspect data/echonet         # summarise a dataset folder, a video or a datalist
     python -m medssl_monai demo                         # the README's main job
+    python -m medssl_monai package bundles/<name> --out dist/   # zoo zip + TorchScript/ONNX export (docs/zoo.md)
 """
 
 from __future__ import annotations
@@ -125,13 +126,48 @@ class CLI:
             "mean_intensity": float(frames.mean()),
         }
 
-    def demo(self, root: str = "data", seed: int = 0, size: str = "small", out_dir: str = "runs/demo",
-             ssl_epochs: int | None = None, seg_epochs: int | None = None, log_level: str = "WARNING") -> None:
+    def demo(
+        self,
+        root: str = "data",
+        seed: int = 0,
+        size: str = "small",
+        out_dir: str = "runs/demo",
+        ssl_epochs: int | None = None,
+        seg_epochs: int | None = None,
+        log_level: str = "WARNING",
+    ) -> None:
         """The README's main job on the synthetic data (see :mod:`medssl_monai.demo`)."""
         from medssl_monai.demo import run_demo
 
         _setup_logging(log_level)
         run_demo(root=root, seed=seed, size=size, out_dir=out_dir, ssl_epochs=ssl_epochs, seg_epochs=seg_epochs)
+
+    def package(
+        self,
+        bundle: str,
+        out: str = "dist",
+        allow_untrained: bool = False,
+        onnx: bool = True,
+        max_file_mb: float = 25.0,
+        url_prefix: str = "",
+        log_level: str = "INFO",
+    ) -> dict:
+        """Check a bundle and write ``<out>/<name>_v<version>.zip`` with TorchScript/ONNX exports (docs/zoo.md)."""
+        from medssl_monai.zoo import package_bundle
+
+        _setup_logging(log_level)
+        r = package_bundle(
+            bundle, out, allow_untrained=allow_untrained, onnx=onnx, max_file_mb=max_file_mb, url_prefix=url_prefix
+        )
+        return {
+            "zip": str(r.zip_path),
+            "trained": r.trained,
+            "exports": r.exports,
+            "onnx_exporter": r.onnx_exporter,
+            "max_abs_diff": r.max_abs_diff,
+            "skipped": r.skipped,
+            "large_files_dir": str(r.large_files_dir) if r.large_files_dir else None,
+        }
 
 
 def main() -> None:
