@@ -1,0 +1,68 @@
+"""Synthetic clips in TVRL's cardiac-MRI array layout: ``<root>/<eid>.npy`` (``T x H x W`` uint8) + split CSVs.
+
+The TVRL reference reads UK Biobank cine CMR as ``{eid}.npy`` arrays of 50 frames (one cardiac cycle) and its
+targets from ``train.csv`` / ``val.csv`` / ``test.csv`` keyed by ``eid``. The synthetic EchoNet videos (beating
+LV with a known EF, ``Abnormal`` flag) are converted to that layout: grey channel, resized to ``image_size``,
+``num_frames`` frames from the first frame (looped when the video is shorter), one CSV per split with
+``eid,ef,Abnormal``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+
+__all__ = ["make_arrays", "synthetic_arrays"]
+
+_MARKER = ".synthetic_arrays.json"
+
+
+def make_arrays(
+    root: str | Path,
+    echonet_root: str | Path,
+    num_frames: int = 50,
+    image_size: int = 64,
+) -> Path:
+    """Convert the EchoNet-format dataset ``echonet_root`` to TVRL's array layout in ``root`` (skipped if there).
+
+    Returns:
+        ``root`` with ``<eid>.npy`` clips and ``train.csv`` / ``val.csv`` / ``test.csv`` (``eid``, ``ef``,
+        ``Abnormal``).
+    """
+    from medssl_monai.data.echonet import load_echonet_datalist
+    from medssl_monai.data.video import read_video
+
+    root, echonet_root = Path(root), Path(echonet_root)
+    params = {"echonet_root": str(echonet_root.resolve()), "num_frames": num_frames, "image_size": image_size}
+    marker = root / _MARKER
+    if marker.is_file() and json.loads(marker.read_text()) == params:
+        return root
+    root.mkdir(parents=True, exist_ok=True)
+    items = load_echonet_datalist(echonet_root, labels_csv="SyntheticTruth.csv")
+    rows: dict[str, list[dict]] = {"TRAIN": [], "VAL": [], "TEST": []}
+    for item in items:
+        frames = read_video(item["image"])[..., 0]  # grey stored as RGB: one channel
+        idx = np.arange(num_frames) % len(frames)
+        clip = np.stack(
+            [cv2.resize(f, (image_size, image_size), interpolation=cv2.INTER_AREA) for f in frames[idx]]
+        ).astype(np.uint8)
+        np.save(root / f"{item['video_id']}.npy", clip)
+        rows[item["split"].upper()].append(
+            {"eid": item["video_id"], "ef": float(item["ef"]), "Abnormal": int(item["Abnormal"])}
+        )
+    for split, r in rows.items():
+        pd.DataFrame(r, columns=["eid", "ef", "Abnormal"]).to_csv(root / f"{split.lower()}.csv", index=False)
+    marker.write_text(json.dumps(params))
+    return root
+
+
+def synthetic_arrays(size: str | None = None, seed: int = 0, num_frames: int = 50, image_size: int = 64) -> str:
+    """The default synthetic array dataset (next to the default synthetic EchoNet set, written on first use)."""
+    from medssl_monai.data.defaults import synthetic_dataset
+
+    echonet = Path(synthetic_dataset("echonet", size=size, seed=seed))
+    return str(make_arrays(echonet.parent / f"arrays_{num_frames}x{image_size}", echonet, num_frames, image_size))

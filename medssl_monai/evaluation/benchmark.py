@@ -1,0 +1,318 @@
+"""The representation benchmark: every encoder, one frozen-feature protocol, every task, one table and one chart.
+
+Protocol (issue 10; DESIGN.md "One encoder interface"):
+
+- features come from :class:`~medssl_monai.encoders.ClipEncoder` (frozen, eval mode);
+- every probe is *fit* on the TRAIN features and their labels only, then *scores* the evaluation features without
+  seeing their labels (:func:`fit_predict` has no argument for them); metrics are computed afterwards
+  (:func:`score_task`);
+- tasks and probes:
+
+  ============== ============================================ ===================================================
+  task           probe                                        metric
+  ============== ============================================ ===================================================
+  ef             standardised ridge regression                MAE, R2
+  abnormal_knn   DINO-weighted kNN (:mod:`.knn`)              AUROC
+  abnormal_lin   standardised logistic regression (:mod:`.knn`) AUROC
+  anomaly        mean kNN cosine distance to *normal* TRAIN   AUROC
+                 clips (:mod:`.anomaly`)
+  progression    standardised logistic regression on the      AUROC
+                 timed-series features
+  ============== ============================================ ===================================================
+
+- probe seed ``s`` fits on a bootstrap resample (seed ``s``) of the TRAIN clips, so the spread over seeds shows how
+  much the result depends on which labelled clips the probe saw; several seeds give mean +- std
+  (:func:`summarize_runs`) and the first seed's paired percentile bootstrap interval over evaluation clips
+  (:func:`~medssl_monai.evaluation.bootstrap.bootstrap_ci`).
+
+:func:`benchmark_table` writes the markdown table and refuses a run with a missing cell (a cell that does not
+apply must be marked :data:`NOT_APPLICABLE`); :func:`benchmark_chart` writes the PNG.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.metrics import mean_absolute_error, r2_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from medssl_monai.evaluation.anomaly import knn_anomaly_scores, safe_auroc
+from medssl_monai.evaluation.bootstrap import bootstrap_ci
+from medssl_monai.evaluation.knn import knn_predict_proba
+
+__all__ = [
+    "NOT_APPLICABLE",
+    "TASKS",
+    "METRICS",
+    "MissingCellError",
+    "fit_predict",
+    "score_task",
+    "probe_task",
+    "summarize_runs",
+    "benchmark_table",
+    "benchmark_chart",
+]
+
+#: a cell that does not apply to an encoder (e.g. segmentation without a spatial decoder)
+NOT_APPLICABLE = "n/a"
+TASKS = ("ef", "abnormal_knn", "abnormal_lin", "anomaly", "progression")
+#: table columns: (task, metric, header, higher is better)
+METRICS: tuple[tuple[str, str, str, bool], ...] = (
+    ("ef", "mae", "EF MAE", False),
+    ("ef", "r2", "EF R2", True),
+    ("abnormal_knn", "auroc", "abnormal kNN AUROC", True),
+    ("abnormal_lin", "auroc", "abnormal linear AUROC", True),
+    ("anomaly", "auroc", "one-class anomaly AUROC", True),
+    ("progression", "auroc", "progression AUROC", True),
+    ("segmentation", "dice", "few-label seg. Dice", True),
+)
+
+
+class MissingCellError(ValueError):
+    """A benchmark run lacks a (encoder, metric) cell that was neither measured nor marked not applicable."""
+
+
+def _standardised(model) -> object:
+    return make_pipeline(StandardScaler(), model)
+
+
+def fit_predict(
+    task: str,
+    train_features: np.ndarray,
+    train_labels: np.ndarray,
+    features: np.ndarray,
+    seed: int = 0,
+    resample: bool = True,
+    k: int = 20,
+    temperature: float = 0.07,
+    anomaly_k: int = 5,
+    ridge_alpha: float = 1.0,
+    C: float = 1.0,
+) -> np.ndarray:
+    """Fit ``task``'s probe on the TRAIN features/labels and return its scores for ``features``.
+
+    The evaluation labels are not an argument: nothing fit here can depend on them.
+
+    Args:
+        task: one of :data:`TASKS`.
+        train_features, train_labels: ``N x D`` and ``N`` (EF values, or 0/1 with 1 = abnormal / progresses).
+        features: ``M x D`` features to score.
+        seed: probe seed (the TRAIN resample and the solver's ``random_state``).
+        resample: fit on a bootstrap resample of the TRAIN clips (seed ``seed``); ``False``: all of them.
+        k, temperature: kNN classifier (DINO weighting). anomaly_k: neighbours of the one-class score.
+        ridge_alpha, C: ridge penalty and inverse logistic-regression penalty.
+
+    Returns:
+        ``M`` predictions (EF) or scores (higher = more likely positive / anomalous).
+    """
+    x = np.asarray(train_features, dtype=np.float64)
+    y = np.asarray(train_labels)
+    if resample:
+        rng = np.random.default_rng(seed)
+        for _ in range(100):  # a resample with both classes (classification) or any (regression)
+            idx = rng.integers(0, len(x), len(x))
+            if task == "ef" or len(np.unique(y[idx])) == len(np.unique(y)):
+                break
+        x, y = x[idx], y[idx]
+    z = np.asarray(features, dtype=np.float64)
+    if task == "ef":
+        return _standardised(Ridge(alpha=ridge_alpha)).fit(x, y.astype(np.float64)).predict(z)
+    y = y.astype(int)
+    if task == "abnormal_knn":
+        proba, classes = knn_predict_proba(x, y, z, k=k, temperature=temperature)
+        return proba[:, list(classes).index(1)] if 1 in classes else np.zeros(len(z))
+    if task in ("abnormal_lin", "progression"):
+        if len(np.unique(y)) < 2:
+            raise ValueError(f"{task}: the TRAIN labels hold one class only")
+        clf = _standardised(LogisticRegression(C=C, max_iter=2000, class_weight="balanced", random_state=seed))
+        return clf.fit(x, y).predict_proba(z)[:, 1]
+    if task == "anomaly":
+        return knn_anomaly_scores(x[y == 0], z, k=anomaly_k)
+    raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+
+
+def _mae(t: np.ndarray, p: np.ndarray) -> float:
+    return float(mean_absolute_error(t, p))
+
+
+def _r2(t: np.ndarray, p: np.ndarray) -> float:
+    return float(r2_score(t, p)) if len(np.unique(t)) > 1 else float("nan")
+
+
+_METRIC_FNS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {"mae": _mae, "r2": _r2, "auroc": safe_auroc}
+
+
+def score_task(
+    task: str,
+    labels: np.ndarray,
+    scores: np.ndarray,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    confidence_level: float = 0.95,
+) -> dict[str, dict[str, float]]:
+    """Metrics of ``task`` (``{"mae", "r2"}`` for EF, ``{"auroc"}`` otherwise), each ``{"estimate", "ci_low",
+    "ci_high"}`` with a paired percentile bootstrap interval over the evaluation clips (NaN when undefined)."""
+    labels, scores = np.asarray(labels), np.asarray(scores, dtype=np.float64)
+    names = ("mae", "r2") if task == "ef" else ("auroc",)
+    if task != "ef":
+        labels = labels.astype(int)
+    out = {}
+    for name in names:
+        fn = _METRIC_FNS[name]
+        est = fn(labels, scores)
+        lo = hi = float("nan")
+        if np.isfinite(est) and n_resamples > 0:
+            try:
+                res = bootstrap_ci(
+                    fn,
+                    labels,
+                    scores,
+                    n_resamples=n_resamples,
+                    seed=seed,
+                    confidence_level=confidence_level,
+                    vectorized=False,
+                )
+                lo, hi = float(res.ci[0]), float(res.ci[1])
+            except ValueError:  # every resample degenerate (one class)
+                pass
+        out[name] = {"estimate": float(est), "ci_low": lo, "ci_high": hi}
+    return out
+
+
+def probe_task(
+    task: str,
+    train_features: np.ndarray,
+    train_labels: np.ndarray,
+    features: np.ndarray,
+    labels: np.ndarray,
+    seeds: Sequence[int] = (0, 1, 2),
+    n_resamples: int = 1000,
+    confidence_level: float = 0.95,
+    **probe_kwargs,
+) -> dict[str, dict[str, float | list[float]]]:
+    """:func:`fit_predict` for every probe seed, then :func:`score_task`.
+
+    Returns:
+        ``{metric: {"values": [one per seed], "mean", "std", "ci_low", "ci_high"}}``; the interval is the bootstrap
+        interval of the first seed's probe.
+    """
+    per_seed = []
+    for i, s in enumerate(seeds):
+        scores = fit_predict(task, train_features, train_labels, features, seed=int(s), **probe_kwargs)
+        per_seed.append(score_task(task, labels, scores, n_resamples if i == 0 else 0, int(s), confidence_level))
+    out: dict[str, dict] = {}
+    for name in per_seed[0]:
+        values = [r[name]["estimate"] for r in per_seed]
+        out[name] = {
+            "values": values,
+            "mean": float(np.mean(values)),
+            "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+            "ci_low": per_seed[0][name]["ci_low"],
+            "ci_high": per_seed[0][name]["ci_high"],
+        }
+    return out
+
+
+def summarize_runs(values: Sequence[float]) -> dict[str, float]:
+    """Mean and sample standard deviation (``ddof=1``; 0 for one value) of per-seed results."""
+    v = np.asarray(values, dtype=np.float64)
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0}
+
+
+def _cell(value) -> str:
+    if value == NOT_APPLICABLE:
+        return NOT_APPLICABLE
+    mean, std = value["mean"], value["std"]
+    s = f"{mean:.3f} +- {std:.3f}"
+    if np.isfinite(value.get("ci_low", np.nan)):
+        s += f" [{value['ci_low']:.3f}, {value['ci_high']:.3f}]"
+    return s
+
+
+def _check_cells(results: Mapping[str, Mapping[str, Mapping]], columns) -> None:
+    missing = []
+    for enc, tasks in results.items():
+        for task, metric, _, _ in columns:
+            r = tasks.get(task)
+            if r == NOT_APPLICABLE:
+                continue
+            cell = r.get(metric) if isinstance(r, Mapping) else None
+            if cell == NOT_APPLICABLE:
+                continue
+            if not isinstance(cell, Mapping) or not np.isfinite(cell.get("mean", np.nan)):
+                missing.append(f"{enc}/{task}/{metric}")
+    if missing:
+        raise MissingCellError(f"benchmark run has missing cells (measure them or mark them n/a): {missing}")
+
+
+def benchmark_table(
+    results: Mapping[str, Mapping[str, Mapping | str]],
+    columns: Sequence[tuple[str, str, str, bool]] = METRICS,
+) -> str:
+    """One markdown table: a row per encoder, a column per (task, metric), cells ``mean +- std [CI]``.
+
+    Args:
+        results: ``{encoder: {task: {metric: {"mean", "std", "ci_low", "ci_high"}} | "n/a"}}``.
+        columns: ``(task, metric, header, higher_is_better)`` per column.
+
+    Raises:
+        MissingCellError: a cell is absent or not finite without being marked :data:`NOT_APPLICABLE`.
+    """
+    _check_cells(results, columns)
+    head = "| encoder | " + " | ".join(f"{h} {'(up)' if up else '(down)'}" for _, _, h, up in columns) + " |"
+    lines = [head, "| --- |" + " --- |" * len(columns)]
+    for enc, tasks in results.items():
+        cells = []
+        for task, metric, _, _ in columns:
+            r = tasks[task]
+            cells.append(_cell(NOT_APPLICABLE if r == NOT_APPLICABLE else r[metric]))
+        lines.append(f"| {enc} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def benchmark_chart(
+    results: Mapping[str, Mapping[str, Mapping | str]],
+    out_png: str | Path,
+    columns: Sequence[tuple[str, str, str, bool]] = METRICS,
+) -> Path:
+    """One PNG: a panel per column, a bar per encoder (mean, error bar = std over seeds); n/a cells left empty."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    _check_cells(results, columns)
+    encoders = list(results)
+    n = len(columns)
+    ncols = min(4, n)
+    nrows = (n + ncols - 1) // ncols
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 3.0 * nrows), squeeze=False)
+    colors = plt.get_cmap("tab10")(np.arange(len(encoders)) % 10)
+    for ax, (task, metric, header, up) in zip(axes.flat, columns):
+        means, stds = [], []
+        for enc in encoders:
+            r = results[enc][task]
+            cell = NOT_APPLICABLE if r == NOT_APPLICABLE else r[metric]
+            means.append(np.nan if cell == NOT_APPLICABLE else cell["mean"])
+            stds.append(0.0 if cell == NOT_APPLICABLE else cell["std"])
+        pos = np.arange(len(encoders))
+        ax.bar(pos, np.nan_to_num(means), yerr=stds, color=colors, capsize=3)
+        for p, m in zip(pos, means):
+            if not np.isfinite(m):
+                ax.text(p, 0, NOT_APPLICABLE, ha="center", va="bottom", fontsize=7)
+        if metric == "auroc":
+            ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+        ax.set_xticks(pos, encoders, rotation=60, ha="right", fontsize=7)
+        ax.set_title(f"{header} ({'higher' if up else 'lower'} is better)", fontsize=8)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.tight_layout()
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
