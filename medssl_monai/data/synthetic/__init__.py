@@ -8,6 +8,7 @@ GBUSV frame folders), ``make_timed_series`` (irregularly timed series, TVRL) and
 from __future__ import annotations
 
 from medssl_monai.data.synthetic._common import MARKER_NAME
+from medssl_monai.data.synthetic.arrays import make_arrays, synthetic_arrays
 from medssl_monai.data.synthetic.camus import make_camus, synthesize_camus_patient
 from medssl_monai.data.synthetic.echonet import (
     EchoVideo,
@@ -22,6 +23,8 @@ from medssl_monai.data.synthetic.timed_series import make_timed_series
 from medssl_monai.data.synthetic.ultrasound import make_frame_folders, synthesize_sweep
 
 __all__ = [
+    "make_arrays",
+    "synthetic_arrays",
     "MARKER_NAME",
     "SIZES",
     "EchoVideo",
