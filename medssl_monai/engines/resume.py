@@ -1,0 +1,237 @@
+"""Exact resume after a crash (SIGKILL mid-epoch): iteration-level atomic checkpoints and a data fast-forward.
+
+:class:`ResumeHandler` is attached to a bundle's trainer in ``run`` (config keys ``resume`` and
+``checkpoint_every``). It
+
+1. reseeds python / numpy / torch and the dataset's random transforms (``monai.data.utils.set_rnd``) at every
+   ``EPOCH_STARTED`` from ``(seed, epoch)``, before ignite creates the epoch's DataLoader iterator, so an epoch's
+   sampler order and augmentation draws depend on the seed and the epoch only, not on what ran before;
+2. writes ``<save_dir>/<filename>`` every ``checkpoint_every`` iterations and at every epoch end with
+   :func:`~medssl_monai.engines.checkpoint.atomic_torch_save`: the ``state_dict`` of every object in
+   ``save_dict`` (the network or whole SSL method module with its EMA teacher, queues and prototypes; the
+   optimizer; the LR scheduler; ...), ``trainer.state_dict()`` (iteration, epoch length, max epochs), the global
+   RNG states as tensors, and the validator's best metric;
+3. on ``attach`` with ``resume=True`` loads that file with ``torch.load(weights_only=True)``, restores the
+   trainer counters (``Engine.load_state_dict``), at ``STARTED`` every object (ignite ``Checkpoint.load_objects``,
+   after any ``pretrained_ckpt`` loader so the resumed weights win), and, if
+   the crash was mid-epoch, replays that epoch's first batches (same seed -> same sampler order and transform
+   draws, batches discarded without a training step) and then restores the saved RNG states, so the next batch,
+   masks and dropout are the ones the uninterrupted run used.
+
+Exactness holds on the CPU with ``num_workers=0`` or non-persistent workers (workers are re-seeded per epoch
+from the reseeded torch RNG). With ``persistent_workers=True`` the workers' transform RNGs carry over epochs
+and are not in the checkpoint: the data order is still exact, augmentation draws after a resume are not.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from ignite.handlers import Checkpoint
+
+from medssl_monai.distributed import rank as dist_rank
+from medssl_monai.engines.checkpoint import atomic_torch_save, load_rng_state_dict, rng_state_dict
+
+__all__ = ["ResumeHandler", "epoch_seed", "seed_everything"]
+
+logger = logging.getLogger(__name__)
+FORMAT_VERSION = 1
+
+
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """A well-mixed 31-bit seed for ``epoch`` of a run seeded with ``seed`` (numpy ``SeedSequence``).
+
+    ``rank`` enters the mix so that, under DDP, ranks draw different augmentations and masks.
+    """
+    entropy = [int(seed) & 0xFFFFFFFF, int(epoch)] + ([int(rank)] if rank else [])
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def seed_everything(seed: int, dataset: Any = None) -> None:
+    """Seed python, numpy and torch (CPU and CUDA) and the random transforms reachable from ``dataset``."""
+    import random
+
+    from monai.data.utils import set_rnd
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # seeds every CUDA device too
+    if dataset is not None:
+        set_rnd(dataset, seed)
+
+
+class _FastForward:
+    """Iterable over ``loader`` that skips its first ``skip`` batches, then restores the saved RNG states."""
+
+    def __init__(self, loader: Any, skip: int, rng: Mapping[str, Any] | None) -> None:
+        self.loader, self.skip, self.rng = loader, skip, rng
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Any]:
+        it = iter(self.loader)
+        for _ in range(self.skip):  # loads and discards: consumes the same sampler / transform draws
+            next(it)
+        if self.rng is not None:
+            load_rng_state_dict(self.rng)
+        return it
+
+
+class ResumeHandler:
+    """Iteration-level atomic checkpoint + exact resume for an ignite / MONAI trainer (see module docstring).
+
+    Args:
+        save_dir: folder of the resume checkpoint (the bundle's ``ckpt_dir``).
+        save_dict: name -> object with ``state_dict``/``load_state_dict`` (network or method, optimizer,
+            lr_scheduler, ...). The trainer itself is added by :meth:`attach`; do not list it.
+        seed: the run's seed; epoch ``e`` is seeded with :func:`epoch_seed` ``(seed, e)``.
+        resume: load ``save_dir/filename`` on attach when it exists.
+        checkpoint_every: also checkpoint every this many iterations (0: only at epoch ends).
+        filename: checkpoint file name.
+        save: write checkpoints (``False`` on non-zero DDP ranks); resume loading happens regardless.
+        evaluator: optional validator whose ``best_metric``/``best_metric_epoch`` are saved and restored.
+        reseed_each_epoch: reseed at each ``EPOCH_STARTED`` (required for an exact mid-epoch resume).
+    """
+
+    def __init__(
+        self,
+        save_dir: str | Path,
+        save_dict: Mapping[str, Any],
+        seed: int = 0,
+        resume: bool = True,
+        checkpoint_every: int = 0,
+        filename: str = "resume.pt",
+        save: bool = True,
+        evaluator: Any = None,
+        reseed_each_epoch: bool = True,
+    ) -> None:
+        if "trainer" in save_dict:
+            raise ValueError("ResumeHandler: save_dict must not contain 'trainer' (the attached engine is added)")
+        if int(checkpoint_every) < 0:
+            raise ValueError(f"ResumeHandler: checkpoint_every must be >= 0, got {checkpoint_every}")
+        self.path = Path(save_dir) / filename
+        self.save_dict = dict(save_dict)
+        self.seed = int(seed)
+        self.resume = bool(resume)
+        self.checkpoint_every = int(checkpoint_every)
+        self.save_enabled = bool(save)
+        self.evaluator = evaluator
+        self.reseed_each_epoch = bool(reseed_each_epoch)
+        self.resumed_from: int | None = None  # iteration the run resumed from (None: fresh start)
+        self._pending: tuple[int, Mapping[str, Any]] | None = None  # (batches to skip, RNG states)
+        self._done_state: dict[str, int] | None = None
+        self._loader: Any = None
+        self._objects: Mapping[str, Any] | None = None
+
+    # ---- attach / events -------------------------------------------------------------------------------
+    def attach(self, engine: Engine) -> None:
+        """Load the checkpoint (if ``resume`` and present), then register the seeding and saving handlers."""
+        if self.resume and self.path.is_file():
+            self.load(engine)
+        engine.add_event_handler(Events.STARTED, self._started)
+        engine.add_event_handler(Events.EPOCH_STARTED, self._epoch_started)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_completed)
+        if self.checkpoint_every > 0:
+            engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.checkpoint_every), self._iteration_completed)
+
+    def _started(self, engine: Engine) -> None:
+        if self._objects is not None:
+            Checkpoint.load_objects(to_load=self.save_dict, checkpoint=self._objects)
+            self._objects = None
+        if self._done_state is not None:  # the checkpoint is of a finished run: nothing left to train
+            engine.state.iteration = self._done_state["iteration"]
+            engine.state.epoch = self._done_state["epoch"]
+            logger.info(f"resume: {self.path} is of a finished run (epoch {engine.state.epoch}); nothing to do")
+            engine.terminate()
+
+    def _epoch_started(self, engine: Engine) -> None:
+        if self._loader is None:
+            self._loader = engine.state.dataloader
+        if self.reseed_each_epoch:
+            seed = epoch_seed(self.seed, engine.state.epoch, dist_rank())
+            seed_everything(seed, getattr(self._loader, "dataset", None))
+        if self._pending is not None:
+            skip, rng = self._pending
+            self._pending = None
+            if skip > 0:
+                # ignite starts this epoch's counter at `skip` (Engine.load_state_dict) but from a fresh
+                # iterator: feed it one that first replays the `skip` batches the crashed run consumed
+                engine.state.dataloader = _FastForward(self._loader, skip, rng)
+
+    def _epoch_completed(self, engine: Engine) -> None:
+        if engine.state.dataloader is not self._loader and self._loader is not None:
+            engine.state.dataloader = self._loader  # the next epoch's iterator comes from the real loader
+        self.save(engine)
+
+    def _iteration_completed(self, engine: Engine) -> None:
+        if engine.state.epoch_length and engine.state.iteration % engine.state.epoch_length == 0:
+            return  # the epoch-end checkpoint (after validation) follows
+        self.save(engine)
+
+    # ---- save / load -----------------------------------------------------------------------------------
+    def state_dict(self, engine: Engine) -> dict[str, Any]:
+        """Everything needed to continue: objects' state_dicts, trainer counters, RNG states, best metric."""
+        state: dict[str, Any] = {
+            "format_version": FORMAT_VERSION,
+            "objects": {k: v.state_dict() for k, v in self.save_dict.items()},
+            "trainer": {k: int(v) for k, v in engine.state_dict().items() if v is not None},
+            "rng": rng_state_dict(),
+            "seed": self.seed,
+        }
+        if self.evaluator is not None:
+            best = getattr(self.evaluator.state, "best_metric", None)
+            state["evaluator"] = {
+                "best_metric": float(best) if best is not None else float("nan"),
+                "best_metric_epoch": int(getattr(self.evaluator.state, "best_metric_epoch", -1)),
+            }
+        return state
+
+    def save(self, engine: Engine) -> None:
+        """Write the checkpoint atomically (a crash while writing keeps the previous one)."""
+        if self.save_enabled:
+            atomic_torch_save(self.state_dict(engine), self.path)
+
+    def load(self, engine: Engine) -> None:
+        """Restore objects, counters and RNG from ``self.path`` (``weights_only=True``: no code runs)."""
+        ckpt = torch.load(self.path, map_location="cpu", weights_only=True)
+        if ckpt.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{self.path}: unknown resume checkpoint format {ckpt.get('format_version')!r}")
+        missing = sorted(set(self.save_dict) - set(ckpt["objects"]))
+        if missing:
+            raise KeyError(f"{self.path}: checkpoint lacks {missing} (it has {sorted(ckpt['objects'])})")
+        # objects are restored at STARTED, after handlers attached earlier (e.g. a `pretrained_ckpt`
+        # CheckpointLoader, which would otherwise overwrite the resumed weights with the initial ones)
+        self._objects = ckpt["objects"]
+        if int(ckpt.get("seed", self.seed)) != self.seed:
+            logger.warning(f"resume: checkpoint seed {ckpt['seed']} != configured seed {self.seed}; using {self.seed}")
+        max_epochs = engine.state.max_epochs
+        trainer_state = {k: int(v) for k, v in ckpt["trainer"].items() if k in ("iteration", "epoch_length")}
+        iteration, epoch_length = trainer_state["iteration"], trainer_state["epoch_length"]
+        # the configured max_epochs wins (a finished run can be extended); ignite needs max_epochs >= epoch
+        trainer_state["max_epochs"] = max(int(max_epochs or 0), iteration // epoch_length)
+        engine.load_state_dict(trainer_state)
+        loader = getattr(engine, "data_loader", None)
+        if loader is not None and hasattr(loader, "__len__") and len(loader) != epoch_length:
+            raise ValueError(
+                f"{self.path}: saved epoch length {epoch_length} != current DataLoader length {len(loader)} "
+                "(dataset, batch size or drop_last changed); delete the file to start over"
+            )
+        if self.evaluator is not None and "evaluator" in ckpt:
+            best = float(ckpt["evaluator"]["best_metric"])
+            if not np.isnan(best):
+                self.evaluator.state.best_metric = best
+                self.evaluator.state.best_metric_epoch = int(ckpt["evaluator"]["best_metric_epoch"])
+        self.resumed_from = iteration
+        if max_epochs is not None and iteration >= max_epochs * epoch_length:
+            self._done_state = {"iteration": iteration, "epoch": iteration // epoch_length}
+        self._pending = (iteration % epoch_length, ckpt["rng"])
+        if iteration % epoch_length == 0:  # saved at an epoch end: the state any EPOCH_STARTED handler sees
+            load_rng_state_dict(ckpt["rng"])
+        logger.info(f"resume: {self.path} -> iteration {iteration} (epoch {iteration // epoch_length + 1} continues)")

@@ -1,0 +1,217 @@
+"""Training throughput of every training bundle: the real data pipeline and the model step alone (issue 8).
+
+For each bundle, ``train#trainer`` is built from the bundle's own configs and stepped ``--warmup`` times
+untimed, then ``--steps`` times timed (see :mod:`medssl_monai.benchmarking`). Reported per bundle and mode:
+samples/s (the image's batch dimension), ms/step, the share of the step spent waiting for data, peak memory
+(CUDA ``max_memory_allocated`` on a GPU, peak RSS of the main process on a CPU) and achieved TFLOP/s (FLOPs
+of one step counted with ``torch.utils.flop_counter.FlopCounterMode``).
+
+Usage::
+
+    # CPU, the small.yaml sizes (what docs/performance.md reports)
+    OMP_NUM_THREADS=2 python scripts/benchmark.py --sizes small --steps 10 --warmup 3 --out runs/bench_cpu.json
+    # one GPU, the recipe sizes, the bundles' defaults (bf16 autocast, pinned memory, 4-8 workers)
+    python scripts/benchmark.py --device cuda --sizes recipe --out runs/bench_h100.json
+    # the same with torch.compile, and the issue's reference-style anchors for ratios on the same GPU
+    python scripts/benchmark.py --device cuda --sizes recipe --compile --anchors --out runs/bench_h100_compile.json
+    # only the anchors
+    python scripts/benchmark.py --device cuda --anchors --bundles none
+
+Prints a markdown table and writes every number, the options and the machine to ``--out`` as JSON.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sys
+import traceback
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run from a checkout without installing
+    sys.path.insert(0, str(ROOT))
+
+from medssl_monai.benchmarking import (  # noqa: E402
+    ANCHORS,
+    TABLE_COLUMNS,
+    BenchResult,
+    benchmark_anchor,
+    benchmark_bundle,
+    format_anchor_table,
+    format_table,
+    machine_info,
+    training_bundles,
+)
+
+__all__ = ["main"]
+
+
+def _as_list(value: str | list | tuple | None) -> list[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value]
+    return [v for v in str(value).split(",") if v]
+
+
+def _error_row(name: str, mode: str, sizes: str, device: str | None, err: BaseException) -> BenchResult:
+    return BenchResult(
+        bundle=name,
+        mode=mode,
+        sizes=sizes,
+        device=str(device),
+        batch_size=0,
+        batch_shape=[],
+        steps=0,
+        warmup=0,
+        total_s=0.0,
+        step_ms=0.0,
+        samples_per_s=0.0,
+        data_wait_s=0.0,
+        data_wait_pct=0.0,
+        peak_mem_gib=0.0,
+        peak_mem_kind="",
+        flop_per_step=0.0,
+        gflop_per_step=0.0,
+        tflops=0.0,
+        amp=False,
+        compile=False,
+        channels_last=None,
+        num_workers=None,
+        error=f"{type(err).__name__}: {err}".replace("|", "/").replace("\n", " ")[:200],
+    )
+
+
+@contextlib.contextmanager
+def _quiet_logging() -> Iterator[None]:
+    previous = logging.root.manager.disable
+    logging.disable(logging.INFO)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
+
+
+def main(
+    device: str | None = None,
+    sizes: str = "small",
+    bundles: str | list | None = None,
+    steps: int = 10,
+    warmup: int = 3,
+    amp: bool | None = None,
+    compile: bool = False,
+    channels_last: bool | None = None,
+    num_workers: int | None = None,
+    out: str | None = None,
+    modes: str | list = "pipeline,model",
+    anchors: bool | str | list = False,
+    anchor_scale: float = 1.0,
+    root: str = str(ROOT / "bundles"),
+    threads: int | None = None,
+    overrides: dict | None = None,
+) -> None:
+    """Benchmark the training bundles (and optionally the issue's anchors); print a table, write JSON.
+
+    Args:
+        device: ``cpu``/``cuda``/``cuda:1``; default: each bundle's (CUDA if available).
+        sizes: ``small`` (``train.yaml`` + ``small.yaml``) or ``recipe`` (``train.yaml``, the paper sizes).
+        bundles: comma-separated bundle names; default every training bundle; ``none`` for anchors only.
+        steps: timed steps per mode.
+        warmup: untimed steps before (cuDNN autotuning, compilation, worker start-up, cache build).
+        amp: force AMP on/off (bf16 autocast on CUDA; MONAI's trainer does not autocast on a CPU).
+        compile: ``torch.compile`` the network (``SupervisedTrainer(compile=True)``).
+        channels_last: force the ``channels_last`` key of bundles that have one (UniLVSeg).
+        num_workers: DataLoader workers; default: each bundle's.
+        out: JSON output path.
+        modes: ``pipeline`` (files -> cache -> transforms -> device -> step) and/or ``model`` (random
+            inputs of the same shape, already on the device, the same step).
+        anchors: ``True`` for all of :data:`~medssl_monai.benchmarking.ANCHORS`, or comma-separated names.
+        anchor_scale: shrink the anchor batches (for a CPU smoke run; 1 on a GPU).
+        root: the bundles folder.
+        threads: ``torch.set_num_threads`` (default: torch's, i.e. ``OMP_NUM_THREADS``).
+        overrides: further config overrides for every bundle, e.g. ``--overrides '{batch_size: 2}'``.
+    """
+    with _quiet_logging():  # the bundles' StatsHandler would log every step
+        if threads:
+            torch.set_num_threads(int(threads))
+        names = _as_list(bundles)
+        selected = [] if names == ["none"] else training_bundles(root, names)
+        results: list[BenchResult] = []
+        for bundle in selected:
+            print(f"[benchmark] {bundle.name} ({sizes})", file=sys.stderr, flush=True)
+            try:
+                results += benchmark_bundle(
+                    bundle,
+                    sizes=sizes,
+                    modes=_as_list(modes),
+                    steps=steps,
+                    warmup=warmup,
+                    device=device,
+                    amp=amp,
+                    compile=compile,
+                    channels_last=channels_last,
+                    num_workers=num_workers,
+                    overrides=overrides,
+                )
+            except Exception as err:  # one failing bundle must not hide the others' numbers
+                traceback.print_exc()
+                results.append(_error_row(bundle.name, "all", sizes, device, err))
+        if anchors:
+            anchor_names = list(ANCHORS) if anchors is True else _as_list(anchors)
+            for name in anchor_names:
+                print(f"[benchmark] anchor {name}", file=sys.stderr, flush=True)
+                try:
+                    results.append(
+                        benchmark_anchor(
+                            name,
+                            root=root,
+                            steps=steps,
+                            warmup=warmup,
+                            device=device,
+                            compile=compile,
+                            scale=anchor_scale,
+                        )
+                    )
+                except Exception as err:
+                    traceback.print_exc()
+                    results.append(_error_row(name, "anchor", "recipe", device, err))
+        rows = [asdict(r) for r in results]
+        table = format_table(results, TABLE_COLUMNS)
+        if any(r["mode"] == "anchor" and not r["error"] for r in rows):
+            table += "\n\n" + format_anchor_table(rows)
+        print(table)
+        if out:
+            options = {
+                "device": device,
+                "sizes": sizes,
+                "bundles": names,
+                "steps": steps,
+                "warmup": warmup,
+                "amp": amp,
+                "compile": compile,
+                "channels_last": channels_last,
+                "num_workers": num_workers,
+                "modes": _as_list(modes),
+                "anchors": anchors,
+                "anchor_scale": anchor_scale,
+                "overrides": overrides,
+            }
+            payload = {"machine": machine_info(), "options": options, "results": rows, "table": table}
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+            Path(out).write_text(json.dumps(payload, indent=2, default=str))
+            print(f"[benchmark] wrote {out}", file=sys.stderr)
+        if any(r["error"] for r in rows):
+            sys.exit(1)  # numbers for the others are printed and written; the failure is not hidden
+
+
+if __name__ == "__main__":
+    import fire
+
+    logging.basicConfig(level=logging.WARNING)
+    fire.Fire(main)

@@ -1,0 +1,96 @@
+"""Smoke test of ``scripts/benchmark.py`` (issue 8): it runs at tiny sizes and reports the expected columns.
+
+No timing assertions (the CI machine is shared); FLOPs of a known step are checked against a hand count.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import torch
+
+from medssl_monai.benchmarking import TABLE_COLUMNS, count_step_flops, format_table, random_like_batch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("benchmark_script", ROOT / "scripts" / "benchmark.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_script_table_and_json(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # conftest points the default data at the tiny synthetic set
+    out = tmp_path / "bench.json"
+    threads = torch.get_num_threads()
+    try:
+        _load_script().main(
+            device="cpu",
+            bundles="unilvseg_echo_ssl_pretraining",
+            steps=1,
+            warmup=0,
+            num_workers=0,
+            threads=1,
+            overrides={"batch_size": 2, "num_frames": 16, "spatial_size": 32, "resize_to": 32},
+            out=str(out),
+        )
+    finally:
+        torch.set_num_threads(threads)
+    proc_stdout = capsys.readouterr().out
+    header = "| " + " | ".join(TABLE_COLUMNS) + " |"
+    assert header in proc_stdout
+    payload = json.loads(out.read_text())
+    assert {"machine", "options", "results", "table"} <= set(payload)
+    rows = payload["results"]
+    assert [r["mode"] for r in rows] == ["pipeline", "model"]
+    for row in rows:
+        assert row["error"] is None
+        assert row["bundle"] == "unilvseg_echo_ssl_pretraining"
+        assert row["batch_shape"] == [2, 3, 16, 32, 32]  # the overrides: batch 2 of RGB 16 x 32 x 32 clips
+        assert row["samples_per_s"] > 0 and row["flop_per_step"] > 0 and row["peak_mem_gib"] > 0
+        assert 0 <= row["data_wait_pct"] <= 100
+    assert rows[1]["data_wait_pct"] == 0.0  # model-only: the batch is already on the device
+
+
+class _Engine:
+    """The few trainer attributes a step touches, around a bias-free linear layer."""
+
+    def __init__(self) -> None:
+        from ignite.engine import Engine
+
+        self.network = torch.nn.Linear(8, 4, bias=False)
+        self._engine = Engine(self._iteration)
+        self.state = self._engine.state
+        self.state.iteration = 0
+
+    def _iteration(self, engine, batch):
+        loss = self.network(batch["image"]).sum()
+        loss.backward()
+        return {"loss": loss}
+
+    def _process_function(self, engine, batch):
+        return self._iteration(engine, batch)
+
+    def fire_event(self, event) -> None:
+        self._engine.fire_event(event)
+
+
+def test_flops_of_one_step_match_hand_count():
+    engine = _Engine()
+    batch = {"image": torch.randn(5, 8)}
+    # forward 2*5*8*4 = 320; backward: grad wrt weight 320 (the input needs no grad) -> 640
+    assert count_step_flops(engine, batch) == 640.0
+
+
+def test_random_like_batch_tiles_and_randomises():
+    batch = {"image": torch.zeros(2, 3, 4, 5, 5, dtype=torch.uint8), "label": torch.tensor([0, 1]), "id": ["a", "b"]}
+    out = random_like_batch(batch, torch.device("cpu"), batch_size=5)
+    assert out["image"].shape == (5, 3, 4, 5, 5) and out["image"].dtype == torch.uint8
+    assert out["image"].any()  # random, not the zeros
+    assert out["label"].tolist() == [0, 1, 0, 1, 0] and out["id"] == ["a", "b", "a", "b", "a"]
+    table = format_table([{"bundle": "x", "mode": "model", "batch_shape": [5, 3]}])
+    assert "| x | model |  | 5x3 |" in table
