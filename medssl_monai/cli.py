@@ -126,6 +126,20 @@ class CLI:
             "mean_intensity": float(frames.mean()),
         }
 
+    def run(self, config_file: str | list[str], **override) -> None:
+        """``monai.bundle run`` with a check first: an override key the configs do not define is an error
+        (MONAI would silently add it, so ``--epochz 3`` would train with the default epochs).
+
+        ``python -m medssl_monai run --config_file configs/train.yaml --bundle_root . --epochs 2``
+        """
+        from monai.bundle import run as bundle_run
+
+        from medssl_monai.config_checks import check_overrides
+
+        files = [config_file] if isinstance(config_file, str) else list(config_file)
+        check_overrides(files, override, allowed=("bundle_root", "run_id", "init_id", "final_id", "args_file"))
+        bundle_run(config_file=files, **override)
+
     def demo(
         self,
         root: str = "data",

@@ -76,8 +76,11 @@ def run_bundle(bundle: str, configs: list[str], workflow_type: str = "train", **
     """Run one bundle config through ``ConfigWorkflow`` (initialize, check properties, run, finalize)."""
     from monai.bundle import ConfigWorkflow
 
+    from medssl_monai.config_checks import check_overrides
+
     root = BUNDLES_DIR / bundle
     files = [str(root / "configs" / c) for c in configs]
+    check_overrides(files, overrides)
     wf = ConfigWorkflow(
         config_file=files,
         workflow_type=workflow_type,
