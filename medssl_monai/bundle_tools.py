@@ -22,6 +22,7 @@ __all__ = [
     "verify_net",
     "export_torchscript",
     "load_state_dict",
+    "write_results_block",
 ]
 
 SCHEMA_FILE = Path(__file__).resolve().parent / "resources" / "meta_schema_20240725.json"
@@ -136,3 +137,19 @@ def export_torchscript(
 def load_state_dict(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """A plain state_dict from ``path``, loaded with ``weights_only=True`` (no code runs from the file)."""
     return torch.load(path, map_location=map_location, weights_only=True)
+
+
+RESULTS_BEGIN, RESULTS_END = "<!-- results:begin -->", "<!-- results:end -->"
+
+
+def write_results_block(readme: str | Path, content: str) -> Path:
+    """Replace the text between ``<!-- results:begin -->`` and ``<!-- results:end -->`` in a bundle README
+    (appending the block if the markers are missing), so experiment scripts keep docs and measurements in step."""
+    import re
+
+    readme = Path(readme)
+    text = readme.read_text()
+    block = f"{RESULTS_BEGIN}\n{content.rstrip()}\n{RESULTS_END}"
+    pattern = re.compile(re.escape(RESULTS_BEGIN) + ".*?" + re.escape(RESULTS_END), re.S)
+    readme.write_text(pattern.sub(lambda _: block, text) if pattern.search(text) else f"{text.rstrip()}\n\n{block}\n")
+    return readme

@@ -16,7 +16,7 @@ import torch
 from ignite.engine import Engine, Events
 from torch import nn
 
-__all__ = ["OutputLoss", "ema_update", "cosine_schedule", "MomentumTeacherHandler", "output_scalars"]
+__all__ = ["OutputLoss", "ema_update", "cosine_schedule", "MomentumTeacherHandler", "SetEpochHandler", "output_scalars"]
 
 
 class OutputLoss(nn.Module):
@@ -78,6 +78,23 @@ class MomentumTeacherHandler:
             total = engine.state.max_epochs * (engine.state.epoch_length or 1)
             m = m(engine.state.iteration, total)
         self.method.update_teacher(float(m))
+
+
+class SetEpochHandler:
+    """At every epoch start call ``method.set_epoch(engine.state.epoch - 1)`` (0-based; DDP unwrapped).
+
+    Methods whose loss depends on the epoch use it: TVRL's masked-prediction weight schedule, DISCOVR's teacher
+    temperature warm-up.
+    """
+
+    def __init__(self, method: nn.Module) -> None:
+        self.method = method.module if hasattr(method, "module") else method
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        self.method.set_epoch(engine.state.epoch - 1)
 
 
 def output_scalars(output: dict, prefix: str = "") -> dict[str, float]:

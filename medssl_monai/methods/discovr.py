@@ -22,8 +22,9 @@ and returns ``{"loss", ...}`` for MONAI's ``SupervisedTrainer`` (``engines.ssl.O
 
 Loss = ``cluster_weight * L_cluster + video_dino_weight * L_video + image_dino_weight * L_image`` (all 1 in the
 reference). The teachers are updated by :class:`~medssl_monai.engines.ssl.MomentumTeacherHandler` calling
-:meth:`DISCOVR.update_teacher` (momentum 0.996, constant); :class:`SetEpochHandler` passes the epoch for the
-teacher-temperature warm-up. Features for downstream tasks are the CLS of ``video_teacher``.
+:meth:`DISCOVR.update_teacher` (momentum 0.996, constant);
+:class:`~medssl_monai.engines.ssl.SetEpochHandler` passes the epoch for the teacher-temperature warm-up.
+Features for downstream tasks are the CLS of ``video_teacher``.
 
 :class:`VideoMAE` is the baseline: the same encoder and decoder, a 90% tube mask, and the MSE between the
 decoder's masked-token predictions and the per-tubelet normalised pixels (``norm_pix_loss``).
@@ -35,7 +36,6 @@ import copy
 
 import torch
 import torch.nn.functional as F
-from ignite.engine import Engine, Events
 from torch import nn
 
 from medssl_monai.engines.ssl import ema_update
@@ -44,7 +44,7 @@ from medssl_monai.losses.sinkhorn import Prototypes, swapped_prediction_loss
 from medssl_monai.networks.videovit import ImageViT, VideoMAEDecoder, VideoViT
 from medssl_monai.transforms.tube_masking import multi_local_tube_masks, tube_mask
 
-__all__ = ["DISCOVR", "VideoMAE", "SetEpochHandler", "patchify_clip", "standardize_tokens", "tubelet_targets"]
+__all__ = ["DISCOVR", "VideoMAE", "patchify_clip", "standardize_tokens", "tubelet_targets"]
 
 
 def _frozen_copy(module: nn.Module) -> nn.Module:
@@ -353,20 +353,3 @@ class VideoMAE(nn.Module):
             target = patches.flatten(2)[mask].reshape(b, -1, self.patch_dim)
         loss = F.mse_loss(pred.float(), target)
         return {"loss": loss, "loss_mse": loss.detach()}
-
-
-class SetEpochHandler:
-    """Ignite handler: ``method.set_epoch(epoch - 1)`` at every ``EPOCH_STARTED`` (teacher-temperature warm-up).
-
-    Args:
-        method: the method (unwrapped from DDP automatically).
-    """
-
-    def __init__(self, method: nn.Module) -> None:
-        self.method = method.module if hasattr(method, "module") else method
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.EPOCH_STARTED, self)
-
-    def __call__(self, engine: Engine) -> None:
-        self.method.set_epoch(engine.state.epoch - 1)

@@ -37,7 +37,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from ignite.engine import Engine, Events
 from monai.engines.utils import PrepareBatch
 from torch import nn
 
@@ -58,7 +57,6 @@ __all__ = [
     "VideoMAEDecoder",
     "TVRLPretraining",
     "TwoViewPrepareBatch",
-    "EpochSetter",
     "bernoulli_frame_mask",
     "tube_mask",
     "patchify",
@@ -233,7 +231,8 @@ class TVRLPretraining(nn.Module):
             reference's ``SimCLRMaskLM``).
         temperature: NT-Xent temperature (0.1).
         mlm_weight: ``w`` of the masked-feature loss (0.5).
-        mlm_start_epoch: first (0-based) epoch with ``w > 0`` (100 of 200); set by :class:`EpochSetter`.
+        mlm_start_epoch: first (0-based) epoch with ``w > 0`` (100 of 200); set by
+            :class:`~medssl_monai.engines.ssl.SetEpochHandler`.
         mask_ratio: TVRL frame masking probability (0.15).
         mask_mode: ``"v2"`` (masked frames hidden from the contrastive branch) or ``"v1"``.
         ltn_directions: LTN's ``K`` (64).
@@ -433,16 +432,3 @@ class TwoViewPrepareBatch(PrepareBatch):
                     device=device, non_blocking=non_blocking
                 )
         return clip(self.image_key), None, (), extra
-
-
-class EpochSetter:
-    """Ignite handler: ``method.set_epoch(engine.state.epoch - 1)`` at every epoch start (unwraps DDP)."""
-
-    def __init__(self, method: nn.Module) -> None:
-        self.method = method.module if hasattr(method, "module") else method
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.EPOCH_STARTED, self)
-
-    def __call__(self, engine: Engine) -> None:
-        self.method.set_epoch(engine.state.epoch - 1)

@@ -13,17 +13,16 @@ from __future__ import annotations
 
 import json
 import platform
-import re
 import time
 from pathlib import Path
 
 import fire
 
+from medssl_monai.bundle_tools import write_results_block
 from medssl_monai.data.synthetic import make_echonet
 from medssl_monai.demo import BUNDLES_DIR, run_bundle
 
 BUNDLE = "discovr_echo_lv_segmentation"
-MARK_BEGIN, MARK_END = "<!-- results:begin -->", "<!-- results:end -->"
 
 
 def _cell(d: dict) -> str:
@@ -90,12 +89,7 @@ def main(
     result = f"{table}\n\n{note}\n"
     print(result)
     if write_docs:
-        readme = BUNDLES_DIR / BUNDLE / "docs" / "README.md"
-        text = readme.read_text()
-        block = f"{MARK_BEGIN}\n{result}{MARK_END}"
-        readme.write_text(
-            re.sub(re.escape(MARK_BEGIN) + ".*?" + re.escape(MARK_END), lambda _: block, text, flags=re.S)
-        )
+        write_results_block(BUNDLES_DIR / BUNDLE / "docs" / "README.md", result)
     return result
 
 

@@ -13,17 +13,16 @@ from __future__ import annotations
 
 import json
 import platform
-import re
 import time
 from pathlib import Path
 
 import fire
 import torch
 
+from medssl_monai.bundle_tools import write_results_block
 from medssl_monai.data.synthetic.echonet import make_echonet
 from medssl_monai.demo import BUNDLES_DIR, run_bundle
 
-MARK_BEGIN, MARK_END = "<!-- results:begin -->", "<!-- results:end -->"
 PRETRAIN = "discovr_echo_ssl_pretraining"
 EVALUATE = "discovr_echo_evaluation"
 
@@ -117,14 +116,8 @@ def main(
     print(result)
     (out_dir / "results.md").write_text(result)
     if write_docs:
-        _write_block(BUNDLES_DIR / EVALUATE / "docs" / "README.md", result)
+        write_results_block(BUNDLES_DIR / EVALUATE / "docs" / "README.md", result)
     return result
-
-
-def _write_block(readme: Path, content: str) -> None:
-    text = readme.read_text()
-    block = f"{MARK_BEGIN}\n{content}{MARK_END}"
-    readme.write_text(re.sub(re.escape(MARK_BEGIN) + ".*?" + re.escape(MARK_END), lambda _: block, text, flags=re.S))
 
 
 if __name__ == "__main__":

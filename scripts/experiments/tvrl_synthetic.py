@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import platform
-import re
 import time
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import fire
 import torch
 from monai.bundle import ConfigWorkflow
 
+from medssl_monai.bundle_tools import write_results_block
 from medssl_monai.data.synthetic.echonet import make_echonet
 from medssl_monai.data.synthetic.timed_series import make_timed_series
 from medssl_monai.evaluation.probe import format_mean_std, run_linear_probe
@@ -27,7 +27,6 @@ from medssl_monai.methods.tvrl import FRAMEWORKS, TIME_AWARE_FRAMEWORKS
 
 ROOT = Path(__file__).resolve().parents[2]
 SSL, PROBE = ROOT / "bundles" / "tvrl_echo_ssl_pretraining", ROOT / "bundles" / "tvrl_echo_linear_probe"
-MARK_BEGIN, MARK_END = "<!-- results:begin -->", "<!-- results:end -->"
 TASKS = {
     "echo": {"metric": "mae", "better": "lower", "extra": []},
     "series": {"metric": "auroc", "better": "higher", "extra": ["timed_series.yaml"]},
@@ -146,11 +145,7 @@ def main(
             f"--num_videos {num_videos} --num_subjects {num_subjects} --pretrain_epochs {pretrain_epochs} "
             f"--probe_epochs {probe_epochs} --probe_patience {probe_patience} --threads {threads} --write_docs"
         )
-        block = f"{MARK_BEGIN}\nCommand: `{cmd}`  \nMachine: {machine}.\n\n{table}\n{MARK_END}"
-        readme = PROBE / "docs" / "README.md"
-        text = readme.read_text()
-        pattern = re.compile(re.escape(MARK_BEGIN) + ".*?" + re.escape(MARK_END), re.S)
-        readme.write_text(pattern.sub(lambda _: block, text) if pattern.search(text) else text + "\n" + block + "\n")
+        write_results_block(PROBE / "docs" / "README.md", f"Command: `{cmd}`  \nMachine: {machine}.\n\n{table}\n")
 
 
 if __name__ == "__main__":

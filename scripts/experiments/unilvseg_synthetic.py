@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import json
 import platform
-import re
 import time
 from pathlib import Path
 
 import fire
 
+from medssl_monai.bundle_tools import write_results_block
 from medssl_monai.data.synthetic import make_all
 from medssl_monai.demo import BUNDLES_DIR, run_bundle
-
-MARK_BEGIN, MARK_END = "<!-- results:begin -->", "<!-- results:end -->"
 
 
 def _cell(d: dict) -> str:
@@ -155,17 +153,11 @@ def main(
     if write_docs:
         machine = note[note.index("Measured") :]
         ssl_note = f"After {ssl_epochs} epochs with `configs/small.yaml` on the synthetic data. {machine}"
-        _write_block(
+        write_results_block(
             BUNDLES_DIR / "unilvseg_echo_ssl_pretraining" / "docs" / "README.md", f"{ssl_table}\n\n{ssl_note}\n"
         )
-        _write_block(BUNDLES_DIR / "unilvseg_echo_lv_segmentation" / "docs" / "README.md", result)
+        write_results_block(BUNDLES_DIR / "unilvseg_echo_lv_segmentation" / "docs" / "README.md", result)
     return result
-
-
-def _write_block(readme: Path, content: str) -> None:
-    text = readme.read_text()
-    block = f"{MARK_BEGIN}\n{content}{MARK_END}"
-    readme.write_text(re.sub(re.escape(MARK_BEGIN) + ".*?" + re.escape(MARK_END), lambda _: block, text, flags=re.S))
 
 
 if __name__ == "__main__":

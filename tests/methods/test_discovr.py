@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from ignite.engine import Engine
 
+from medssl_monai.engines.ssl import SetEpochHandler
 from medssl_monai.methods.discovr import (
     DISCOVR,
-    SetEpochHandler,
     VideoMAE,
     patchify_clip,
     standardize_tokens,

@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
+from medssl_monai.engines.ssl import SetEpochHandler
 from medssl_monai.losses.contrastive import nt_xent
 from medssl_monai.methods.tvrl import (
     FRAMEWORKS,
-    EpochSetter,
     LatentTimeNavigation,
     TVRLPretraining,
     TwoViewPrepareBatch,
@@ -84,7 +84,7 @@ def test_tvrl_loss_weight_schedule():
         class state:
             epoch = 3  # 1-based: epoch index 2
 
-    EpochSetter(m)(_Engine)
+    SetEpochHandler(m)(_Engine)
     assert m.epoch == 2 and m.current_mlm_weight() == 0.5
     torch.manual_seed(1)
     after = m(x, x2)
