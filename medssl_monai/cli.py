@@ -40,7 +40,7 @@ def detect_dataset(root: str | Path) -> str:
 
 def load_datalist(root: str | Path, kind: str | None = None, **kwargs) -> list[dict]:
     """The datalist of a dataset folder with the matching reader."""
-    root = Path(root)
+    root = Path(root).resolve()  # the readers resolve relative side files against the dataset root
     kind = kind or detect_dataset(root)
     if kind == "echonet":
         from medssl_monai.data.echonet import load_echonet_datalist

@@ -114,7 +114,7 @@ def run_demo(
     out = Path(out_dir).resolve()
     cache_dir = out / "cache"
     print(f"[1/5] synthetic datasets ({size}, seed {seed}) under {root}/")
-    data = make_all(root, seed=seed, size=size)
+    data = {k: Path(v).resolve() for k, v in make_all(root, seed=seed, size=size).items()}
     for k, v in data.items():
         print(f"  {k}: {v}")
 

@@ -45,3 +45,20 @@ def test_module_entry_point_synth_is_idempotent(tmp_path):
     mtime = marker.stat().st_mtime_ns
     subprocess.run(cmd, check=True, capture_output=True, timeout=300)
     assert marker.stat().st_mtime_ns == mtime
+
+
+def test_load_datalist_accepts_a_relative_root(tiny_data, monkeypatch):
+    from medssl_monai.cli import load_datalist
+
+    echonet = Path(tiny_data["echonet"])
+    monkeypatch.chdir(echonet.parent)
+    items = load_datalist(echonet.name)  # relative: SyntheticTruth.csv must still be found
+    assert len(items) == 6 and all("Abnormal" in it for it in items)
+
+
+def test_run_rejects_an_unknown_override_key(tmp_path):
+    from medssl_monai.demo import BUNDLES_DIR
+
+    train = str(BUNDLES_DIR / "unilvseg_echo_ssl_pretraining" / "configs" / "train.yaml")
+    with pytest.raises(KeyError, match="unknown config key 'epochz' \\(did you mean 'epochs'\\?\\)"):
+        CLI().run(config_file=train, bundle_root=str(tmp_path), epochz=3)
