@@ -54,7 +54,7 @@ def test_torchrun_two_processes(bundle: Path, tiny_data, tmp_path: Path):
         "-m", "monai.bundle", "run",
         "--config_file", "['configs/train.yaml','configs/small.yaml','configs/multi_gpu_train.yaml']",
         "--bundle_root", str(work), "--dataset_dir", str(tiny_data[_kind(bundle)]), "--cache_dir", str(cache),
-        "--epochs", "1", "--num_workers", "0", "--batch_size", "2",
+        "--epochs", "1", "--num_workers", "0", "--batch_size", "2", "--log_every", "1",
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=540)
