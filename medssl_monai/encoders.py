@@ -44,6 +44,7 @@ __all__ = [
     "load_backbone_weights",
     "encoder_config",
     "build_encoder",
+    "wrap_backbone",
 ]
 
 #: encoder kind -> (pretraining bundle, extra config merged after train.yaml [+ small.yaml])
@@ -266,3 +267,30 @@ def build_encoder(
     num_frames = int(parser.get_parsed_content(frames_key)) if frames_key else None
     mean, std = _NORMALISATION[kind]
     return ClipEncoder(backbone, kind, in_channels, mean, std, spatial_size, num_frames, fixed).eval()
+
+
+def wrap_backbone(
+    kind: str,
+    backbone: nn.Module,
+    in_channels: int,
+    spatial_size: int | None = None,
+    num_frames: int | None = None,
+) -> ClipEncoder:
+    """A :class:`ClipEncoder` around a live ``network_def`` (shared weights, nothing copied or loaded).
+
+    Lets a training bundle embed clips with the same interface as :func:`build_encoder` while it trains, e.g. for
+    :class:`~medssl_monai.engines.embeddings.TensorBoardEmbeddingHandler`. The normalisation and whether the clip
+    length is fixed come from ``kind``; the mode of ``backbone`` (train/eval) is left as it is.
+
+    Args:
+        kind: one of :data:`ENCODER_KINDS`.
+        backbone: the bundle's ``network_def`` (for DISCOVR pass ``method.video_teacher``, the feature extractor).
+        in_channels: channels the backbone takes.
+        spatial_size: frame size the backbone trains on (``None``: any).
+        num_frames: clip length the backbone trains on (``None``: any; UCL's image encoder).
+    """
+    if kind not in ENCODER_KINDS:
+        raise ValueError(f"kind must be one of {ENCODER_KINDS}, got {kind!r}")
+    mean, std = _NORMALISATION[kind]
+    fixed = _FRAMES[kind][1] and num_frames is not None
+    return ClipEncoder(backbone, kind, in_channels, mean, std, spatial_size, num_frames, fixed)

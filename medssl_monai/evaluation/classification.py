@@ -24,6 +24,7 @@ from ignite.metrics import Metric
 from sklearn.metrics import confusion_matrix
 
 from medssl_monai.evaluation.bootstrap import bootstrap_ci
+from medssl_monai.evaluation.plots import plot_roc
 
 __all__ = [
     "METRIC_NAMES",
@@ -288,8 +289,9 @@ class ClassificationReportHandler:
     Writes to ``output_dir``: ``frame_predictions.csv`` (video, frame, label, per-class probabilities),
     ``video_predictions.csv`` (per-video mean probabilities and prediction) and, when the data has labels,
     ``metrics.json`` (frame- and video-level metrics with cluster-bootstrap CIs over videos, confusion matrices)
-    and ``confusion_matrix_frames.png`` / ``confusion_matrix_videos.png``. Without labels (inference) only the
-    predictions are written (plus ``video_predictions.json``).
+    ``confusion_matrix_frames.png`` / ``confusion_matrix_videos.png`` and ``roc_frames.png`` / ``roc_videos.png``
+    (the binary ``positive_classes``-vs-rest ROC of the summed positive probabilities). Without labels
+    (inference) only the predictions are written (plus ``video_predictions.json``).
 
     Args:
         output_dir: where the files go.
@@ -408,6 +410,12 @@ class ClassificationReportHandler:
             report[level] = entry
             plot_confusion_matrix(
                 entry["confusion_matrix"], self.output_dir / f"confusion_matrix_{level}s.png", names, f"{level}s"
+            )
+            positive = np.isin(np.asarray(y), list(self.positive_classes)).astype(int)
+            plot_roc(
+                {f"{level}s": (positive, np.asarray(p)[:, list(self.positive_classes)].sum(axis=1))},
+                self.output_dir / f"roc_{level}s.png",
+                title=f"{' + '.join(names[c] for c in self.positive_classes)} vs rest, {level}s",
             )
         (self.output_dir / "metrics.json").write_text(json.dumps(report, indent=2))
         self.results = report

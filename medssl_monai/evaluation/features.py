@@ -28,6 +28,7 @@ from sklearn.metrics import balanced_accuracy_score
 from medssl_monai.engines.prepare import ClipPrepareBatch
 from medssl_monai.evaluation.anomaly import binary_score_metrics, knn_anomaly_scores
 from medssl_monai.evaluation.knn import knn_predict_proba, linear_probe_predict_proba
+from medssl_monai.evaluation.plots import plot_roc
 
 __all__ = ["extract_features", "evaluate_features", "results_table", "FeatureEvaluationHandler"]
 
@@ -78,12 +79,14 @@ def evaluate_features(
     n_resamples: int = 1000,
     seed: int = 0,
     confidence_level: float = 0.95,
-) -> dict[str, dict]:
+    return_scores: bool = False,
+) -> dict[str, dict] | tuple[dict[str, dict], dict[str, np.ndarray]]:
     """kNN, linear probe and one-class anomaly detection of binary ``labels`` (1 = abnormal).
 
     Returns:
         ``{"knn": {"auroc", "ap", "balanced_accuracy"}, "linear_probe": {...}, "anomaly": {"auroc", "ap"}}``;
-        ``auroc``/``ap`` are ``{"estimate", "ci_low", "ci_high", "n"}``; undefined values are NaN.
+        ``auroc``/``ap`` are ``{"estimate", "ci_low", "ci_high", "n"}``; undefined values are NaN. With
+        ``return_scores`` also each task's per-clip scores (higher = abnormal), e.g. for ROC curves.
     """
     fit_labels = np.asarray(fit_labels).astype(int)
     labels = np.asarray(labels).astype(int)
@@ -92,11 +95,13 @@ def evaluate_features(
 
     proba, classes = knn_predict_proba(fit_features, fit_labels, features, k=k, temperature=temperature)
     s = _positive_scores(proba, classes)
+    task_scores = {"knn": s}
     results["knn"] = {**binary_score_metrics(labels, s, **boot), "balanced_accuracy": _balanced_acc(labels, s)}
 
     try:
         proba, classes = linear_probe_predict_proba(fit_features, fit_labels, features, C=probe_C, seed=seed)
         s = _positive_scores(proba, classes)
+        task_scores["linear_probe"] = s
         results["linear_probe"] = {
             **binary_score_metrics(labels, s, **boot),
             "balanced_accuracy": _balanced_acc(labels, s),
@@ -109,7 +114,8 @@ def evaluate_features(
     normal = np.asarray(fit_features)[fit_labels == 0]
     scores = knn_anomaly_scores(normal, features, k=anomaly_k)
     results["anomaly"] = binary_score_metrics(labels, scores, **boot)
-    return results
+    task_scores["anomaly"] = np.asarray(scores)
+    return (results, task_scores) if return_scores else results
 
 
 def _fmt(m: dict) -> str:
@@ -136,8 +142,9 @@ class FeatureEvaluationHandler:
     """Collect ``pred`` (clip features) with each item's label and split, then run :func:`evaluate_features`.
 
     Attach to a ``SupervisedEvaluator`` whose network returns features and whose data holds both the fitting
-    split and the evaluated split(s). Writes ``feature_metrics.json`` and ``feature_metrics.md`` to
-    ``output_dir`` and stores the results in ``engine.state.metrics["feature_evaluation"]``.
+    split and the evaluated split(s). Writes ``feature_metrics.json``, ``feature_metrics.md`` and ``roc.png``
+    (the three tasks' ROC curves on the evaluated clips) to ``output_dir`` and stores the results in
+    ``engine.state.metrics["feature_evaluation"]``.
 
     Args:
         output_dir: where the report goes (created).
@@ -203,7 +210,9 @@ class FeatureEvaluationHandler:
         ev = np.isin(splits, list(self.eval_splits))
         if not fit.any() or not ev.any():
             raise ValueError(f"need clips of split {self.fit_split} and {sorted(self.eval_splits)}, got {set(splits)}")
-        results = evaluate_features(feats[fit], labels[fit], feats[ev], labels[ev], **self.kwargs)
+        results, scores = evaluate_features(
+            feats[fit], labels[fit], feats[ev], labels[ev], return_scores=True, **self.kwargs
+        )
         results["counts"] = {
             "fit": int(fit.sum()),
             "fit_abnormal": int(labels[fit].sum()),
@@ -213,5 +222,11 @@ class FeatureEvaluationHandler:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         (self.output_dir / "feature_metrics.json").write_text(json.dumps(results, indent=2))
         (self.output_dir / "feature_metrics.md").write_text(results_table({"encoder": results}) + "\n")
+        plot_roc(
+            {name: (labels[ev], sc) for name, sc in scores.items()},
+            self.output_dir / "roc.png",
+            title=f"Frozen features, {'+'.join(sorted(self.eval_splits))}",
+            positive="abnormal",
+        )
         engine.state.metrics["feature_evaluation"] = results
         logger.info("feature evaluation: %s", json.dumps(results))

@@ -6,7 +6,7 @@ DataLoader workers and on headless servers); every function writes a PNG and ret
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +14,14 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-__all__ = ["plot_dice_histogram", "plot_overlays", "plot_area_curve", "plot_bland_altman", "plot_scatter"]
+__all__ = [
+    "plot_dice_histogram",
+    "plot_overlays",
+    "plot_area_curve",
+    "plot_bland_altman",
+    "plot_scatter",
+    "plot_roc",
+]
 
 ArrayLike = np.ndarray | torch.Tensor | Sequence[float]
 
@@ -170,4 +177,39 @@ def plot_scatter(
     ax.set_ylabel(f"prediction {unit}".strip())
     ax.set_title(f"{title}\nMAE {mae:.2f}  R² {r2:.3f}", fontsize=10)
     ax.set_aspect("equal", adjustable="datalim")
+    return _save(fig, out_png)
+
+
+def plot_roc(
+    curves: Mapping[str, tuple[ArrayLike, ArrayLike]], out_png: str | Path, title: str = "ROC", positive: str = ""
+) -> Path:
+    """ROC curves of binary scores (``sklearn.metrics.roc_curve``), one per entry, AUROC in the legend.
+
+    Args:
+        curves: name -> ``(labels, scores)``; labels are 0/1 (1 = positive), higher scores mean positive.
+            A curve whose labels hold one class only is listed as undefined and not drawn.
+        out_png: where the PNG goes.
+        title: figure title.
+        positive: name of the positive class for the axis labels (e.g. ``"abnormal"``).
+    """
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    fig = Figure(figsize=(4.8, 4.5))
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], color="0.6", linestyle=":", linewidth=1.0, label="chance (0.5)")
+    for name, (labels, scores) in curves.items():
+        y, sc = _np(labels).astype(int).reshape(-1), _np(scores).astype(float).reshape(-1)
+        if len(np.unique(y)) < 2:
+            ax.plot([], [], linestyle="none", label=f"{name}: undefined (one class)")
+            continue
+        fpr, tpr, _ = roc_curve(y, sc)
+        ax.plot(fpr, tpr, linewidth=1.5, label=f"{name} (AUROC {roc_auc_score(y, sc):.3f}, n={len(y)})")
+    suffix = f" ({positive})" if positive else ""
+    ax.set_xlabel("false positive rate" + suffix)
+    ax.set_ylabel("true positive rate" + suffix)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_aspect("equal")
+    ax.set_title(title)
+    ax.legend(loc="lower right", fontsize=8)
     return _save(fig, out_png)

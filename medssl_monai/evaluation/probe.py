@@ -290,7 +290,8 @@ class ProbeMetricsWriter:
 
     Args:
         task: ``"regression"`` or ``"classification"``.
-        output_file: the JSON file (also ``predictions.csv`` next to it: id, label, prediction).
+        output_file: the JSON file (also ``predictions.csv`` next to it: id, label, prediction; and ``roc.png``
+            for classification or ``scatter.png`` + ``bland_altman.png`` for regression).
         id_key: batch key of the sample ids written to the CSV.
     """
 
@@ -323,8 +324,20 @@ class ProbeMetricsWriter:
         value = pred[:, 0] if self.task == "regression" or pred.shape[1] == 1 else _probabilities(pred)
         lines = ["id,label,prediction"] + [f"{i},{t:.6g},{v:.6g}" for i, t, v in zip(self._ids, true, value)]
         self.output_file.with_name("predictions.csv").write_text("\n".join(lines) + "\n")
+        self._plot(true, value)
         engine.state.metrics.update({f"test_{k}": v for k, v in metrics.items()})
         logger.info("probe test metrics: %s", metrics)
+
+    def _plot(self, true: np.ndarray, value: np.ndarray) -> None:
+        """``roc.png`` (classification) or ``scatter.png`` + ``bland_altman.png`` (regression) next to the JSON."""
+        from medssl_monai.evaluation.plots import plot_bland_altman, plot_roc, plot_scatter
+
+        out = self.output_file.parent
+        if self.task == "classification":
+            plot_roc({"linear probe": (true.astype(int), value)}, out / "roc.png", title="Linear probe, test")
+        else:
+            plot_scatter(true, value, out / "scatter.png", title="Linear probe, test")
+            plot_bland_altman(true, value, out / "bland_altman.png", title="Linear probe, test")
 
 
 def label_mean(datalist: Sequence[Mapping], key: str = "label") -> float:

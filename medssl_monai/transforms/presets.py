@@ -30,7 +30,7 @@ from monai.transforms import Compose, RandRotated, RandSpatialCropd, Resized, Re
 
 from medssl_monai.data.cache import ClipCache
 from medssl_monai.transforms.intensity import RandClipCLAHEd, RandClipColorJitterd
-from medssl_monai.transforms.io import LoadClipd, LoadTracingMaskd
+from medssl_monai.transforms.io import LoadClipd, LoadSeriesd, LoadTracingMaskd
 from medssl_monai.transforms.spatial import ClipConsistentd
 
 __all__ = [
@@ -39,6 +39,7 @@ __all__ = [
     "ssl_clip_transforms",
     "simlvseg_augmentation",
     "video_transforms",
+    "embedding_clip_loader",
 ]
 
 
@@ -258,3 +259,26 @@ def video_transforms(
     if spatial_size is not None:
         ts.append(_resize([image_key], spatial_size, (image_key,)))
     return Compose(ts)
+
+
+def embedding_clip_loader(
+    source: str = "video",
+    num_frames: int = 16,
+    period: int = 1,
+    cache_dir: str | Path | None = None,
+    pad_mode: str = "repeat",
+) -> LoadClipd | LoadSeriesd:
+    """A deterministic clip for embedding views (TensorBoard projector, frozen features): no augmentation.
+
+    ``source="video"``: ``num_frames`` frames every ``period`` from the first frame of a video, frame folder or
+    ``.npy`` (8-bit ``C x T x H x W``); ``source="series"``: the last ``num_frames`` visits of a timed series with
+    their ``times`` and ``frame_mask`` (TVRL's longitudinal setting). Frame size and normalisation are left to the
+    encoder (:class:`~medssl_monai.encoders.ClipEncoder`).
+    """
+    if source == "series":
+        return LoadSeriesd(keys="image", num_frames=num_frames)
+    if source != "video":
+        raise ValueError(f"source must be 'video' or 'series', got {source!r}")
+    return LoadClipd(
+        keys="image", num_frames=num_frames, period=period, mode="start", cache_dir=cache_dir, pad_mode=pad_mode
+    )

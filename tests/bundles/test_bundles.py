@@ -41,6 +41,12 @@ def _dataset_kind(bundle: Path) -> str:
     return default.get("kind", "echonet") if isinstance(default, dict) else "echonet"
 
 
+def _config_value(configs: list[str], key: str):
+    parser = ConfigParser()
+    parser.read_config(configs)
+    return parser.get(key)
+
+
 def _tiny_overrides(bundle: Path, data: dict, tmp: Path) -> dict:
     return {
         "bundle_root": str(tmp),
@@ -104,6 +110,11 @@ def test_end_to_end(bundle: Path, tiny_data, tmp_path: Path):
     assert model.is_file(), "training must write models/model.pt"
     state = load_state_dict(model)
     assert all(isinstance(v, torch.Tensor) for v in state.values()), "model.pt must be a plain state_dict"
+    if _config_value(configs, "embedding_every"):  # the SSL bundles' TensorBoard projector (issue 7)
+        assert list((work / "runs").rglob("projector_config.pbtxt")), "no embedding projection was written"
+        (tensors,) = list((work / "runs").rglob("tensors.tsv"))  # the last epoch
+        rows = tensors.read_text().splitlines()
+        assert rows and all(len(r.split("\t")) == len(rows[0].split("\t")) > 1 for r in rows)
 
     evaluate = config_path(work, "evaluate")
     if evaluate is not None:

@@ -93,4 +93,5 @@ def test_ignite_metric_and_report(tmp_path):
     assert report["frame"]["accuracy"]["estimate"] == pytest.approx(0.5)
     assert report["video"]["n"] == 5
     assert (tmp_path / "confusion_matrix_frames.png").is_file()
+    assert (tmp_path / "roc_frames.png").is_file() and (tmp_path / "roc_videos.png").is_file()
     assert (tmp_path / "video_predictions.csv").read_text().splitlines()[0].startswith("video_id,label,pred")

@@ -86,3 +86,4 @@ def test_feature_extraction_and_handler(tmp_path):
     engine.run(batches, max_epochs=1)
     saved = json.loads((tmp_path / "feature_metrics.json").read_text())
     assert saved["counts"] == {"fit": 3, "fit_abnormal": 2, "eval": 1, "eval_abnormal": 0}
+    assert (tmp_path / "roc.png").is_file()  # one class in the eval clips: curves listed as undefined

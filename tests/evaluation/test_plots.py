@@ -11,6 +11,7 @@ from medssl_monai.evaluation.plots import (
     plot_bland_altman,
     plot_dice_histogram,
     plot_overlays,
+    plot_roc,
     plot_scatter,
 )
 
@@ -45,3 +46,14 @@ def test_plot_errors(tmp_path: Path) -> None:
         plot_overlays(np.zeros((2, 8, 8)), np.zeros((1, 8, 8)), np.zeros((2, 8, 8)), None, tmp_path / "y.png")
     with pytest.raises(ValueError, match="ED/ES frame"):
         plot_area_curve(np.ones(5), [7], [1], tmp_path / "z.png")
+
+
+def test_plot_roc_draws_defined_curves_and_lists_one_class_ones(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 60)
+    curves = {
+        "informative": (y, y + rng.normal(0, 0.5, 60)),
+        "chance": (y, rng.normal(0, 1, 60)),
+        "one class": (np.zeros(10), rng.normal(0, 1, 10)),  # undefined AUROC: listed, not drawn, no error
+    }
+    assert _is_png(plot_roc(curves, tmp_path / "roc.png", positive="abnormal"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -123,3 +124,31 @@ def test_timed_prepare_batch_passes_times_and_mask():
     x, y, _, kw = TimedClipPrepareBatch()(batch, "cpu")
     assert x.max().item() == 1.0 and y.dtype == torch.float32
     assert kw["times"].tolist() == [[0.0, 0.5]] and kw["frame_mask"].tolist() == [[False, True]]
+
+
+@pytest.mark.parametrize("task", ["regression", "classification"])
+def test_probe_metrics_writer_writes_json_csv_and_plots(task: str, tmp_path):
+    from ignite.engine import Engine
+
+    from medssl_monai.evaluation.probe import ProbeMetricsWriter
+
+    labels = torch.tensor([0.0, 1.0, 0.0, 1.0]) if task == "classification" else torch.tensor([40.0, 55.0, 60.0, 70.0])
+    preds = torch.tensor([[-2.0], [1.5], [0.5], [3.0]]) if task == "classification" else labels[:, None] + 2.0
+    batches = [{"video_id": ["a", "b"]}, {"video_id": ["c", "d"]}]
+
+    def step(engine, batch):
+        i = 0 if batch["video_id"][0] == "a" else 2
+        return {"pred": preds[i : i + 2], "label": labels[i : i + 2]}
+
+    engine = Engine(step)
+    ProbeMetricsWriter(task, tmp_path / "eval" / "metrics.json").attach(engine)
+    engine.run(batches, max_epochs=1)
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    rows = (tmp_path / "eval" / "predictions.csv").read_text().splitlines()
+    assert rows[0] == "id,label,prediction" and [r.split(",")[0] for r in rows[1:]] == ["a", "b", "c", "d"]
+    if task == "classification":
+        assert metrics["auroc"] == pytest.approx(1.0)  # every positive scores above every negative
+        assert (tmp_path / "eval" / "roc.png").is_file()
+    else:
+        assert metrics["mae"] == pytest.approx(2.0)
+        assert (tmp_path / "eval" / "scatter.png").is_file() and (tmp_path / "eval" / "bland_altman.png").is_file()
