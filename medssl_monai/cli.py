@@ -131,13 +131,21 @@ class CLI:
         (MONAI would silently add it, so ``--epochz 3`` would train with the default epochs).
 
         ``python -m medssl_monai run --config_file configs/train.yaml --bundle_root . --epochs 2``
+
+        ``--tracking mlflow`` uses :func:`~medssl_monai.engines.tracking.mlflow_settings` (MONAI's defaults, fixed
+        for our non-decollated trainers) instead of MONAI's own, which cannot log our training loss.
         """
         from monai.bundle import run as bundle_run
 
         from medssl_monai.config_checks import check_overrides
 
         files = [config_file] if isinstance(config_file, str) else list(config_file)
-        check_overrides(files, override, allowed=("bundle_root", "run_id", "init_id", "final_id", "args_file"))
+        allowed = ("bundle_root", "run_id", "init_id", "final_id", "args_file", "tracking_uri", "experiment_name")
+        check_overrides(files, override, allowed=allowed)
+        if override.get("tracking") == "mlflow":
+            from medssl_monai.engines.tracking import mlflow_settings
+
+            override["tracking"] = mlflow_settings()
         bundle_run(config_file=files, **override)
 
     def demo(

@@ -62,3 +62,18 @@ def test_run_rejects_an_unknown_override_key(tmp_path):
     train = str(BUNDLES_DIR / "unilvseg_echo_ssl_pretraining" / "configs" / "train.yaml")
     with pytest.raises(KeyError, match="unknown config key 'epochz' \\(did you mean 'epochs'\\?\\)"):
         CLI().run(config_file=train, bundle_root=str(tmp_path), epochz=3)
+
+
+def test_run_tracking_mlflow_uses_the_fixed_settings(tmp_path, monkeypatch):
+    import monai.bundle
+
+    from medssl_monai.demo import BUNDLES_DIR
+    from medssl_monai.engines.tracking import mlflow_settings
+
+    seen = {}
+    monkeypatch.setattr(monai.bundle, "run", lambda **kw: seen.update(kw))
+    train = str(BUNDLES_DIR / "unilvseg_echo_ssl_pretraining" / "configs" / "train.yaml")
+    CLI().run(config_file=train, bundle_root=str(tmp_path), tracking="mlflow", tracking_uri="sqlite:///x.db")
+    assert seen["tracking"] == mlflow_settings()  # MONAI's "mlflow" string would log a 1-tuple loss and fail
+    assert seen["tracking"]["configs"]["trainer"]["output_transform"] == "$lambda out: out['loss']"
+    assert seen["tracking_uri"] == "sqlite:///x.db" and seen["config_file"] == [train]
