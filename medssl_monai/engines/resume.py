@@ -38,7 +38,7 @@ from ignite.handlers import Checkpoint
 from medssl_monai.distributed import rank as dist_rank
 from medssl_monai.engines.checkpoint import atomic_torch_save, load_rng_state_dict, rng_state_dict
 
-__all__ = ["ResumeHandler", "epoch_seed", "seed_everything"]
+__all__ = ["ResumeHandler", "EarlyStopState", "epoch_seed", "seed_everything"]
 
 logger = logging.getLogger(__name__)
 FORMAT_VERSION = 1
@@ -82,6 +82,41 @@ class _FastForward:
         if self.rng is not None:
             load_rng_state_dict(self.rng)
         return it
+
+
+class EarlyStopState:
+    """``state_dict`` / ``load_state_dict`` of a MONAI ``EarlyStopHandler`` (for a ``ResumeHandler`` save_dict).
+
+    The handler's ignite ``EarlyStopping`` (made by ``set_trainer``) counts validations without improvement; without
+    this a resumed run restarts that count and can train for more epochs than the uninterrupted run. The state is
+    saved as plain numbers (a numpy score would not load with ``weights_only=True``).
+
+    Args:
+        handler: the ``EarlyStopHandler``; its ``set_trainer`` must run before the trainer starts (bundles call it
+            in ``run``), the state is restored at ``STARTED``.
+    """
+
+    def __init__(self, handler: Any) -> None:
+        self.handler = handler
+
+    def _stopper(self) -> Any:
+        stopper = getattr(self.handler, "_handler", None)  # MONAI keeps the ignite handler here
+        if stopper is None:
+            raise RuntimeError("EarlyStopState: call the EarlyStopHandler's set_trainer() before the trainer starts")
+        return stopper
+
+    def state_dict(self) -> dict[str, Any]:
+        """``counter`` and ``best_score`` (NaN: no validation yet)."""
+        stopper = self._stopper()
+        best = stopper.best_score
+        return {"counter": int(stopper.counter), "best_score": float("nan") if best is None else float(best)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore the counter and best score written by :meth:`state_dict`."""
+        stopper = self._stopper()
+        best = float(state["best_score"])
+        stopper.counter = int(state["counter"])
+        stopper.best_score = None if np.isnan(best) else best
 
 
 class ResumeHandler:

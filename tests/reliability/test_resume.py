@@ -1,62 +1,146 @@
 """Exact resume: a bundle run SIGKILLed mid-epoch and resumed ends with the weights of an uninterrupted run.
 
-Real bundles in subprocesses (``_bundle_runner.py``), CPU, tiny synthetic data, ``num_workers=0``. The killed
-run dies at the start of an iteration whose predecessor was not checkpointed, so the resumed run must replay
-part of an epoch (same sampler order, augmentation, masks) and redo the lost iteration.
+Every training bundle under ``bundles/`` (its ``train.yaml`` + CPU ``small.yaml``, as
+``medssl_monai.bundle_tools.train_configs`` picks them, plus variants such as DISCOVR's ``videomae.yaml``) runs in
+subprocesses (``_bundle_runner.py``), CPU, tiny synthetic data, ``num_workers=0``. The killed run dies at the
+start of an iteration of epoch 2 (of 2), so the resumed run must replay part of an epoch (same sampler order,
+augmentation, masks) and, where an epoch has >= 4 iterations, redo a lost iteration. Downstream bundles start from
+a ``pretrained_ckpt``, so the resumed weights must also win over the pretrained-weight loader.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+from monai.bundle import ConfigParser
 
+from medssl_monai.bundle_tools import config_path, find_bundles, train_configs
 from medssl_monai.engines.checkpoint import atomic_torch_save
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNNER = Path(__file__).with_name("_bundle_runner.py")
 
-# bundle -> (synthetic dataset kind, extra overrides); UCL's mixed negatives need 2 videos per step
+
+@dataclass(frozen=True)
+class Case:
+    """One kill-and-resume run.
+
+    Attributes:
+        bundle: folder name under ``bundles/``.
+        overrides: extra overrides (batch sizes giving >= 2 iterations per epoch on the tiny data).
+        extra_configs: config files (relative to the bundle) merged after ``train_configs``.
+        pretrained: ``config_id[.attribute...]`` of the module whose ``state_dict`` the bundle's
+            ``pretrained_ckpt`` takes; the test writes one (a differently seeded init) and passes it.
+    """
+
+    bundle: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+    extra_configs: tuple[str, ...] = ()
+    pretrained: str | None = None
+
+
+# iterations per epoch on the tiny data in brackets; UCL's mixed negatives need 2 videos per step, the
+# BatchNorm heads (TVRL projection, DISCOVR probe) and NT-Xent need batches of 2 (their loaders drop the last)
 CASES = {
-    "unilvseg_echo_ssl_pretraining": ("echonet", {"batch_size": 1}),
-    "ucl_us_ssl_pretraining": ("ultrasound", {"batch_size": 2}),
+    c.bundle + ("-" + Path(c.extra_configs[0]).stem if c.extra_configs else ""): c
+    for c in [
+        Case("unilvseg_echo_ssl_pretraining", {"batch_size": 1}),  # [4]
+        Case("unilvseg_echo_lv_segmentation", {"batch_size": 2}, pretrained="network_def"),  # [4]
+        Case("ucl_us_ssl_pretraining", {"batch_size": 2}),  # [2]
+        Case("ucl_us_classification", {"batch_size": 4}, pretrained="network_def.encoder"),  # [4]
+        Case("tvrl_echo_ssl_pretraining", {"batch_size": 2}),  # [2]
+        Case("tvrl_echo_linear_probe", {"batch_size": 2}, pretrained="encoder"),  # [2]
+        Case("discovr_echo_ssl_pretraining", {"batch_size": 2}),  # [2]
+        Case("discovr_echo_ssl_pretraining", {"batch_size": 2}, extra_configs=("configs/videomae.yaml",)),  # [2]
+        Case("discovr_echo_evaluation", {"batch_size": 2}, pretrained="network_def.encoder"),  # [2]
+        Case("discovr_echo_lv_segmentation", {"batch_size": 2}, pretrained="network_def.encoder"),  # [4]
+    ]
 }
 
 
-def _run(bundle: str, overrides: dict, kill_at: int = 0) -> subprocess.CompletedProcess:
+def _dataset_kind(bundle: Path) -> str:
+    """Which synthetic dataset a bundle reads: the ``kind`` of its default ``dataset_dir``."""
+    parser = ConfigParser()
+    parser.read_config(str(config_path(bundle, "train")))
+    default = parser.get("dataset_dir")
+    return default.get("kind", "echonet") if isinstance(default, dict) else "echonet"
+
+
+def _configs(case: Case) -> list[str]:
+    bundle = ROOT / "bundles" / case.bundle
+    return train_configs(bundle) + [str(bundle / c) for c in case.extra_configs]
+
+
+def _run(case: Case, overrides: dict, kill_at: int = 0) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, str(RUNNER), str(ROOT / "bundles" / bundle), json.dumps(overrides)]
+    cmd = [sys.executable, str(RUNNER), json.dumps(_configs(case)), json.dumps(overrides)]
     if kill_at:
         cmd.append(str(kill_at))
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
 
 
-def _overrides(bundle: str, data: dict, root: Path) -> dict:
-    kind, extra = CASES[bundle]
+def _overrides(case: Case, data: dict, root: Path) -> dict:
     return {
         "bundle_root": str(root),
-        "dataset_dir": str(data[kind]),
+        "dataset_dir": str(data[_dataset_kind(ROOT / "bundles" / case.bundle)]),
         "cache_dir": str(root.parent / "cache"),
         "epochs": 2,
         "num_workers": 0,
-        **extra,
+        **case.overrides,
     }
+
+
+def _write_pretrained(case: Case, overrides: dict, path: Path) -> None:
+    """A ``pretrained_ckpt`` for ``case``: the expected module, initialised with another seed than the run's."""
+    parser = ConfigParser()
+    parser.read_config(_configs(case))
+    parser.update(overrides)
+    config_id, *attributes = str(case.pretrained).split(".")
+    torch.manual_seed(987654321)
+    module = parser.get_parsed_content(config_id)
+    for name in attributes:
+        module = getattr(module, name)
+    torch.save(module.state_dict(), path)
 
 
 def _state(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def _assert_same(ref: Any, out: Any, what: str) -> None:
+    flat_ref, flat_out = _flatten(ref), _flatten(out)
+    assert flat_ref.keys() == flat_out.keys(), what
+    for key, value in flat_ref.items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(value, flat_out[key]), f"{what}.{key} differs after resume"
+        elif isinstance(value, float) and math.isnan(value):
+            assert math.isnan(flat_out[key]), f"{what}.{key} differs after resume"
+        else:
+            assert value == flat_out[key], f"{what}.{key} differs after resume"
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("bundle", list(CASES))
-def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(bundle: str, tiny_data, tmp_path: Path):
-    ref = _run(bundle, _overrides(bundle, tiny_data, tmp_path / "ref"))
+@pytest.mark.parametrize("name", list(CASES))
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(name: str, tiny_data, tmp_path: Path):
+    case = CASES[name]
+    ref_overrides = _overrides(case, tiny_data, tmp_path / "ref")
+    run_overrides = _overrides(case, tiny_data, tmp_path / "run")
+    if case.pretrained:
+        ckpt = tmp_path / "pretrained.pt"
+        _write_pretrained(case, ref_overrides, ckpt)
+        ref_overrides["pretrained_ckpt"] = run_overrides["pretrained_ckpt"] = str(ckpt)
+
+    ref = _run(case, ref_overrides)
     assert ref.returncode == 0, ref.stderr[-3000:]
     ref_ckpt = _state(tmp_path / "ref" / "models" / "resume.pt")
     length = ref_ckpt["trainer"]["epoch_length"]
@@ -64,35 +148,66 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(bundle: str, tiny_d
     # checkpoint mid-epoch 2, then die one iteration later (length >= 4: that iteration's work is lost and redone)
     every = 2 if length >= 4 else 1
     saved, kill_at = length + every, length + every + (2 if every == 2 else 1)
-    overrides = {**_overrides(bundle, tiny_data, tmp_path / "run"), "checkpoint_every": every}
+    run_overrides["checkpoint_every"] = every
 
-    killed = _run(bundle, overrides, kill_at=kill_at)
+    killed = _run(case, run_overrides, kill_at=kill_at)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     mid = _state(tmp_path / "run" / "models" / "resume.pt")
     assert mid["trainer"]["iteration"] == saved
 
-    resumed = _run(bundle, overrides)
+    resumed = _run(case, run_overrides)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"-> iteration {saved}" in resumed.stdout + resumed.stderr
     out = _state(tmp_path / "run" / "models" / "resume.pt")
     assert out["trainer"]["iteration"] == ref_ckpt["trainer"]["iteration"] == 2 * length
-    for name, ref_sd in ref_ckpt["objects"].items():  # model / whole method (EMA teacher, queue), optimizer, ...
-        flat_ref, flat_out = _flatten(ref_sd), _flatten(out["objects"][name])
-        assert flat_ref.keys() == flat_out.keys(), name
-        for key, value in flat_ref.items():
-            if isinstance(value, torch.Tensor):
-                assert torch.equal(value, flat_out[key]), f"{name}.{key} differs after resume"
-            else:
-                assert value == flat_out[key], f"{name}.{key} differs after resume"
-    # the best-model file was written from the same validation, so it matches too
-    best_ref, best_out = (
-        _state(tmp_path / "ref" / "models" / "model.pt"),
-        _state(tmp_path / "run" / "models" / "model.pt"),
-    )
-    assert all(torch.equal(best_ref[k], best_out[k]) for k in best_ref)
+    # model / whole method (EMA teachers, queues, prototypes, centres), optimizer, scheduler, early stopping
+    assert ref_ckpt["objects"].keys() == out["objects"].keys()
+    for obj, ref_sd in ref_ckpt["objects"].items():
+        _assert_same(ref_sd, out["objects"][obj], obj)
+    _assert_same(ref_ckpt.get("evaluator"), out.get("evaluator"), "evaluator")  # best metric and its epoch
+    _assert_same(ref_ckpt["rng"], out["rng"], "rng")  # the same draws happened up to the end
+    # models/model.pt (best validation, or the final encoder/teacher) was written from the same state
+    best_ref, best_out = tmp_path / "ref" / "models" / "model.pt", tmp_path / "run" / "models" / "model.pt"
+    assert best_ref.is_file(), "every training bundle writes models/model.pt"
+    _assert_same(_state(best_ref), _state(best_out), "model.pt")
 
 
-def _flatten(obj, prefix: str = "") -> dict:
+def test_every_training_bundle_has_a_resume_case():
+    trainable = {b.name for b in find_bundles(ROOT / "bundles") if config_path(b, "train") is not None}
+    assert trainable == {c.bundle for c in CASES.values()}
+
+
+def test_early_stop_state_round_trip(tmp_path: Path):
+    """The early-stopping count survives a resume (else a resumed probe could train past the uninterrupted stop)."""
+    import numpy as np
+    from ignite.engine import Engine
+    from monai.handlers import EarlyStopHandler
+
+    from medssl_monai.engines.resume import EarlyStopState
+
+    def make() -> tuple[EarlyStopHandler, Engine]:
+        handler, trainer = EarlyStopHandler(patience=2, score_function=lambda e: e.state.score), Engine(lambda e, b: b)
+        handler.set_trainer(trainer)
+        return handler, trainer
+
+    handler, _ = make()
+    assert math.isnan(EarlyStopState(handler).state_dict()["best_score"])  # no validation yet
+    validator = Engine(lambda e, b: b)
+    for score in (np.float64(0.5), np.float64(0.4)):  # numpy scores, as sklearn-based metrics return
+        validator.state.score = score
+        handler(validator)
+    atomic_torch_save(EarlyStopState(handler).state_dict(), tmp_path / "s.pt")
+
+    resumed, trainer = make()
+    EarlyStopState(resumed).load_state_dict(_state(tmp_path / "s.pt"))
+    validator.state.score = 0.3  # the second epoch without improvement: stops, as the uninterrupted run would
+    resumed(validator)
+    assert trainer.should_terminate
+    with pytest.raises(RuntimeError, match="set_trainer"):
+        EarlyStopState(EarlyStopHandler(patience=1, score_function=float)).state_dict()
+
+
+def _flatten(obj: Any, prefix: str = "") -> dict:
     if isinstance(obj, dict):
         out = {}
         for k, v in obj.items():
