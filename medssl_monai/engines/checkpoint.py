@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import re
 import stat
 import tempfile
 import types
@@ -97,6 +98,31 @@ class AtomicCheckpointSaver(CheckpointSaver):
         super().attach(engine)
         if self._key_metric_checkpoint is not None:
             engine.add_event_handler(Events.STARTED, self._remember_best)
+        if self._interval_checkpoint is not None:
+            engine.add_event_handler(Events.STARTED, self._remember_interval_files)
+
+    def _remember_interval_files(self, engine: Engine) -> None:
+        """After a resume, count the interval files the killed run left (``checkpoint_epoch=K.pt``) towards
+        ``n_saved``, so the rotation deletes them as the uninterrupted run would (a fresh saver forgets them and
+        one stale file would stay on disk for good). The newest ``n_saved`` are taken; a fresh start
+        (iteration 0) adopts nothing, so files of an unrelated earlier run are never deleted."""
+        ckpt = self._interval_checkpoint
+        if ckpt._saved or not engine.state.iteration:
+            return
+        name = "checkpoint" if len(ckpt.to_save) > 1 else next(iter(ckpt.to_save))
+        prefix = f"{ckpt.filename_prefix}_" if ckpt.filename_prefix else ""
+        pattern = re.compile(re.escape(f"{prefix}{name}_{ckpt.score_name}=") + r"(\d+)\.pt")
+        found = sorted(
+            (int(m.group(1)), f.name)
+            for f in Path(self.save_dir).glob("*.pt")
+            if (m := pattern.fullmatch(f.name)) and int(m.group(1)) <= self._interval_step(engine)
+        )
+        n_saved = ckpt.n_saved if ckpt.n_saved is not None else len(found)
+        for step, filename in found[len(found) - n_saved :] if n_saved else []:
+            ckpt._saved.append(Checkpoint.Item(step, filename))
+
+    def _interval_step(self, engine: Engine) -> int:
+        return engine.state.epoch if self.epoch_level else engine.state.iteration
 
     def _remember_best(self, engine: Engine) -> None:
         """After a resume (``ResumeHandler`` restores the validator's ``best_metric``), seed the key-metric

@@ -233,3 +233,32 @@ def test_atomic_save_keeps_previous_file_on_failure(tmp_path: Path):
         atomic_torch_save({"w": torch.zeros(2), "bad": Unpicklable()}, path)
     assert torch.equal(_state(path)["w"], torch.ones(2))
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"], "the temporary file must be removed"
+
+
+def _saver_run(save_dir: Path, resume_from_epoch: int, max_epochs: int) -> list[str]:
+    """An ignite run with an interval ``AtomicCheckpointSaver`` (n_saved 1), resumed at ``resume_from_epoch``."""
+    from ignite.engine import Engine
+
+    from medssl_monai.engines.checkpoint import AtomicCheckpointSaver
+
+    net = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    engine = Engine(lambda e, b: None)
+    AtomicCheckpointSaver(
+        save_dir=str(save_dir), save_dict={"model": net, "optimizer": opt}, save_interval=1, n_saved=1
+    ).attach(engine)
+    if resume_from_epoch:
+        engine.load_state_dict({"epoch": resume_from_epoch, "epoch_length": 2, "max_epochs": max_epochs})
+    engine.run([0, 1], max_epochs=max_epochs)
+    return sorted(p.name for p in save_dir.glob("checkpoint_epoch=*.pt"))
+
+
+def test_resumed_saver_rotates_the_killed_runs_interval_file(tmp_path: Path):
+    # the killed run wrote epoch 2's interval file (n_saved 1); the resumed run must replace it, not keep it
+    assert _saver_run(tmp_path, 0, 2) == ["checkpoint_epoch=2.pt"]
+    assert _saver_run(tmp_path, 2, 4) == ["checkpoint_epoch=4.pt"]
+
+
+def test_fresh_saver_never_deletes_files_of_an_earlier_run(tmp_path: Path):
+    atomic_torch_save({"w": torch.ones(1)}, tmp_path / "checkpoint_epoch=7.pt")  # unrelated, older run
+    assert _saver_run(tmp_path, 0, 1) == ["checkpoint_epoch=1.pt", "checkpoint_epoch=7.pt"]
