@@ -41,23 +41,32 @@ class Case:
         extra_configs: config files (relative to the bundle) merged after ``train_configs``.
         pretrained: ``config_id[.attribute...]`` of the module whose ``state_dict`` the bundle's
             ``pretrained_ckpt`` takes; the test writes one (a differently seeded init) and passes it.
+        suffix: distinguishes several cases of one bundle.
     """
 
     bundle: str
     overrides: dict[str, Any] = field(default_factory=dict)
     extra_configs: tuple[str, ...] = ()
     pretrained: str | None = None
+    suffix: str = ""
 
 
 # iterations per epoch on the tiny data in brackets; UCL's mixed negatives need 2 videos per step, the
 # BatchNorm heads (TVRL projection, DISCOVR probe) and NT-Xent need batches of 2 (their loaders drop the last)
 CASES = {
-    c.bundle + ("-" + Path(c.extra_configs[0]).stem if c.extra_configs else ""): c
+    c.bundle + ("-" + Path(c.extra_configs[0]).stem if c.extra_configs else "") + c.suffix: c
     for c in [
         Case("unilvseg_echo_ssl_pretraining", {"batch_size": 1}),  # [4]
         Case("unilvseg_echo_lv_segmentation", {"batch_size": 2}, pretrained="network_def"),  # [4]
         Case("ucl_us_ssl_pretraining", {"batch_size": 2}),  # [2]
         Case("ucl_us_classification", {"batch_size": 4}, pretrained="network_def.encoder"),  # [4]
+        # the bundles' default loader: worker processes (restarted every epoch, `persistent_workers: false`)
+        Case(
+            "ucl_us_classification",
+            {"batch_size": 4, "num_workers": 2},
+            pretrained="network_def.encoder",
+            suffix="-2workers",
+        ),  # [4]
         Case("tvrl_echo_ssl_pretraining", {"batch_size": 2}),  # [2]
         Case("tvrl_echo_linear_probe", {"batch_size": 2}, pretrained="encoder"),  # [2]
         Case("discovr_echo_ssl_pretraining", {"batch_size": 2}),  # [2]
@@ -170,6 +179,18 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(name: str, tiny_dat
     best_ref, best_out = tmp_path / "ref" / "models" / "model.pt", tmp_path / "run" / "models" / "model.pt"
     assert best_ref.is_file(), "every training bundle writes models/model.pt"
     _assert_same(_state(best_ref), _state(best_out), "model.pt")
+
+
+def test_bundles_restart_their_training_workers_every_epoch():
+    """Persistent workers keep their transform RNGs across epochs, which a resume cannot repeat (measured: the
+    ``-2workers`` case differs with ``persistent_workers: true``); the bundles default to restarting them."""
+    for bundle in find_bundles(ROOT / "bundles"):
+        if config_path(bundle, "train") is None:
+            continue
+        parser = ConfigParser()
+        parser.read_config(train_configs(bundle))
+        parser["num_workers"] = 2
+        assert parser.get_parsed_content("train#dataloader#persistent_workers") is False, bundle.name
 
 
 def test_every_training_bundle_has_a_resume_case():
