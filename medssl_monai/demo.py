@@ -135,6 +135,8 @@ def run_demo(
     extra_ssl = {"epochs": ssl_epochs} if ssl_epochs else {}
     extra_seg = {"epochs": seg_epochs} if seg_epochs else {}
     print("[4/5] UniLVSeg: temporal-masking pretraining, then segmentation without and with it")
+    if (ssl_dir / "models" / "resume.pt").is_file():  # the bundles resume by default: say why this is quick
+        print(f"  {out} holds earlier runs: they resume where they stopped (done ones at once); delete it to retrain")
     run_bundle(
         "unilvseg_echo_ssl_pretraining",
         ["train.yaml", "small.yaml"],
