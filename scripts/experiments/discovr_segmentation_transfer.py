@@ -59,6 +59,7 @@ def main(
             "cache_dir": str(out_dir / "cache"),
             "seed": seed,
             "num_workers": num_workers,
+            "persistent_workers": True,  # the published tables: persistent workers (the default before 0.3.0)
             "ckpt_dir": str(run_dir / "models"),
             "output_dir": str(run_dir / "runs"),
             "pretrained_ckpt": str(ckpt) if ckpt else None,

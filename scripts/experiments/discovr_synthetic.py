@@ -55,6 +55,7 @@ def main(
     data = make_echonet(Path(root) / f"echonet_discovr_{num_videos}_seed{seed}", num_videos=num_videos, seed=seed)
     out_dir = Path(out).resolve()
     common = {"dataset_dir": str(data), "cache_dir": str(out_dir / "cache"), "seed": seed, "num_workers": num_workers}
+    common["persistent_workers"] = True  # the published tables: persistent workers (the default before 0.3.0)
     models = {}
     timings = {}
     for name, extra in (("DISCOVR", []), ("VideoMAE", ["videomae.yaml"])):

@@ -53,6 +53,7 @@ def _pretrain(framework: str, task: str, dataset_dir: str, work: Path, epochs: i
         epochs=epochs,
         batch_size=16,
         mlm_start_epoch=epochs // 2,  # the reference switches the masked-prediction term on half way (100 of 200)
+        persistent_workers=True,  # the published tables: persistent workers (the default before 0.3.0)
     )
     wf.initialize()
     wf.run()
@@ -125,6 +126,7 @@ def main(
                 epochs=probe_epochs,
                 batch_size=probe_batch_size,
                 patience=probe_patience,
+                persistent_workers=True,  # the published tables: persistent workers (the default before 0.3.0)
                 **_encoder_overrides("csimclr" if fw == "random" else fw),
             )
             results[task][fw] = {str(f): v for f, v in probe.items()}

@@ -86,6 +86,7 @@ def main(
     data = make_all(root, seed=seed, size=size)
     out_dir = Path(out).resolve()
     common = {"dataset_dir": str(data["echonet"]), "cache_dir": str(out_dir / "cache"), "seed": seed}
+    common["persistent_workers"] = True  # the published tables: persistent workers (the default before 0.3.0)
     ssl_dir = out_dir / "ssl"
     if not (ssl_dir / "models" / "model.pt").is_file():
         run_bundle(
