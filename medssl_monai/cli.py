@@ -137,11 +137,10 @@ class CLI:
         """
         from monai.bundle import run as bundle_run
 
-        from medssl_monai.config_checks import check_overrides
+        from medssl_monai.config_checks import check_overrides, tracking_keys
 
         files = [config_file] if isinstance(config_file, str) else list(config_file)
-        allowed = ("bundle_root", "run_id", "init_id", "final_id", "args_file", "tracking_uri", "experiment_name")
-        check_overrides(files, override, allowed=allowed)
+        check_overrides(files, override, allowed=tracking_keys(override["tracking"]) if "tracking" in override else ())
         if override.get("tracking") == "mlflow":
             from medssl_monai.engines.tracking import mlflow_settings
 

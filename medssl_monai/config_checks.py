@@ -18,7 +18,7 @@ from typing import Any
 
 from monai.bundle import ConfigParser
 
-__all__ = ["defined_keys", "check_overrides", "check_command_line", "parse_bundle_command_line"]
+__all__ = ["defined_keys", "check_overrides", "check_command_line", "parse_bundle_command_line", "tracking_keys"]
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ def parse_bundle_command_line(argv: Sequence[str]) -> tuple[str, dict[str, Any]]
     return command, {k: _parse_value(v) for k, v in kwargs.items()}
 
 
-def _tracking_keys(tracking: Any) -> set[str]:
+def tracking_keys(tracking: Any) -> set[str]:
     """Top-level keys ``ConfigWorkflow`` adds for ``tracking`` (e.g. mlflow's ``tracking_uri``, ``run_name``)."""
     from monai.bundle.utils import DEFAULT_EXP_MGMT_SETTINGS
 
@@ -179,14 +179,13 @@ def check_command_line(argv: Sequence[str] | None = None) -> None:
         if not config_file:
             return
         files = [config_file] if isinstance(config_file, (str, Path)) else list(config_file)
-        allowed = {_META_KEY} | (_tracking_keys(merged["tracking"]) if merged.get("tracking") else set())
-        known = defined_keys(files) | allowed | _RUNNER_KEYS
+        allowed = {_META_KEY} | (tracking_keys(merged["tracking"]) if merged.get("tracking") else set())
     except Exception as e:  # a parsing gap here must not stop a run MONAI accepts
         logger.warning(f"check_command_line: could not check the command line ({e!r}); overrides not checked")
         return
     overrides = [k for k in merged if k not in _RUNNER_KEYS]
     try:
-        check_overrides(files, overrides, allowed=known)
+        check_overrides(files, overrides, allowed=allowed)
     except KeyError as e:
         print(f"error: {e.args[0]}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None

@@ -117,8 +117,7 @@ class AtomicCheckpointSaver(CheckpointSaver):
             for f in Path(self.save_dir).glob("*.pt")
             if (m := pattern.fullmatch(f.name)) and int(m.group(1)) <= self._interval_step(engine)
         )
-        n_saved = ckpt.n_saved if ckpt.n_saved is not None else len(found)
-        for step, filename in found[len(found) - n_saved :] if n_saved else []:
+        for step, filename in found if ckpt.n_saved is None else found[-ckpt.n_saved :]:
             ckpt._saved.append(Checkpoint.Item(step, filename))
 
     def _interval_step(self, engine: Engine) -> int:

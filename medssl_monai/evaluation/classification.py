@@ -29,6 +29,7 @@ from medssl_monai.evaluation.plots import plot_roc
 __all__ = [
     "METRIC_NAMES",
     "binary_counts",
+    "binary_scores",
     "classification_metrics",
     "harmonic_mean",
     "aggregate_by_video",
@@ -57,6 +58,13 @@ def binary_counts(labels: np.ndarray, preds: np.ndarray, positive_classes: Seque
     return int((t & p).sum()), int((t & ~p).sum()), int((~t & ~p).sum()), int((~t & p).sum())
 
 
+def binary_scores(
+    labels: Sequence[int] | np.ndarray, probs: np.ndarray, positive_classes: Sequence[int] = (1,)
+) -> tuple[np.ndarray, np.ndarray]:
+    """The binary task ``positive_classes`` vs rest: truth (bool ``N``) and score (summed positive probabilities)."""
+    return np.isin(np.asarray(labels), positive_classes), np.asarray(probs)[:, list(positive_classes)].sum(1)
+
+
 def classification_metrics(
     labels: Sequence[int] | np.ndarray,
     probs: np.ndarray,
@@ -81,9 +89,7 @@ def classification_metrics(
     tp, fn, tn, fp = binary_counts(y, pred, positive_classes)
     sens = tp / (tp + fn) if tp + fn else float("nan")
     spec = tn / (tn + fp) if tn + fp else float("nan")
-    truth = np.isin(y, positive_classes)
-    score = prob[:, list(positive_classes)].sum(1)
-    auroc = _auroc(truth, score)
+    auroc = _auroc(*binary_scores(y, prob, positive_classes))
     out = {
         "accuracy": float((pred == y).mean()),
         "binary_accuracy": float((tp + tn) / len(y)),
@@ -411,9 +417,8 @@ class ClassificationReportHandler:
             plot_confusion_matrix(
                 entry["confusion_matrix"], self.output_dir / f"confusion_matrix_{level}s.png", names, f"{level}s"
             )
-            positive = np.isin(np.asarray(y), list(self.positive_classes)).astype(int)
             plot_roc(
-                {f"{level}s": (positive, np.asarray(p)[:, list(self.positive_classes)].sum(axis=1))},
+                {f"{level}s": binary_scores(y, p, self.positive_classes)},
                 self.output_dir / f"roc_{level}s.png",
                 title=f"{' + '.join(names[c] for c in self.positive_classes)} vs rest, {level}s",
             )
