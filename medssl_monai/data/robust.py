@@ -4,7 +4,8 @@ The readers skip and report bad files at datalist time (``on_error``); a file ca
 truncated by a copy, a decoder error on one frame). :class:`SkipBadSamples` wraps a dataset so that a long run
 does not die on one such file: with ``on_bad_sample="skip"`` the failure is logged with the file name, counted,
 and the sample is replaced by the next index (deterministic: no RNG is drawn, so resume and seeding stay exact);
-with ``"raise"`` it raises an error naming the index and the file.
+with ``"raise"`` it raises an error naming the index and the file. Messages give the root cause (e.g. "truncated: the
+header announces 40 frames but only 9 decode"), not MONAI's ``applying transform <...>`` wrapper around it.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from medssl_monai.data.report import check_on_error
+from medssl_monai.errors import DataError
 
-__all__ = ["BadSampleError", "SkipBadSamples", "describe_item"]
+__all__ = ["BadSampleError", "SkipBadSamples", "describe_item", "root_cause", "describe_error"]
 
 logger = logging.getLogger(__name__)
 _PATH_KEYS = ("image", "video", "path", "image_path", "filename", "label")
@@ -25,6 +27,28 @@ _PATH_KEYS = ("image", "video", "path", "image_path", "filename", "label")
 
 class BadSampleError(RuntimeError):
     """A sample failed to load or transform; the message names the index and the source file."""
+
+
+def root_cause(error: BaseException) -> BaseException:
+    """The error that says what is wrong, under the wrappers MONAI adds (``raise RuntimeError(...) from e``).
+
+    Follows ``__cause__`` and returns the first :class:`~medssl_monai.errors.DataError` (it names the file and the
+    problem; a deeper cause is a library detail it already summarises), else the innermost cause.
+    """
+    seen: set[int] = set()
+    current = error
+    while id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, DataError) or current.__cause__ is None:
+            return current
+        current = current.__cause__
+    return current
+
+
+def describe_error(error: BaseException) -> str:
+    """``"<type>: <message>"`` of the :func:`root_cause` of ``error``, for log lines and errors."""
+    cause = root_cause(error)
+    return f"{type(cause).__name__}: {cause}"
 
 
 def describe_item(dataset: Any, index: int) -> str:
@@ -90,7 +114,7 @@ class SkipBadSamples(Dataset):
                 first = index[0] if isinstance(index, (tuple, list)) and index else index
                 name = describe_item(self.dataset, first) if isinstance(first, int) else repr(first)
                 raise BadSampleError(
-                    f"sample {index!r} ({name}) failed: {type(e).__name__}: {e} (skipping needs integer indices)"
+                    f"sample {index!r} ({name}) failed: {describe_error(e)} (skipping needs integer indices)"
                 ) from e
         n = len(self.dataset)
         for attempt in range(self.max_consecutive + 1):
@@ -98,13 +122,14 @@ class SkipBadSamples(Dataset):
             try:
                 return self.dataset[i]
             except self.exceptions as e:
-                name = describe_item(self.dataset, i)
+                name, cause = describe_item(self.dataset, i), describe_error(e)
                 if self.on_bad_sample == "raise":
-                    raise BadSampleError(f"sample {i} ({name}) failed: {type(e).__name__}: {e}") from e
+                    # logged too: in a DataLoader worker the traceback can be far from the cause
+                    logger.error(f"bad sample {i} ({name}) failed: {cause}; use --on_bad_sample skip to skip it")
+                    raise BadSampleError(f"sample {i} ({name}) failed: {cause}") from e
                 self.skipped += 1
-                self.bad.append((i, name, f"{type(e).__name__}: {e}"))
+                self.bad.append((i, name, cause))
                 logger.warning(
-                    f"bad sample {i} ({name}) skipped [{self.skipped} so far]: {type(e).__name__}: {e}; "
-                    f"using index {(i + 1) % n}"
+                    f"bad sample {i} ({name}) skipped [{self.skipped} so far]: {cause}; using index {(i + 1) % n}"
                 )
         raise BadSampleError(f"{self.max_consecutive + 1} consecutive bad samples starting at index {index}")

@@ -40,7 +40,7 @@ def video_info(path: str | Path) -> dict:
     cap = cv2.VideoCapture(str(path))
     try:
         if not cap.isOpened():
-            raise VideoReadError(path, "cannot be opened as a video (corrupt or unsupported container)")
+            raise VideoReadError(path, _unopenable(path))
         return {
             "num_frames": int(cap.get(cv2.CAP_PROP_FRAME_COUNT)),
             "height": int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)),
@@ -49,6 +49,57 @@ def video_info(path: str | Path) -> dict:
         }
     finally:
         cap.release()
+
+
+# leading bytes of the containers in VIDEO_EXTENSIONS (offset, magic, name)
+_CONTAINER_MAGIC = (
+    (0, b"RIFF", "AVI"),
+    (4, b"ftyp", "MP4/MOV"),
+    (4, b"moov", "MOV"),
+    (4, b"mdat", "MOV"),
+    (4, b"wide", "MOV"),
+    (0, b"\x1a\x45\xdf\xa3", "Matroska"),
+    (0, b"\x30\x26\xb2\x75", "ASF/WMV"),
+)
+
+
+def _container(head: bytes) -> str | None:
+    """The container named by a file's first bytes, or ``None``."""
+    for offset, magic, name in _CONTAINER_MAGIC:
+        if head[offset : offset + len(magic)] == magic:
+            return name
+    return None
+
+
+def _truncation(path: Path, head: bytes) -> str | None:
+    """``"truncated: ..."`` when an AVI's RIFF header announces more bytes than the file holds, else ``None``."""
+    if _container(head) != "AVI" or len(head) < 8:
+        return None
+    announced, size = int.from_bytes(head[4:8], "little") + 8, path.stat().st_size
+    if size >= announced:  # OpenDML AVIs over 1 GB continue past the first RIFF chunk: only a shortfall counts
+        return None
+    return f"truncated: the AVI header announces {announced} bytes but the file has {size}"
+
+
+def _head(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(16)
+
+
+def _unopenable(path: Path) -> str:
+    """Why OpenCV could not open ``path``: not a video at all, cut short, or a container it cannot read."""
+    head = _head(path)
+    name = _container(head)
+    if name is None:
+        return f"not a video: no known video container header (the file starts with {head[:12]!r})"
+    return _truncation(path, head) or f"unreadable {name} container: its header cannot be parsed (corrupt)"
+
+
+def _fourcc(code: float) -> str:
+    """OpenCV's ``CAP_PROP_FOURCC`` as text (``"MJPG"``), ``""`` when unknown."""
+    value = int(code)
+    text = "".join(chr((value >> (8 * i)) & 0xFF) for i in range(4))
+    return text if value > 0 and text.isprintable() else ""
 
 
 def read_video(path: str | Path, strict: bool = True, min_frames: int = 1) -> np.ndarray:
@@ -72,8 +123,9 @@ def read_video(path: str | Path, strict: bool = True, min_frames: int = 1) -> np
     cap = cv2.VideoCapture(str(path))
     try:
         if not cap.isOpened():
-            raise VideoReadError(path, "cannot be opened as a video (corrupt or unsupported container)")
+            raise VideoReadError(path, _unopenable(path))
         expected = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        fourcc = _fourcc(cap.get(cv2.CAP_PROP_FOURCC))
         frames = []
         while True:
             ok, frame = cap.read()
@@ -82,8 +134,14 @@ def read_video(path: str | Path, strict: bool = True, min_frames: int = 1) -> np
             frames.append(frame)
     finally:
         cap.release()
+    if not frames or (strict and expected > 0 and len(frames) < expected):
+        truncated = _truncation(path, _head(path))  # the byte count says it for sure where the frame count cannot
+        if truncated:
+            raise VideoReadError(path, f"{truncated} ({len(frames)} of {expected} frames decode)")
     if not frames:
-        raise VideoReadError(path, "no frame could be decoded (corrupt or empty video)")
+        codec = f"codec {fourcc!r}" if fourcc else "its codec"
+        problem = f"the header announces {expected} frames but" if expected > 0 else "the container opens but"
+        raise VideoReadError(path, f"unreadable: {problem} no frame decodes ({codec} unsupported or corrupt data)")
     if strict and expected > 0 and len(frames) < expected:
         raise VideoReadError(path, f"truncated: the header announces {expected} frames but only {len(frames)} decode")
     if len(frames) < min_frames:

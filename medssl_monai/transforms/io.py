@@ -18,7 +18,7 @@ from monai.transforms import MapTransform, Randomizable
 from medssl_monai.data.cache import ClipCache
 from medssl_monai.data.sources import is_nifti
 from medssl_monai.data.tracings import MIN_TRACING_ROWS, tracing_mask
-from medssl_monai.errors import DataError, TracingError
+from medssl_monai.errors import DataError, TracingError, VideoReadError
 from medssl_monai.transforms.sampling import clip_indices
 
 __all__ = ["LoadClipd", "LoadSeriesd", "LoadTracingMaskd", "convert_channels", "gather_frames", "meta_key"]
@@ -97,11 +97,14 @@ class LoadClipd(MapTransform, Randomizable):
         pad_mode: ``"zeros"`` (EchoNet: zero frames past the end of a short video) or ``"repeat"`` (last frame).
         target_key: where the clip position of the frame of interest is written.
         indices_key: where the sampled frame indices are written.
+        min_frames: a source with fewer frames is an error (``VideoReadError``, "too few frames"); the default 1
+            pads any shorter video as ``pad_mode`` says.
         allow_missing_keys: skip absent keys instead of raising.
 
     Raises:
-        DataError: an unreadable source, a frame of interest outside the video, or aligned sources whose frame
-            counts differ.
+        DataError: an unreadable source (``VideoReadError`` naming the problem: truncated, empty, not a video,
+            undecodable codec, too few frames), a frame of interest outside the video, or aligned sources whose
+            frame counts differ.
     """
 
     def __init__(
@@ -117,9 +120,12 @@ class LoadClipd(MapTransform, Randomizable):
         pad_mode: str = "zeros",
         target_key: str = "target_index",
         indices_key: str = "clip_indices",
+        min_frames: int = 1,
         allow_missing_keys: bool = False,
     ) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
+        if min_frames < 1:
+            raise ValueError(f"min_frames must be >= 1, got {min_frames}")
         if channels not in (None, 1, 3):
             raise ValueError(f"channels must be None, 1 or 3, got {channels}")
         # validate mode/pad_mode/period now rather than in the first DataLoader worker
@@ -137,6 +143,7 @@ class LoadClipd(MapTransform, Randomizable):
         self.pad_mode = pad_mode
         self.target_key = target_key
         self.indices_key = indices_key
+        self.min_frames = min_frames
         self._indices: np.ndarray | None = None
         self._target: int | None = None
 
@@ -159,6 +166,8 @@ class LoadClipd(MapTransform, Randomizable):
             frames = self.cache.frames(path)  # memmap: nothing is read until frames are indexed
             if frames.ndim != 4:
                 raise DataError(path, f"decoded frames have shape {frames.shape}, expected T x H x W x C")
+            if len(frames) < self.min_frames:
+                raise VideoReadError(path, f"too few frames: {len(frames)} decoded, at least {self.min_frames} needed")
             if i == 0:
                 first_len = len(frames)
                 try:

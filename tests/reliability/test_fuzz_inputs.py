@@ -121,3 +121,72 @@ def test_non_integer_indices_raise_with_the_file_name():
 
     with pytest.raises(BadSampleError, match="a.avi.*cannot decode"):
         SkipBadSamples(Tuples())[(0, 3)]
+
+
+def _bad_video(folder: Path, how: str) -> Path:
+    """A video broken in one way: cut short, 0 bytes, not a video, or shorter than the clip needs."""
+    from medssl_monai.data.video import write_video
+
+    path = folder / f"{how}.avi"
+    frames = np.random.default_rng(0).integers(0, 256, (2 if how == "too_few_frames" else 24, 16, 16), np.uint8)
+    data = write_video(path, frames).read_bytes()
+    if how == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif how == "empty":
+        path.write_bytes(b"")
+    elif how == "not_a_video":
+        path.write_text("id,label\n1,2\n")
+    return path
+
+
+_PROBLEMS = {
+    "truncated": r"truncated: the AVI header announces \d+ bytes but the file has \d+",
+    "empty": r"empty file \(0 bytes\)",
+    "not_a_video": "not a video: no known video container header",
+    "too_few_frames": "too few frames: 2 decoded, at least 4 needed",
+}
+
+
+@pytest.mark.parametrize("cache", [False, True], ids=["decode", "clip_cache"])
+@pytest.mark.parametrize("how", sorted(_PROBLEMS))
+def test_bad_sample_messages_name_the_file_and_the_problem(tmp_path: Path, caplog, how: str, cache: bool):
+    import logging
+    import re
+
+    good = _bad_video(tmp_path, "good")
+    bad = _bad_video(tmp_path, how)
+    transform = LoadClipd(keys="image", num_frames=4, mode="start", min_frames=4, cache=cache, cache_dir=tmp_path / "c")
+    datalist = [{"image": str(bad)}, {"image": str(good)}]
+    expected = f"{re.escape(str(bad))}: {_PROBLEMS[how]}"
+
+    with caplog.at_level(logging.WARNING, logger="medssl_monai.data.robust"):
+        skip = SkipBadSamples(Dataset(datalist, transform=transform), on_bad_sample="skip")
+        assert skip[0]["image"].shape == (3, 4, 16, 16)  # replaced by the good video
+    (line,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert re.search(f"bad sample 0 .*VideoReadError: {expected}", line), line
+    assert "applying transform" not in line and skip.bad[0][2].startswith("VideoReadError: ")
+
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="medssl_monai.data.robust"):
+        with pytest.raises(BadSampleError, match=f"sample 0 .*VideoReadError: {expected}") as info:
+            SkipBadSamples(Dataset(datalist, transform=transform), on_bad_sample="raise")[0]
+    assert "applying transform" not in str(info.value)
+    (line,) = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert re.search(expected, line) and "--on_bad_sample skip" in line, line
+
+
+def test_root_cause_unwraps_monai_transform_errors():
+    from monai.transforms import Compose
+
+    from medssl_monai.data.robust import describe_error, root_cause
+    from medssl_monai.errors import VideoReadError
+
+    def fail(_):
+        raise VideoReadError("/data/a.avi", "empty file (0 bytes)")
+
+    with pytest.raises(RuntimeError, match="applying transform") as info:
+        Compose([fail])({"image": "/data/a.avi"})
+    assert isinstance(root_cause(info.value), VideoReadError)
+    assert describe_error(info.value) == "VideoReadError: /data/a.avi: empty file (0 bytes)"
+    plain = OSError("disk gone")
+    assert root_cause(plain) is plain
