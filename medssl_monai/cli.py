@@ -126,19 +126,23 @@ class CLI:
             "mean_intensity": float(frames.mean()),
         }
 
-    def run(self, config_file: str | list[str], **override) -> None:
+    def run(self, config_file: str | list[str], overrides: str | dict | None = None, **override) -> None:
         """``monai.bundle run`` with a check first: an override key the configs do not define is an error
         (MONAI would silently add it, so ``--epochz 3`` would train with the default epochs).
 
         ``python -m medssl_monai run --config_file configs/train.yaml --bundle_root . --epochs 2``
+
+        ``--overrides`` takes several at once, as a YAML or JSON mapping or ``key=value`` pairs
+        (``--overrides '{dataset_dir: /data/EchoNet-Dynamic, epochs: 2}'``); a ``--key`` flag wins over it.
 
         ``--tracking mlflow`` uses :func:`~medssl_monai.engines.tracking.mlflow_settings` (MONAI's defaults, fixed
         for our non-decollated trainers) instead of MONAI's own, which cannot log our training loss.
         """
         from monai.bundle import run as bundle_run
 
-        from medssl_monai.config_checks import check_overrides, tracking_keys
+        from medssl_monai.config_checks import check_overrides, parse_overrides, tracking_keys
 
+        override = {**parse_overrides(overrides), **override}
         files = [config_file] if isinstance(config_file, str) else list(config_file)
         check_overrides(files, override, allowed=tracking_keys(override["tracking"]) if "tracking" in override else ())
         if override.get("tracking") == "mlflow":

@@ -10,15 +10,25 @@ also under ``torchrun``), which has no such check.
 from __future__ import annotations
 
 import difflib
+import json
 import logging
+import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
 from monai.bundle import ConfigParser
 
-__all__ = ["defined_keys", "check_overrides", "check_command_line", "parse_bundle_command_line", "tracking_keys"]
+__all__ = [
+    "defined_keys",
+    "check_overrides",
+    "check_command_line",
+    "parse_bundle_command_line",
+    "parse_overrides",
+    "tracking_keys",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +39,72 @@ _RUN_WORKFLOW_PARAMS = ("workflow_name", "args_file")
 # keys MONAI's `run` / `run_workflow` / `create_workflow` / ConfigWorkflow take as arguments: not config overrides
 _RUNNER_KEYS = frozenset({*_RUN_PARAMS, *_RUN_WORKFLOW_PARAMS, "workflow_type", "properties_path"})
 _META_KEY = "_meta_"  # ConfigWorkflow reads metadata.json under this key; `--_meta_#version 1` is an override
+
+
+# a separator before the next ``key=``: splits ``a=1, b=/x/y`` but not ``milestones=[45, 60]``
+_PAIR_SPLIT = re.compile(r"[,\s]+(?=[A-Za-z_][\w#:.-]*=)")
+_OVERRIDES_HELP = (
+    "expected a mapping: YAML '{dataset_dir: /data/x, batch_size: 8}', JSON '{\"batch_size\": 8}' "
+    "or key=value pairs 'dataset_dir=/data/x,batch_size=8'"
+)
+
+
+def parse_overrides(value: str | Mapping[str, Any] | Sequence[str] | None) -> dict[str, Any]:
+    """Config overrides given as a mapping, a YAML flow mapping, JSON or ``key=value`` pairs.
+
+    fire turns ``--overrides '{batch_size: 2}'`` into a dict but leaves ``'{dataset_dir: /data/x}'`` a string
+    (``/data/x`` is no python literal), so strings are parsed here with ``yaml.safe_load``; values of
+    ``key=value`` pairs are YAML scalars too (``8`` is an int, ``true`` a bool, ``/data/x`` a string).
+
+    Args:
+        value: ``None``, a mapping, a string, or a list of ``key=value`` strings.
+
+    Returns:
+        ``{config id: value}`` (empty for ``None`` or an empty string).
+
+    Raises:
+        ValueError: the input is not one of these forms, or a key is empty.
+    """
+    if value is None:
+        return {}
+    if isinstance(value, Mapping):
+        out = dict(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return {}
+        if text[0] in "{[":
+            try:
+                parsed = yaml.safe_load(text)
+            except yaml.YAMLError as err:
+                try:  # JSON that YAML rejects (e.g. tabs as whitespace)
+                    parsed = json.loads(text)
+                except ValueError:
+                    reason = " ".join(str(getattr(err, "problem", None) or err).split())
+                    raise ValueError(f"could not parse overrides {value!r} ({reason}); {_OVERRIDES_HELP}") from None
+            if isinstance(parsed, list) and all(isinstance(p, str) for p in parsed):
+                return parse_overrides(parsed)
+            if not isinstance(parsed, dict):
+                raise ValueError(f"overrides {value!r} are not a mapping; {_OVERRIDES_HELP}")
+            out = parsed
+        else:
+            return parse_overrides(_PAIR_SPLIT.split(text))
+    elif isinstance(value, Sequence):
+        out = {}
+        for pair in value:
+            key, eq, raw = str(pair).strip().partition("=")
+            if not eq:
+                raise ValueError(f"override {pair!r} is not key=value; {_OVERRIDES_HELP}")
+            try:
+                out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+            except yaml.YAMLError:
+                out[key.strip()] = raw.strip()  # an odd value is a plain string, as on MONAI's own command line
+    else:
+        raise ValueError(f"overrides of type {type(value).__name__} ({value!r}); {_OVERRIDES_HELP}")
+    bad = [k for k in out if not isinstance(k, str) or not k.strip()]
+    if bad:
+        raise ValueError(f"override keys must be non-empty strings, got {bad!r}; {_OVERRIDES_HELP}")
+    return out
 
 
 def defined_keys(config_files: str | Path | Sequence[str | Path]) -> set[str]:

@@ -48,6 +48,7 @@ from medssl_monai.benchmarking import (  # noqa: E402
     machine_info,
     training_bundles,
 )
+from medssl_monai.config_checks import parse_overrides  # noqa: E402
 
 __all__ = ["main"]
 
@@ -114,7 +115,7 @@ def main(
     anchor_scale: float = 1.0,
     root: str = str(ROOT / "bundles"),
     threads: int | None = None,
-    overrides: dict | None = None,
+    overrides: str | dict | None = None,
 ) -> None:
     """Benchmark the training bundles (and optionally the issue's anchors); print a table, write JSON.
 
@@ -135,8 +136,13 @@ def main(
         anchor_scale: shrink the anchor batches (for a CPU smoke run; 1 on a GPU).
         root: the bundles folder.
         threads: ``torch.set_num_threads`` (default: torch's, i.e. ``OMP_NUM_THREADS``).
-        overrides: further config overrides for every bundle, e.g. ``--overrides '{batch_size: 2}'``.
+        overrides: further config overrides for every bundle: a YAML or JSON mapping or ``key=value`` pairs,
+            e.g. ``--overrides '{dataset_dir: /data/EchoNet-Dynamic, batch_size: 8}'``.
     """
+    try:  # fire leaves '{dataset_dir: /data/x}' a string (a path is no python literal)
+        overrides = parse_overrides(overrides)
+    except ValueError as err:
+        sys.exit(f"benchmark.py: --overrides: {err}")
     with _quiet_logging():  # the bundles' StatsHandler would log every step
         if threads:
             torch.set_num_threads(int(threads))

@@ -77,3 +77,39 @@ def test_run_tracking_mlflow_uses_the_fixed_settings(tmp_path, monkeypatch):
     assert seen["tracking"] == mlflow_settings()  # MONAI's "mlflow" string would log a 1-tuple loss and fail
     assert seen["tracking"]["configs"]["trainer"]["output_transform"] == "$lambda out: out['loss']"
     assert seen["tracking_uri"] == "sqlite:///x.db" and seen["config_file"] == [train]
+
+
+def test_run_overrides_take_paths_from_the_command_line(tmp_path, monkeypatch):
+    import fire
+    import monai.bundle
+
+    from medssl_monai.demo import BUNDLES_DIR
+
+    seen = {}
+    monkeypatch.setattr(monai.bundle, "run", lambda **kw: seen.update(kw))
+    train = str(BUNDLES_DIR / "unilvseg_echo_ssl_pretraining" / "configs" / "train.yaml")
+    # fire leaves this a string ('/data/...' is no python literal); it used to fail as "dictionary update sequence"
+    argv = ["run", "--config_file", train, "--bundle_root", str(tmp_path), "--epochs", "3"]
+    fire.Fire(CLI, command=[*argv, "--overrides", "{dataset_dir: /data/EchoNet-Dynamic/a b, epochs: 2, seed: 7}"])
+    assert seen["dataset_dir"] == "/data/EchoNet-Dynamic/a b" and seen["seed"] == 7
+    assert seen["epochs"] == 3  # an explicit flag wins over --overrides
+    seen.clear()
+    fire.Fire(CLI, command=[*argv, "--overrides", "dataset_dir=/data/x/y,seed=1"])
+    assert seen["dataset_dir"] == "/data/x/y" and seen["seed"] == 1
+    with pytest.raises(KeyError, match="unknown config key 'datset_dir'"):
+        CLI().run(config_file=train, overrides='{"datset_dir": "/data/x"}')  # the key check sees them too
+
+
+def test_parse_overrides_forms_and_errors():
+    from medssl_monai.config_checks import parse_overrides
+
+    want = {"dataset_dir": "/data/x", "batch_size": 8}
+    assert parse_overrides("{dataset_dir: /data/x, batch_size: 8}") == want
+    assert parse_overrides('{"dataset_dir": "/data/x", "batch_size": 8}') == want
+    assert parse_overrides("dataset_dir=/data/x, batch_size=8") == want
+    assert parse_overrides(["dataset_dir=/data/x", "batch_size=8"]) == want
+    assert parse_overrides(want) == want and parse_overrides(None) == {} and parse_overrides(" ") == {}
+    assert parse_overrides("lr_milestones=[45, 60] amp=false") == {"lr_milestones": [45, 60], "amp": False}
+    for bad in ("{dataset_dir: [}", "/data/x", "[1, 2]", "=3", "{1: 2}"):
+        with pytest.raises(ValueError, match="expected a mapping"):
+            parse_overrides(bad)
