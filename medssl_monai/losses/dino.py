@@ -1,14 +1,20 @@
-"""DINO self-distillation pieces used by DISCOVR's video and image branches (methods.md section 3).
+"""DINO self-distillation pieces used by DISCOVR's video and image branches (Mishra et al., arXiv 2506.11777).
 
 - :class:`DINOHead`: MLP ``in -> hidden -> hidden -> bottleneck`` with GELU, L2-normalisation, then a
   weight-normalised linear layer to ``out_dim`` whose gain is fixed at 1 (DINO's ``norm_last_layer=True``):
   each output unit is a unit-norm prototype.
 - :func:`teacher_temperature`: linear warm-up of the teacher temperature (0.04 -> 0.07 over 30 epochs) then
-  constant. The reference precomputes a table of hard-coded length 400 (methods.md quirk 3: runs longer than
-  400 epochs would index past it); here the schedule is a function and stays at the final value.
+  constant. The reference precomputes a table of hard-coded length 400 (runs longer than 400 epochs would index
+  past it); here the schedule is a function and stays at the final value.
 - :class:`DINOLoss`: ``mean over student views of -sum softmax((t - c) / tau_t) * log_softmax(s / tau_s)``
   with the centre ``c`` updated by EMA (momentum 0.9) of the batch mean of the teacher outputs, all-reduced
-  across ranks under DDP.
+  across ranks under DDP. ``center_update="logits"`` (default) averages the raw teacher logits, DINO's
+  definition (Caron et al. 2021, ``DINOLoss.update_center``); ``"probs"`` averages the teacher's centred,
+  sharpened probabilities, as DISCOVR's ``modeling_pretrain.py`` does (``update_center`` is called after the
+  softmax). Probabilities are about ``1/K`` each, so that centre is close to a constant and barely centres.
+
+The head's last layer and the loss run in float32 even under autocast: the teacher at tau 0.04 divides the
+logits by 0.04, so bf16 rounding of the cosine logits (about 3 significant digits) moves its softmax.
 """
 
 from __future__ import annotations
@@ -56,8 +62,12 @@ class DINOHead(nn.Module):
         nn.init.trunc_normal_(self.last_layer_v, std=0.02)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.normalize(self.mlp(x), dim=-1)
-        return F.linear(x, F.normalize(self.last_layer_v, dim=1))
+        """``B x in_dim`` -> float32 logits ``B x out_dim`` (cosines; the last layer outside autocast)."""
+        x = self.mlp(x)
+        # float32 even under autocast: the logits are divided by temperatures down to 0.04 before a softmax
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            x = F.normalize(x.float(), dim=-1)
+            return F.linear(x, F.normalize(self.last_layer_v.float(), dim=1))
 
 
 def teacher_temperature(
@@ -79,6 +89,8 @@ class DINOLoss(nn.Module):
         student_temp: student temperature (0.1).
         warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs: the teacher temperature schedule.
         center_momentum: EMA momentum of the centre (0.9).
+        center_update: what the centre averages: ``"logits"`` (the raw teacher outputs, DINO) or ``"probs"``
+            (the teacher probabilities ``softmax((t - c) / tau_t)``, the DISCOVR reference code).
     """
 
     def __init__(
@@ -89,8 +101,12 @@ class DINOLoss(nn.Module):
         teacher_temp: float = 0.07,
         warmup_teacher_temp_epochs: int = 30,
         center_momentum: float = 0.9,
+        center_update: str = "logits",
     ) -> None:
         super().__init__()
+        if center_update not in ("logits", "probs"):
+            raise ValueError(f"center_update must be 'logits' or 'probs', got {center_update!r}")
+        self.center_update = center_update
         self.student_temp = student_temp
         self.warmup_teacher_temp = warmup_teacher_temp
         self.teacher_temp = teacher_temp
@@ -120,12 +136,15 @@ class DINOLoss(nn.Module):
         log_p = F.log_softmax(students.float() / self.student_temp, dim=-1)
         loss = -(q[None] * log_p).sum(-1).mean()
         if self.training:
-            self.update_center(teacher_out)
+            self.update_center(teacher_out if self.center_update == "logits" else q)
         return loss
 
     @torch.no_grad()
     def update_center(self, teacher_out: torch.Tensor) -> None:
-        """``c = m c + (1 - m) mean(teacher_out)``, the mean taken over the global batch (all ranks)."""
+        """``c = m c + (1 - m) mean(teacher_out)``, the mean taken over the global batch (all ranks).
+
+        ``teacher_out`` is what ``center_update`` names: the raw logits or the teacher probabilities.
+        """
         batch_sum = all_reduce_sum(teacher_out.detach().float().sum(0, keepdim=True))
         batch_mean = batch_sum / (teacher_out.shape[0] * world_size())
         self.center.mul_(self.center_momentum).add_(batch_mean, alpha=1.0 - self.center_momentum)

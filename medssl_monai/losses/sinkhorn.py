@@ -1,6 +1,6 @@
 """Sinkhorn-Knopp codes and the swapped-prediction loss (SwAV; SIGMA / DISCOVR cluster distillation).
 
-Reference: ``utils/utils.py::sinkhorn`` of DISCOVR (methods.md section 3), SwAV's ``distributed_sinkhorn``:
+Reference: ``utils/utils.py::sinkhorn`` of DISCOVR (Mishra et al., arXiv 2506.11777), SwAV's ``distributed_sinkhorn``:
 ``Q = exp(scores / eps)^T`` (K x B), normalised to sum 1 over the global batch, then ``iterations`` rounds of
 "rows sum to 1/K" and "columns sum to 1/B", finally scaled by B so each sample's code sums to 1. Under DDP the
 sums run over all ranks (``medssl_monai.distributed.all_reduce_sum``), so the equipartition is global.
@@ -88,5 +88,9 @@ class Prototypes(nn.Module):
         self.weight.copy_(F.normalize(self.weight, dim=1))
 
     def forward(self, z: torch.Tensor, detach: bool = False) -> torch.Tensor:
+        """``M x D`` features -> float32 cosine scores ``M x K`` (computed outside autocast)."""
         w = self.weight.detach() if detach else self.weight
-        return F.normalize(z, dim=-1) @ w.t().to(z.dtype)
+        # float32 even under autocast: Sinkhorn divides the scores by eps = 0.05 and the codes are an argmax, so
+        # bf16 rounding of the cosines (about 3 significant digits) changes which prototype wins
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            return F.normalize(z.float(), dim=-1) @ w.float().t()

@@ -1,4 +1,4 @@
-"""DISCOVR pretraining (methods.md section 3; Mishra et al., arXiv 2506.11777) and the plain VideoMAE baseline.
+"""DISCOVR pretraining (Mishra et al., arXiv 2506.11777, NeurIPS 2025) and the plain VideoMAE baseline.
 
 :class:`DISCOVR` wraps the bundle's video encoder (``network_def``, a :class:`~medssl_monai.networks.videovit.VideoViT`)
 and returns ``{"loss", ...}`` for MONAI's ``SupervisedTrainer`` (``engines.ssl.OutputLoss``). Per clip batch:
@@ -9,7 +9,10 @@ and returns ``{"loss", ...}`` for MONAI's ``SupervisedTrainer`` (``engines.ssl.O
 3. Image DINO (online image branch): every frame goes through the EMA image teacher (unmasked) and through the
    image student under ``num_image_views`` random patch masks at 90%; a second ``DINOLoss``. The reference
    computes it in chunks of 1024 frames and *overwrites* the loss per chunk (quirk 2: only the last chunk
-   counts when ``B * T > 1024``); here it is the mean over all frames and views (no chunking).
+   counts when ``B * T > 1024``); here it is the mean over all frames and views (no chunking). The reference
+   multiplies that loss by ``256 / frames in the chunk`` (0.25 at 16 clips x 64 frames); ``image_dino_scale=
+   "reference"`` (default) applies the same factor, ``256 / min(B * T, 1024)`` with ``B`` the per-rank batch
+   as in the reference, and ``"none"`` leaves the loss unscaled.
 4. Semantic cluster distillation: the encoder sees the global view, the VideoMAE decoder predicts every token;
    targets are the image teacher's patch tokens standardised over the patches of each frame. Both are scored
    against learnable prototypes (L2-normalised every step; detached on the image side), coded by Sinkhorn-Knopp
@@ -18,10 +21,13 @@ and returns ``{"loss", ...}`` for MONAI's ``SupervisedTrainer`` (``engines.ssl.O
    of tubelet ``t`` (``target_frames="first"``, the intent of the reference's ``::2``) or the tubelet's frame
    mean (``"mean"``). The reference subsamples ``::2`` over the flattened ``(t * n)`` axis and compares it with
    decoder outputs in ``[visible..., masked...]`` order, so its targets and predictions do not index the same
-   tubelet (methods.md quirk 1); this module implements what the paper describes.
+   tubelet; this module implements what the paper describes.
 
-Loss = ``cluster_weight * L_cluster + video_dino_weight * L_video + image_dino_weight * L_image`` (all 1 in the
-reference). The teachers are updated by :class:`~medssl_monai.engines.ssl.MomentumTeacherHandler` calling
+Loss = ``cluster_weight * L_cluster + video_dino_weight * L_video + image_dino_weight * s * L_image`` (weights 1
+in the reference; ``s`` the ``image_dino_scale`` factor above).
+Prototype scores and DINO logits are float32 even under autocast (see ``losses.sinkhorn`` and ``losses.dino``);
+the reference computes them in fp16 under ``torch.cuda.amp.autocast``.
+The teachers are updated by :class:`~medssl_monai.engines.ssl.MomentumTeacherHandler` calling
 :meth:`DISCOVR.update_teacher` (momentum 0.996, constant);
 :class:`~medssl_monai.engines.ssl.SetEpochHandler` passes the epoch for the teacher-temperature warm-up.
 Features for downstream tasks are the CLS of ``video_teacher``.
@@ -74,7 +80,8 @@ def tubelet_targets(frame_tokens: torch.Tensor, tubelet_size: int, reduce: str =
     """Per-frame patch tokens ``B x T x n x D`` -> one target per tubelet token ``B x (T' * n) x D``.
 
     Token ``t' * n + p`` of the result is patch ``p`` of tubelet ``t'``: the same index the video encoder and
-    decoder use, so targets and predictions are aligned (unlike the reference, methods.md quirk 1).
+    decoder use, so targets and predictions are aligned (the reference's ``[:, ::2]`` over the flattened
+    ``(t * n)`` axis is not).
 
     Args:
         frame_tokens: ``B x T x n x D``.
@@ -108,6 +115,10 @@ class DISCOVR(nn.Module):
         student_temp, warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs, center_momentum: DINO
             (0.1, 0.04, 0.07, 30, 0.9), shared by the video and image losses (separate centres).
         cluster_weight, video_dino_weight, image_dino_weight: loss weights (1, 1, 1).
+        image_dino_scale: ``"reference"`` multiplies the image DINO loss by ``256 / min(B * T, 1024)`` (the
+            reference's ``grad_scale``: 0.25 at 16 x 64 frames); ``"none"`` by 1.
+        center_update: the DINO centres average the raw teacher logits (``"logits"``, DINO) or the teacher
+            probabilities (``"probs"``, the reference code); see :class:`~medssl_monai.losses.dino.DINOLoss`.
         target_frames: ``"first"`` or ``"mean"``, see :func:`tubelet_targets`.
         eval_seed: masks in eval mode come from a generator seeded with it on every call (comparable val loss).
     """
@@ -139,6 +150,8 @@ class DISCOVR(nn.Module):
         cluster_weight: float = 1.0,
         video_dino_weight: float = 1.0,
         image_dino_weight: float = 1.0,
+        image_dino_scale: str = "reference",
+        center_update: str = "logits",
         target_frames: str = "first",
         eval_seed: int = 12345,
     ) -> None:
@@ -184,6 +197,7 @@ class DISCOVR(nn.Module):
             "teacher_temp": teacher_temp,
             "warmup_teacher_temp_epochs": warmup_teacher_temp_epochs,
             "center_momentum": center_momentum,
+            "center_update": center_update,
         }
         self.video_dino_loss = DINOLoss(dino_out_dim, **dino_kw)
         self.image_dino_loss = DINOLoss(dino_out_dim, **dino_kw)
@@ -198,6 +212,9 @@ class DISCOVR(nn.Module):
         self.cluster_weight = cluster_weight
         self.video_dino_weight = video_dino_weight
         self.image_dino_weight = image_dino_weight
+        if image_dino_scale not in ("reference", "none"):
+            raise ValueError(f"image_dino_scale must be 'reference' or 'none', got {image_dino_scale!r}")
+        self.image_dino_scale = image_dino_scale
         self.target_frames = target_frames
         self.eval_seed = eval_seed
         self.epoch = 0
@@ -218,6 +235,16 @@ class DISCOVR(nn.Module):
         if self.training:
             return None
         return torch.Generator(device=device).manual_seed(self.eval_seed)
+
+    def image_dino_factor(self, num_frames: int) -> float:
+        """The image DINO loss factor for ``num_frames`` frames in this rank's step.
+
+        The reference scales each chunk of at most 1024 frames by ``256 / chunk size`` ("reference batch size of
+        256") and keeps the last chunk's loss; with the mean over all frames here, ``256 / min(frames, 1024)``.
+        """
+        if self.image_dino_scale == "none":
+            return 1.0
+        return 256.0 / min(num_frames, 1024)
 
     def cluster_targets(self, frame_patch_tokens: torch.Tensor, batch_size: int) -> torch.Tensor:
         """Image-teacher patch tokens ``(B * T) x n x D`` -> standardised per frame, one per tubelet ``B x N x D``."""
@@ -267,6 +294,7 @@ class DISCOVR(nn.Module):
             img_masks = tube_mask(n_views * b * t, self.image_student.grid_size, self.image_mask_ratio, gen, x.device)
             s_image = self.image_head(self.image_student.encode(img_tok.repeat(n_views, 1, 1), img_masks)[:, 0])
             loss_image = self.image_dino_loss(s_image.reshape(n_views, b * t, -1), t_image, self.epoch)
+            loss_image = loss_image * self.image_dino_factor(b * t)
 
         # semantic cluster distillation, token by token
         s_img = self.prototypes(targets.reshape(-1, targets.shape[-1]), detach=True)

@@ -35,3 +35,25 @@ def test_loss_and_center():
     loss_fn.eval()
     loss_fn(student, teacher)
     torch.testing.assert_close(loss_fn.center, torch.tensor([[0.5 * math.log(3.0), 0.0]]))  # no update in eval
+
+
+def test_center_update_logits_by_default_probs_as_reference_switch():
+    # default: DINO's centre, an EMA of the raw teacher logits (checked above); "probs": the DISCOVR reference
+    # averages softmax((t - c) / tau_t) instead
+    assert DINOLoss(2).center_update == "logits"
+    ref = DINOLoss(
+        2, student_temp=1.0, warmup_teacher_temp=1.0, teacher_temp=1.0, center_momentum=0.5, center_update="probs"
+    )
+    ref(torch.zeros(1, 1, 2), torch.tensor([[math.log(3.0), 0.0]]))
+    torch.testing.assert_close(ref.center, torch.tensor([[0.375, 0.125]]))  # 0.5 * [0.75, 0.25]
+
+
+def test_head_logits_and_loss_are_float32_under_bf16_autocast():
+    # the teacher divides the logits by 0.04: bf16 logits would move its softmax
+    torch.manual_seed(0)
+    head = DINOHead(8, out_dim=32, hidden_dim=16, bottleneck_dim=4)
+    x = torch.randn(3, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = head(x)
+        loss = DINOLoss(32)(out[None], head(x + 0.1))
+    assert out.dtype == torch.float32 and loss.dtype == torch.float32

@@ -46,3 +46,14 @@ def test_prototypes_unit_norm_and_detach():
     p(z, detach=True).sum().backward()
     assert p.weight.grad is None and z.grad is not None
     torch.testing.assert_close(p(z).detach(), F.normalize(z.detach(), dim=1) @ p.weight.detach().t())
+
+
+def test_prototype_scores_are_float32_under_bf16_autocast():
+    # Sinkhorn divides by eps = 0.05 and takes an argmax: bf16 cosines would change the winning prototype
+    p = Prototypes(16, 8)
+    z = torch.randn(5, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        s = p(z.bfloat16())
+        s_detached = p(z, detach=True)
+    assert s.dtype == torch.float32 and s_detached.dtype == torch.float32
+    torch.testing.assert_close(s, F.normalize(z.bfloat16().float(), dim=1) @ p.weight.detach().t())

@@ -125,3 +125,45 @@ def test_videomae_targets_and_loss():
     out["loss"].backward()
     assert torch.isfinite(out["loss"]) and mae.encoder.cls_token.grad is not None
     assert mae.video_teacher is mae.encoder
+
+
+def test_forward_scores_tubelet_aligned_targets():
+    # the targets forward() scores against the prototypes are the image teacher's patch tokens of the first
+    # frame of each tubelet, standardised per frame, in the encoder's (t, h, w) order; the reference's
+    # `[:, ::2]` over the flattened (t * n) axis keeps patches 0 and 2 of every frame instead and fails here
+    m = _method().eval()
+    x = torch.randn(2, 3, 4, 16, 16)
+    seen = []
+    m.prototypes.register_forward_pre_hook(lambda mod, args, kwargs: seen.append((args[0], kwargs)), with_kwargs=True)
+    with torch.no_grad():
+        m(x)
+        frames = x.transpose(1, 2).reshape(8, 3, 16, 16)
+        tok = m.image_teacher.forward_features(frames)[:, 1:]  # (B * T) x n x D
+        tok = (tok - tok.mean(1, keepdim=True)) / (tok.var(1, keepdim=True).sqrt() + 1e-6)
+        expected = tok.reshape(2, 4, 4, -1)[:, 0::2].reshape(-1, tok.shape[-1])  # frames 0 and 2, all patches
+    targets = [z for z, kw in seen if kw.get("detach")]
+    assert len(targets) == 1
+    torch.testing.assert_close(targets[0], expected)
+    flat_every_other = tok.reshape(2, 16, -1)[:, ::2].reshape(-1, tok.shape[-1])  # the reference's indexing
+    assert not torch.allclose(targets[0], flat_every_other)
+
+
+def test_image_dino_loss_scaled_as_the_reference_by_default():
+    # reference: image DINO loss x 256 / frames in the step (chunks of <= 1024 frames): 0.25 at 16 x 64
+    m = _method()
+    assert m.image_dino_scale == "reference"
+    assert m.image_dino_factor(16 * 64) == 0.25 and m.image_dino_factor(48 * 64) == 0.25
+    assert m.image_dino_factor(8) == 32.0
+    assert _method(image_dino_scale="none").image_dino_factor(1024) == 1.0
+    x = torch.randn(2, 3, 4, 16, 16)  # 8 frames: factor 32
+    with torch.no_grad():
+        ref = _method().eval()(x)
+        plain = _method(image_dino_scale="none").eval()(x)
+    torch.testing.assert_close(ref["loss_image_dino"], 32.0 * plain["loss_image_dino"])
+    torch.testing.assert_close(ref["loss"] - ref["loss_image_dino"], plain["loss"] - plain["loss_image_dino"])
+
+
+def test_dino_centres_default_to_logits():
+    m = _method()
+    assert m.video_dino_loss.center_update == "logits" and m.image_dino_loss.center_update == "logits"
+    assert _method(center_update="probs").image_dino_loss.center_update == "probs"
