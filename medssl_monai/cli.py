@@ -3,6 +3,7 @@
 ::
 
     python -m medssl_monai synth --root data            # write every synthetic dataset
+    python -m medssl_monai synth --root data/bench --size bench --workers 16 --arrays   # the benchmark-sized set
     python -m medssl_monai cache --root data/echonet    # decode every video once into the clip cache
     python -m medssl_monai inspect data/echonet         # summarise a dataset folder, a video or a datalist
     python -m medssl_monai demo                         # the README's main job
@@ -76,12 +77,22 @@ def _setup_logging(level: str = "INFO") -> None:
 class CLI:
     """medssl-monai: synthetic data, the clip cache, dataset inspection and the demo."""
 
-    def synth(self, root: str = "data", seed: int = 0, size: str = "small") -> dict:
-        """Write every synthetic dataset (EchoNet, CAMUS, ultrasound frame folders, timed series) under ``root``."""
-        from medssl_monai.data.synthetic import make_all
+    def synth(
+        self, root: str = "data", seed: int = 0, size: str = "small", workers: int | None = None, arrays: bool = False
+    ) -> dict:
+        """Write every synthetic dataset (EchoNet, CAMUS, ultrasound frame folders, timed series) under ``root``.
+
+        ``size``: ``tiny``, ``small`` or ``bench``; ``--workers``: processes (default: every core for ``bench``, else
+        1; the files are the same for any number); ``--arrays``: also TVRL's array clips (``root/arrays_50x64``).
+        """
+        from medssl_monai.data.defaults import default_num_workers
+        from medssl_monai.data.synthetic import make_all, make_arrays
 
         _setup_logging()
-        out = make_all(root, seed=seed, size=size)
+        workers = default_num_workers(size) if workers is None else int(workers)
+        out = make_all(root, seed=seed, size=size, num_workers=workers)
+        if arrays:
+            out["arrays"] = make_arrays(Path(root) / "arrays_50x64", out["echonet"], num_workers=workers)
         return {k: str(v) for k, v in out.items()}
 
     def cache(self, root: str = "data/echonet", cache_dir: str | None = None, num_workers: int = 2) -> dict:

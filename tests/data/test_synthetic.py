@@ -14,6 +14,7 @@ import pytest
 from medssl_monai.data.sources import decode_frames
 from medssl_monai.data.synthetic import (
     MARKER_NAME,
+    SIZES,
     make_all,
     make_camus,
     make_echonet,
@@ -289,3 +290,26 @@ def test_make_all_idempotent_and_atomic(tmp_path: Path) -> None:
 def test_save_montage(echonet: Path, tmp_path: Path) -> None:
     png = save_montage(echonet, tmp_path / "m.png", num_videos=2)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size < 300_000
+
+
+def test_parallel_writing_is_byte_identical(tmp_path: Path) -> None:
+    from medssl_monai.data.synthetic import make_arrays
+
+    def files(root: Path) -> dict[str, bytes]:
+        return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+    written = {}
+    for workers in (1, 2):
+        root = tmp_path / f"w{workers}"
+        out = make_all(root, seed=3, size="tiny", num_workers=workers)
+        make_arrays(root / "arrays", out["echonet"], num_frames=8, image_size=32, num_workers=workers)
+        (root / "arrays" / ".synthetic_arrays.json").unlink()  # names the source folder, which differs
+        written[workers] = files(root)
+    assert len(written[1]) > 100 and written[1].keys() == written[2].keys()
+    assert [k for k in written[1] if written[1][k] != written[2][k]] == []
+
+
+def test_bench_size_counts() -> None:
+    bench = SIZES["bench"]
+    assert bench["echonet"]["num_videos"] >= 512 and bench["ultrasound"]["num_videos"] >= 512
+    assert bench["timed_series"]["num_subjects"] >= 1024

@@ -8,8 +8,9 @@ import os
 import shutil
 import uuid
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -25,6 +26,7 @@ __all__ = [
     "speckle_amplitude",
     "sector_geometry",
     "assign_splits",
+    "parallel_map",
     "write_dataset",
 ]
 
@@ -36,6 +38,8 @@ FORMAT_VERSION = 1
 
 # Mean of a unit-power Rayleigh amplitude (sqrt(pi)/2): dividing by it makes speckle multiplicative with mean 1.
 _RAYLEIGH_MEAN = float(np.sqrt(np.pi) / 2.0)
+
+_T = TypeVar("_T")
 
 
 def _cv2():
@@ -202,3 +206,23 @@ def progress(iterable, total: int, desc: str):
     from tqdm.auto import tqdm
 
     return tqdm(iterable, total=total, desc=desc, leave=False, disable=None)
+
+
+def parallel_map(
+    fn: Callable[[Any], _T], items: Iterable[Any], total: int, desc: str, num_workers: int = 1
+) -> list[_T]:
+    """``[fn(item) for item in items]``, in order, over ``num_workers`` processes (1: in this process).
+
+    Each item draws from its own :func:`item_rng` stream and writes only its own files, so the output is
+    byte-identical whatever ``num_workers`` is. ``fn`` must be picklable (a module-level function or a
+    ``functools.partial`` of one).
+    """
+    num_workers = max(1, min(int(num_workers), int(total)))
+    if num_workers == 1:
+        return [fn(item) for item in progress(items, total, desc)]
+    from concurrent.futures import ProcessPoolExecutor
+
+    # chunks of a few items amortise the inter-process round trips; small enough to keep every worker busy
+    chunksize = max(1, min(16, int(total) // (4 * num_workers)))
+    with ProcessPoolExecutor(num_workers) as pool:
+        return list(progress(pool.map(fn, items, chunksize=chunksize), total, desc))

@@ -10,15 +10,33 @@ LV with a known EF, ``Abnormal`` flag) are converted to that layout: grey channe
 from __future__ import annotations
 
 import json
+import os
+from functools import partial
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pandas as pd
 
+from medssl_monai.data.synthetic._common import parallel_map
+
 __all__ = ["make_arrays", "synthetic_arrays"]
 
 _MARKER = ".synthetic_arrays.json"
+
+
+def _write_clip(item: dict, root: Path, num_frames: int, image_size: int) -> tuple[str, dict]:
+    """Convert one EchoNet datalist item to ``<root>/<video_id>.npy``; its split and CSV row."""
+    from medssl_monai.data.video import read_video
+
+    cv2.setNumThreads(1)  # several converting processes: one thread each
+    frames = read_video(item["image"])[..., 0]  # grey stored as RGB: one channel
+    idx = np.arange(num_frames) % len(frames)
+    clip = np.stack(
+        [cv2.resize(f, (image_size, image_size), interpolation=cv2.INTER_AREA) for f in frames[idx]]
+    ).astype(np.uint8)
+    np.save(root / f"{item['video_id']}.npy", clip)
+    return item["split"].upper(), {"eid": item["video_id"], "ef": float(item["ef"]), "Abnormal": int(item["Abnormal"])}
 
 
 def make_arrays(
@@ -26,15 +44,17 @@ def make_arrays(
     echonet_root: str | Path,
     num_frames: int = 50,
     image_size: int = 64,
+    num_workers: int = 1,
 ) -> Path:
     """Convert the EchoNet-format dataset ``echonet_root`` to TVRL's array layout in ``root`` (skipped if there).
+
+    ``num_workers`` processes convert the videos; the files are the same for any number of them.
 
     Returns:
         ``root`` with ``<eid>.npy`` clips and ``train.csv`` / ``val.csv`` / ``test.csv`` (``eid``, ``ef``,
         ``Abnormal``).
     """
     from medssl_monai.data.echonet import load_echonet_datalist
-    from medssl_monai.data.video import read_video
 
     root, echonet_root = Path(root), Path(echonet_root)
     params = {"echonet_root": str(echonet_root.resolve()), "num_frames": num_frames, "image_size": image_size}
@@ -44,25 +64,26 @@ def make_arrays(
     root.mkdir(parents=True, exist_ok=True)
     items = load_echonet_datalist(echonet_root, labels_csv="SyntheticTruth.csv")
     rows: dict[str, list[dict]] = {"TRAIN": [], "VAL": [], "TEST": []}
-    for item in items:
-        frames = read_video(item["image"])[..., 0]  # grey stored as RGB: one channel
-        idx = np.arange(num_frames) % len(frames)
-        clip = np.stack(
-            [cv2.resize(f, (image_size, image_size), interpolation=cv2.INTER_AREA) for f in frames[idx]]
-        ).astype(np.uint8)
-        np.save(root / f"{item['video_id']}.npy", clip)
-        rows[item["split"].upper()].append(
-            {"eid": item["video_id"], "ef": float(item["ef"]), "Abnormal": int(item["Abnormal"])}
-        )
+    convert = partial(_write_clip, root=root, num_frames=num_frames, image_size=image_size)
+    for split, row in parallel_map(convert, items, len(items), "arrays", num_workers):
+        rows[split].append(row)
     for split, r in rows.items():
         pd.DataFrame(r, columns=["eid", "ef", "Abnormal"]).to_csv(root / f"{split.lower()}.csv", index=False)
     marker.write_text(json.dumps(params))
     return root
 
 
-def synthetic_arrays(size: str | None = None, seed: int = 0, num_frames: int = 50, image_size: int = 64) -> str:
-    """The default synthetic array dataset (next to the default synthetic EchoNet set, written on first use)."""
-    from medssl_monai.data.defaults import synthetic_dataset
+def synthetic_arrays(
+    size: str | None = None, seed: int = 0, num_frames: int = 50, image_size: int = 64, num_workers: int | None = None
+) -> str:
+    """The default synthetic array dataset (next to the default synthetic EchoNet set, written on first use).
 
-    echonet = Path(synthetic_dataset("echonet", size=size, seed=seed))
-    return str(make_arrays(echonet.parent / f"arrays_{num_frames}x{image_size}", echonet, num_frames, image_size))
+    ``num_workers`` defaults as in :func:`~medssl_monai.data.defaults.synthetic_dataset`.
+    """
+    from medssl_monai.data.defaults import default_num_workers, synthetic_dataset
+
+    size = size or os.environ.get("MEDSSL_SYNTHETIC_SIZE", "small")
+    workers = default_num_workers(size) if num_workers is None else num_workers
+    echonet = Path(synthetic_dataset("echonet", size=size, seed=seed, num_workers=workers))
+    out = echonet.parent / f"arrays_{num_frames}x{image_size}"
+    return str(make_arrays(out, echonet, num_frames, image_size, num_workers=workers))

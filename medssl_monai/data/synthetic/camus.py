@@ -8,12 +8,13 @@ same heart model and renderer as the synthetic EchoNet videos (:mod:`medssl_mona
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from medssl_monai.data.synthetic._common import item_rng, progress, write_dataset
+from medssl_monai.data.synthetic._common import item_rng, parallel_map, write_dataset
 from medssl_monai.data.synthetic.echonet import ECHONET_DEPTH_CM, NUM_CHORDS, systole_fraction
 from medssl_monai.data.synthetic.heart import HeartRenderer, contraction_curve, lv_tracing, sample_heart
 from medssl_monai.data.tracings import disc_volume
@@ -73,8 +74,52 @@ def _save_nifti(path: Path, array_thw_or_hw: np.ndarray, spacing_mm: float) -> N
     img.to_filename(str(path))
 
 
+def _write_patient(k: int, out: Path, seed: int, image_size: tuple[int, int], spacing: float) -> dict:
+    """Render and write patient ``k`` of :func:`make_camus`; its ``SyntheticTruth.csv`` row."""
+    height, width = image_size
+    pat = synthesize_camus_patient(seed, k, image_size)
+    name = f"patient{k:04d}"
+    folder = out / name
+    folder.mkdir(parents=True)
+    frames, labels = pat["frames"], pat["labels"]
+    n = len(frames)
+    _save_nifti(folder / f"{name}_4CH_half_sequence.nii.gz", frames, spacing)
+    _save_nifti(folder / f"{name}_4CH_half_sequence_gt.nii.gz", labels, spacing)
+    for phase, idx in (("ED", 0), ("ES", n - 1)):
+        _save_nifti(folder / f"{name}_4CH_{phase}.nii.gz", frames[idx], spacing)
+        _save_nifti(folder / f"{name}_4CH_{phase}_gt.nii.gz", labels[idx], spacing)
+    cfg = {
+        "ED": 1,
+        "ES": n,
+        "NbFrame": n,
+        "Sex": pat["sex"],
+        "Age": pat["age"],
+        "ImageQuality": pat["quality"],
+        "EF": int(round(pat["ef"])),
+        "FrameRate": pat["frame_rate"],
+        "LVedv": round(pat["edv"], 2),
+        "LVesv": round(pat["esv"], 2),
+        "LVef": round(pat["ef"], 2),
+    }
+    (folder / "Info_4CH.cfg").write_text("".join(f"{key}: {val}\n" for key, val in cfg.items()))
+    return {
+        "Patient": name,
+        "Abnormal": int(pat["abnormality"] != "normal"),
+        "Abnormality": pat["abnormality"],
+        "HeartRateBPM": pat["heart_rate_bpm"],
+        "EDV": pat["edv"],
+        "ESV": pat["esv"],
+        "EF": pat["ef"],
+        "PixelSpacingMm": spacing,
+    }
+
+
 def make_camus(
-    root: str | Path, num_patients: int = 10, seed: int = 0, image_size: tuple[int, int] = (160, 128)
+    root: str | Path,
+    num_patients: int = 10,
+    seed: int = 0,
+    image_size: tuple[int, int] = (160, 128),
+    num_workers: int = 1,
 ) -> Path:
     """Write a synthetic CAMUS (four-chamber view) dataset to ``root``; skipped if already there.
 
@@ -82,6 +127,7 @@ def make_camus(
         root: output folder (``root/patient0001/...``).
         num_patients: number of patients.
         seed: random seed; the same seed writes identical arrays.
+        num_workers: processes rendering the patients (the files are the same for any number).
         image_size: ``(H, W)`` of the frames (stored ``W x H`` as CAMUS).
 
     Files per patient: ``patientXXXX_4CH_half_sequence.nii.gz`` and ``_gt``, ``patientXXXX_4CH_{ED,ES}.nii.gz``
@@ -95,45 +141,8 @@ def make_camus(
     spacing = camus_pixel_spacing_mm(height)
 
     def writer(out: Path) -> None:
-        truth = []
-        for k in progress(range(1, num_patients + 1), num_patients, "camus"):
-            pat = synthesize_camus_patient(seed, k, (height, width))
-            name = f"patient{k:04d}"
-            folder = out / name
-            folder.mkdir(parents=True)
-            frames, labels = pat["frames"], pat["labels"]
-            n = len(frames)
-            _save_nifti(folder / f"{name}_4CH_half_sequence.nii.gz", frames, spacing)
-            _save_nifti(folder / f"{name}_4CH_half_sequence_gt.nii.gz", labels, spacing)
-            for phase, idx in (("ED", 0), ("ES", n - 1)):
-                _save_nifti(folder / f"{name}_4CH_{phase}.nii.gz", frames[idx], spacing)
-                _save_nifti(folder / f"{name}_4CH_{phase}_gt.nii.gz", labels[idx], spacing)
-            cfg = {
-                "ED": 1,
-                "ES": n,
-                "NbFrame": n,
-                "Sex": pat["sex"],
-                "Age": pat["age"],
-                "ImageQuality": pat["quality"],
-                "EF": int(round(pat["ef"])),
-                "FrameRate": pat["frame_rate"],
-                "LVedv": round(pat["edv"], 2),
-                "LVesv": round(pat["esv"], 2),
-                "LVef": round(pat["ef"], 2),
-            }
-            (folder / "Info_4CH.cfg").write_text("".join(f"{key}: {val}\n" for key, val in cfg.items()))
-            truth.append(
-                {
-                    "Patient": name,
-                    "Abnormal": int(pat["abnormality"] != "normal"),
-                    "Abnormality": pat["abnormality"],
-                    "HeartRateBPM": pat["heart_rate_bpm"],
-                    "EDV": pat["edv"],
-                    "ESV": pat["esv"],
-                    "EF": pat["ef"],
-                    "PixelSpacingMm": spacing,
-                }
-            )
+        item = partial(_write_patient, out=out, seed=seed, image_size=(height, width), spacing=spacing)
+        truth = parallel_map(item, range(1, num_patients + 1), num_patients, "camus", num_workers)
         pd.DataFrame(truth).to_csv(out / "SyntheticTruth.csv", index=False)
 
     return write_dataset(

@@ -12,12 +12,13 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from medssl_monai.data.synthetic._common import assign_splits, item_rng, progress, write_dataset
+from medssl_monai.data.synthetic._common import assign_splits, item_rng, parallel_map, write_dataset
 from medssl_monai.data.synthetic.heart import (
     ABNORMALITIES,
     HeartParams,
@@ -185,6 +186,59 @@ def _abnormality_plan(rng: np.random.Generator, n: int, abnormal_fraction: float
     return plan
 
 
+def _write_echonet_video(
+    index_and_item: tuple[int, tuple[str, str, str]],
+    out: Path,
+    seed: int,
+    image_size: int,
+    fps: float,
+    min_frames: int,
+    max_frames: int,
+) -> tuple[list[pd.DataFrame], dict, dict]:
+    """Render and write video ``i`` of :func:`make_echonet`; its tracing frames, ``FileList`` and truth rows."""
+    i, (name, abnormality, split) = index_and_item
+    spacing = echonet_pixel_spacing(image_size)
+    video = synthesize_echo_video(seed, i, abnormality, image_size, fps, min_frames, max_frames)
+    write_video(out / "Videos" / f"{name}.avi", video.frames, fps=fps)
+    volumes, tracings = {}, []
+    for key, frame in (("ES", video.traced_es), ("ED", video.traced_ed)):  # ES rows first, ED rows last
+        x1, y1, x2, y2 = video.tracing(frame)
+        volumes[key] = disc_volume(x1, y1, x2, y2, spacing)
+        tracings.append(
+            pd.DataFrame({"FileName": f"{name}.avi", "X1": x1, "Y1": y1, "X2": x2, "Y2": y2, "Frame": frame})
+        )
+    edv, esv = volumes["ED"], volumes["ES"]
+    files = {
+        "FileName": name,
+        "EF": 100.0 * (edv - esv) / edv,
+        "ESV": esv,
+        "EDV": edv,
+        "FrameHeight": image_size,
+        "FrameWidth": image_size,
+        "FPS": int(fps) if float(fps).is_integer() else fps,
+        "NumberOfFrames": len(video.frames),
+        "Split": split,
+    }
+    p = video.params
+    truth = {
+        "FileName": name,
+        "Abnormal": int(abnormality != "normal"),
+        "Abnormality": abnormality,
+        "HeartRateBPM": video.heart_rate_bpm,
+        "EDFrames": " ".join(map(str, video.ed_frames)),
+        "ESFrames": " ".join(map(str, video.es_frames)),
+        "TracedED": video.traced_ed,
+        "TracedES": video.traced_es,
+        "TargetEF": p.target_ef,
+        "PixelSpacingCm": spacing,
+        "AkineticWall": p.akinetic_wall,
+        "StartPhase": video.start_phase,
+        "Gain": p.gain,
+        "Index": i,
+    }
+    return tracings, files, truth
+
+
 def make_echonet(
     root: str | Path,
     num_videos: int = 40,
@@ -195,12 +249,15 @@ def make_echonet(
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
     min_frames: int = 64,
     max_frames: int = 128,
+    num_workers: int = 1,
 ) -> Path:
     """Write a synthetic EchoNet-Dynamic dataset to ``root`` (skipped if it is already there with these parameters).
 
     Files: ``Videos/<FileName>.avi`` (3-channel grey MJPG), ``FileList.csv``, ``VolumeTracings.csv`` (per video
     the ES frame's 21 rows first, the ED frame's last, as the EchoNet reference expects), ``SyntheticTruth.csv``
     (abnormality class, heart rate, every ED/ES frame) and the ``.synthetic.json`` marker.
+
+    ``num_workers`` processes render the videos; the files are the same for any number of them.
 
     Returns:
         ``root``.
@@ -233,51 +290,19 @@ def make_echonet(
                 names.append(name)
         plan = _abnormality_plan(meta_rng, num_videos, abnormal_fraction)
         splits = assign_splits(meta_rng, num_videos, split_fractions)
-        spacing = echonet_pixel_spacing(image_size)
-        files, tracings, truth = [], [], []
-        for i, (name, abnormality, split) in progress(enumerate(zip(names, plan, splits)), len(names), "echonet"):
-            video = synthesize_echo_video(seed, i, abnormality, image_size, fps, min_frames, max_frames)
-            write_video(out / "Videos" / f"{name}.avi", video.frames, fps=fps)
-            volumes = {}
-            for key, frame in (("ES", video.traced_es), ("ED", video.traced_ed)):  # ES rows first, ED rows last
-                x1, y1, x2, y2 = video.tracing(frame)
-                volumes[key] = disc_volume(x1, y1, x2, y2, spacing)
-                tracings.append(
-                    pd.DataFrame({"FileName": f"{name}.avi", "X1": x1, "Y1": y1, "X2": x2, "Y2": y2, "Frame": frame})
-                )
-            edv, esv = volumes["ED"], volumes["ES"]
-            files.append(
-                {
-                    "FileName": name,
-                    "EF": 100.0 * (edv - esv) / edv,
-                    "ESV": esv,
-                    "EDV": edv,
-                    "FrameHeight": image_size,
-                    "FrameWidth": image_size,
-                    "FPS": int(fps) if float(fps).is_integer() else fps,
-                    "NumberOfFrames": len(video.frames),
-                    "Split": split,
-                }
-            )
-            p = video.params
-            truth.append(
-                {
-                    "FileName": name,
-                    "Abnormal": int(abnormality != "normal"),
-                    "Abnormality": abnormality,
-                    "HeartRateBPM": video.heart_rate_bpm,
-                    "EDFrames": " ".join(map(str, video.ed_frames)),
-                    "ESFrames": " ".join(map(str, video.es_frames)),
-                    "TracedED": video.traced_ed,
-                    "TracedES": video.traced_es,
-                    "TargetEF": p.target_ef,
-                    "PixelSpacingCm": spacing,
-                    "AkineticWall": p.akinetic_wall,
-                    "StartPhase": video.start_phase,
-                    "Gain": p.gain,
-                    "Index": i,
-                }
-            )
+        item = partial(
+            _write_echonet_video,
+            out=out,
+            seed=seed,
+            image_size=image_size,
+            fps=fps,
+            min_frames=min_frames,
+            max_frames=max_frames,
+        )
+        rows = parallel_map(item, list(enumerate(zip(names, plan, splits))), len(names), "echonet", num_workers)
+        tracings = [t for r in rows for t in r[0]]
+        files = [r[1] for r in rows]
+        truth = [r[2] for r in rows]
         pd.DataFrame(files, columns=FILELIST_COLUMNS).to_csv(out / "FileList.csv", index=False)
         pd.concat(tracings, ignore_index=True)[TRACING_COLUMNS].to_csv(out / "VolumeTracings.csv", index=False)
         pd.DataFrame(truth, columns=TRUTH_COLUMNS).to_csv(out / "SyntheticTruth.csv", index=False)

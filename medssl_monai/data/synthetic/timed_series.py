@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,7 @@ from medssl_monai.data.synthetic._common import (
     assign_splits,
     complex_speckle,
     item_rng,
-    progress,
+    parallel_map,
     smooth_noise,
     speckle_amplitude,
     write_dataset,
@@ -125,6 +126,60 @@ def render_oct(anatomy: _Anatomy, size_mm: float, rng: np.random.Generator) -> n
     return np.rint(image).astype(np.uint8)
 
 
+def _write_group(
+    item: tuple[int, list[str], str],
+    out: Path,
+    seed: int,
+    threshold: float,
+    horizon: float,
+    image_size: int,
+    min_visits: int,
+    max_visits: int,
+    num_pairs: int,
+) -> tuple[list[dict], list[dict]]:
+    """Render and write group ``g`` of :func:`make_timed_series` (a subject or a twin pair); its CSV rows."""
+    cv2 = _cv2()
+    g, member_ids, split = item
+    series: list[dict] = []
+    truth: list[dict] = []
+    rng = item_rng(seed, "timed", g)
+    subject = sample_subject(rng, threshold, horizon, min_visits, max_visits)
+    anatomy = _Anatomy(rng, image_size)
+    images = [render_oct(anatomy, s, rng) for s in subject["sizes"]]
+    members = [(1.0, subject["rate"], subject["label"])]
+    if g < num_pairs:
+        # The twin: same images, visit gaps stretched by k, so its growth rate is r / k.
+        k = float(np.exp(rng.choice([-1.0, 1.0]) * rng.uniform(0.6, 1.2)))
+        rate = subject["rate"] / k
+        members.append((k, rate, _label(subject["size_last"], rate, threshold, horizon)))
+    for m, (k, rate, label) in enumerate(members):
+        sid = member_ids[m]
+        start = float(rng.uniform(2008.0, 2016.0))
+        folder = out / "images" / sid
+        folder.mkdir(parents=True)
+        for v, (image, size) in enumerate(zip(images, subject["sizes"])):
+            rel = f"images/{sid}/{v}.png"
+            if m == 0:
+                if not cv2.imwrite(str(out / rel), image):
+                    raise OSError(f"{out / rel}: OpenCV could not write the PNG")
+            else:
+                shutil.copyfile(out / f"images/{member_ids[0]}/{v}.png", out / rel)
+            time = start + k * float(subject["times"][v])
+            series.append({"subject_id": sid, "image_path": rel, "time": time, "label": label, "split": split})
+            truth.append(
+                {
+                    "subject_id": sid,
+                    "image_path": rel,
+                    "time": time,
+                    "lesion_size_mm": float(size),
+                    "growth_rate_mm_per_year": rate,
+                    "label": label,
+                    "twin_of": member_ids[1 - m] if len(members) == 2 else "",
+                }
+            )
+    return series, truth
+
+
 def make_timed_series(
     root: str | Path,
     num_subjects: int = 60,
@@ -136,6 +191,7 @@ def make_timed_series(
     max_visits: int = 6,
     twin_fraction: float = 0.5,
     split_fractions: Sequence[float] = (0.7, 0.15, 0.15),
+    num_workers: int = 1,
 ) -> Path:
     """Write a synthetic irregularly timed image-series dataset to ``root``; skipped if already there.
 
@@ -147,6 +203,7 @@ def make_timed_series(
         horizon: years after the last visit within which crossing ``threshold`` makes the label 1.
         threshold: lesion width (mm) that defines conversion.
         twin_fraction: share of subjects that come in time-stretched pairs with identical images.
+        num_workers: processes rendering the series (the files are the same for any number).
     """
     if num_subjects < 1 or not 2 <= min_visits <= max_visits:
         raise ValueError(
@@ -171,54 +228,30 @@ def make_timed_series(
     }
 
     def writer(out: Path) -> None:
-        cv2 = _cv2()
         meta = item_rng(seed, "timed-meta", 0)
         num_pairs = int(twin_fraction * num_subjects) // 2
         num_groups = num_subjects - num_pairs  # a group is one subject or one twin pair
         ids = [f"S{int(i):05d}" for i in meta.choice(100000, num_subjects, replace=False)]
         group_splits = assign_splits(meta, num_groups, split_fractions)
-        series, truth = [], []
-        next_id = 0
-        for g in progress(range(num_groups), num_groups, "timed series"):
-            rng = item_rng(seed, "timed", g)
-            subject = sample_subject(rng, threshold, horizon, min_visits, max_visits)
-            anatomy = _Anatomy(rng, image_size)
-            images = [render_oct(anatomy, s, rng) for s in subject["sizes"]]
-            members = [(1.0, subject["rate"], subject["label"])]
-            if g < num_pairs:
-                # The twin: same images, visit gaps stretched by k, so its growth rate is r / k.
-                k = float(np.exp(rng.choice([-1.0, 1.0]) * rng.uniform(0.6, 1.2)))
-                rate = subject["rate"] / k
-                members.append((k, rate, _label(subject["size_last"], rate, threshold, horizon)))
-            member_ids = ids[next_id : next_id + len(members)]
-            next_id += len(members)
-            for m, (k, rate, label) in enumerate(members):
-                sid = member_ids[m]
-                start = float(rng.uniform(2008.0, 2016.0))
-                folder = out / "images" / sid
-                folder.mkdir(parents=True)
-                for v, (image, size) in enumerate(zip(images, subject["sizes"])):
-                    rel = f"images/{sid}/{v}.png"
-                    if m == 0:
-                        if not cv2.imwrite(str(out / rel), image):
-                            raise OSError(f"{out / rel}: OpenCV could not write the PNG")
-                    else:
-                        shutil.copyfile(out / f"images/{member_ids[0]}/{v}.png", out / rel)
-                    time = start + k * float(subject["times"][v])
-                    series.append(
-                        {"subject_id": sid, "image_path": rel, "time": time, "label": label, "split": group_splits[g]}
-                    )
-                    truth.append(
-                        {
-                            "subject_id": sid,
-                            "image_path": rel,
-                            "time": time,
-                            "lesion_size_mm": float(size),
-                            "growth_rate_mm_per_year": rate,
-                            "label": label,
-                            "twin_of": member_ids[1 - m] if len(members) == 2 else "",
-                        }
-                    )
+        # group g holds subject ids[offset:offset + 1 or 2]: the first num_pairs groups are twin pairs
+        items = [
+            (g, ids[g + min(g, num_pairs) : g + min(g, num_pairs) + (2 if g < num_pairs else 1)], group_splits[g])
+            for g in range(num_groups)
+        ]
+        item = partial(
+            _write_group,
+            out=out,
+            seed=seed,
+            threshold=threshold,
+            horizon=horizon,
+            image_size=image_size,
+            min_visits=min_visits,
+            max_visits=max_visits,
+            num_pairs=num_pairs,
+        )
+        rows = parallel_map(item, items, num_groups, "timed series", num_workers)
+        series = [r for group in rows for r in group[0]]
+        truth = [r for group in rows for r in group[1]]
         pd.DataFrame(series).to_csv(out / "series.csv", index=False)
         pd.DataFrame(truth).to_csv(out / "SyntheticTruth.csv", index=False)
 

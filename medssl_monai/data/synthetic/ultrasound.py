@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,7 @@ from medssl_monai.data.synthetic._common import (
     _cv2,
     complex_speckle,
     item_rng,
-    progress,
+    parallel_map,
     sector_geometry,
     smooth_noise,
     speckle_amplitude,
@@ -155,6 +156,21 @@ def synthesize_sweep(seed: int, index: int, label_name: str, num_frames: int, im
     return frames
 
 
+def _write_sweep(item: tuple[int, str, int, int], out: Path, seed: int, image_size: int) -> dict:
+    """Render and write video ``k`` of :func:`make_frame_folders` as JPEG frames; its ``labels.csv`` row."""
+    cv2 = _cv2()
+    k, label_name, label, length = item
+    name = f"Video_{k + 1}"
+    frames = synthesize_sweep(seed, k, label_name, length, image_size)
+    folder = out / name
+    folder.mkdir(parents=True)
+    for t, frame in enumerate(frames):
+        rgb = np.repeat(frame[..., None], 3, axis=-1)
+        if not cv2.imwrite(str(folder / f"{t:05d}.jpg"), rgb, [cv2.IMWRITE_JPEG_QUALITY, 90]):
+            raise OSError(f"{folder / f'{t:05d}.jpg'}: OpenCV could not write the JPEG")
+    return {"video": name, "label": label, "label_name": label_name}
+
+
 def make_frame_folders(
     root: str | Path,
     num_videos: int = 24,
@@ -162,6 +178,7 @@ def make_frame_folders(
     num_frames: tuple[int, int] = (40, 80),
     image_size: int = 128,
     classes: Sequence[str] = DEFAULT_CLASSES,
+    num_workers: int = 1,
 ) -> Path:
     """Write synthetic ultrasound sweeps as frame folders to ``root``; skipped if already there.
 
@@ -172,6 +189,7 @@ def make_frame_folders(
 
     Args:
         num_frames: inclusive range of frames per video.
+        num_workers: processes rendering the videos (the files are the same for any number).
     """
     classes = [str(c) for c in classes]
     if num_videos < 1 or not classes:
@@ -185,22 +203,12 @@ def make_frame_folders(
     params["classes"] = classes
 
     def writer(out: Path) -> None:
-        cv2 = _cv2()
         meta = item_rng(seed, "ultrasound-meta", 0)
         labels = meta.permutation(np.arange(num_videos) % len(classes))
         lengths = meta.integers(lo, hi + 1, num_videos)
-        rows = []
-        for k in progress(range(num_videos), num_videos, "ultrasound"):
-            name = f"Video_{k + 1}"
-            label = int(labels[k])
-            frames = synthesize_sweep(seed, k, classes[label], int(lengths[k]), image_size)
-            folder = out / name
-            folder.mkdir(parents=True)
-            for t, frame in enumerate(frames):
-                rgb = np.repeat(frame[..., None], 3, axis=-1)
-                if not cv2.imwrite(str(folder / f"{t:05d}.jpg"), rgb, [cv2.IMWRITE_JPEG_QUALITY, 90]):
-                    raise OSError(f"{folder / f'{t:05d}.jpg'}: OpenCV could not write the JPEG")
-            rows.append({"video": name, "label": label, "label_name": classes[label]})
+        items = [(k, classes[int(labels[k])], int(labels[k]), int(lengths[k])) for k in range(num_videos)]
+        item = partial(_write_sweep, out=out, seed=seed, image_size=image_size)
+        rows = parallel_map(item, items, num_videos, "ultrasound", num_workers)
         pd.DataFrame(rows, columns=["video", "label", "label_name"]).to_csv(out / "labels.csv", index=False)
 
     return write_dataset(root, "frame_folders", params, writer)
