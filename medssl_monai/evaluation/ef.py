@@ -14,6 +14,10 @@ Volumes use a single-plane method (Lang et al., ASE/EACVI chamber quantification
 * ``"discs"``: the method of discs (Simpson's rule) on the mask: ``num_discs`` slabs of height ``h = L / num_discs``
   perpendicular to the long axis; each slab's diameter is its mask area divided by h, and
   ``V = sum(pi / 4 * d_i^2 * h)``.
+
+Before areas and axes are measured, each frame's mask keeps only its largest connected component and has its holes
+filled (:func:`clean_lv_masks`, MONAI ``KeepLargestConnectedComponent`` and ``FillHoles``): a few false-positive pixels
+far from the LV would otherwise stretch the principal-axis length L and corrupt every area-length volume.
 """
 
 from __future__ import annotations
@@ -24,12 +28,14 @@ from typing import Literal
 
 import numpy as np
 import torch
+from monai.transforms import FillHoles, KeepLargestConnectedComponent
 from scipy.ndimage import uniform_filter1d
 from scipy.signal import find_peaks
 
 __all__ = [
     "Beat",
     "EFResult",
+    "clean_lv_masks",
     "mask_area",
     "long_axis",
     "area_length_volume",
@@ -53,6 +59,28 @@ def _as_masks(masks: np.ndarray | torch.Tensor) -> np.ndarray:
         masks = masks.detach().cpu().numpy()
     m = np.asarray(masks)
     return m if m.dtype == bool else m > 0
+
+
+def clean_lv_masks(masks: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Per frame of ``T x H x W`` (or one ``H x W``) masks: the largest 8-connected component, holes filled.
+
+    Holes are background regions not 4-connected to the image border (the topological partner of 8-connected
+    foreground). Frames are processed independently; an empty frame stays empty.
+    """
+    m = _as_masks(masks)
+    single = m.ndim == 2
+    frames = m[None] if single else m
+    if frames.ndim != 3:
+        raise ValueError(f"clean_lv_masks expects H x W or T x H x W masks, got shape {m.shape}.")
+    if frames.shape[0] == 0:
+        return m
+    # the frames as one-hot channels; FillHoles treats channel 0 as background, so a blank channel goes first
+    onehot = torch.as_tensor(np.concatenate([np.zeros_like(frames[:1]), frames]))
+    labels = list(range(1, onehot.shape[0]))
+    onehot = KeepLargestConnectedComponent(applied_labels=labels, is_onehot=True, connectivity=2)(onehot)
+    onehot = FillHoles(applied_labels=labels, connectivity=1)(onehot)
+    out = np.asarray(onehot[1:]).astype(bool)
+    return out[0] if single else out
 
 
 def mask_area(masks: np.ndarray | torch.Tensor, pixel_spacing: float | Sequence[float] = 1.0) -> np.ndarray | float:
@@ -137,13 +165,15 @@ def mask_volume(
 
 @dataclass(frozen=True)
 class Beat:
-    """One cardiac cycle: ED and ES frame indices, their volumes and the EF in percent."""
+    """One cardiac cycle: ED and ES frame indices, their areas and volumes, and the EF in percent."""
 
     ed_frame: int
     es_frame: int
     edv: float
     esv: float
     ef: float
+    ed_area: float = float("nan")
+    es_area: float = float("nan")
 
 
 @dataclass(frozen=True)
@@ -153,9 +183,10 @@ class EFResult:
     Attributes:
         ef: mean EF over the beats, in percent.
         beats: the beats found (one global ED/ES pair when no complete beat was detected).
-        area: per-frame LV area (pixel_spacing units squared).
-        volume: per-frame LV volume (pixel_spacing units cubed; mL for cm spacing).
+        area: per-frame LV area (pixel_spacing units squared) of the cleaned masks.
+        volume: per-frame LV volume (pixel_spacing units cubed; mL for cm spacing) of the cleaned masks.
         method: the volume method used.
+        curve: the smoothed area curve the ED/ES frames were picked on.
     """
 
     ef: float
@@ -163,6 +194,7 @@ class EFResult:
     area: np.ndarray = field(repr=False)
     volume: np.ndarray = field(repr=False)
     method: str = "area_length"
+    curve: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def ed_frames(self) -> list[int]:
@@ -183,6 +215,7 @@ def ef_from_masks(
     smooth: int = 5,
     prominence: float | None = None,
     num_discs: int = 20,
+    clean: bool = True,
 ) -> EFResult:
     """EF (percent) from a ``T x H x W`` LV mask sequence, beat by beat.
 
@@ -194,6 +227,7 @@ def ef_from_masks(
         smooth: width in frames of the moving average applied to the area curve before peak finding (1 = none).
         prominence: minimum peak prominence of the smoothed area; default a quarter of its 5th-95th percentile range.
         num_discs: discs for ``method="discs"``.
+        clean: keep each frame's largest connected component and fill its holes first (:func:`clean_lv_masks`).
 
     Returns:
         An :class:`EFResult`; ED/ES frames are picked on the area curve, EF uses the volumes at those frames.
@@ -201,6 +235,8 @@ def ef_from_masks(
     m = _as_masks(masks)
     if m.ndim != 3 or m.shape[0] < 2:
         raise ValueError(f"ef_from_masks expects T x H x W masks with T >= 2, got shape {m.shape}.")
+    if clean:
+        m = clean_lv_masks(m)
     area = np.asarray(mask_area(m, pixel_spacing), dtype=np.float64)
     if not np.any(area > 0):
         raise ValueError("ef_from_masks: every mask is empty; no LV to measure.")
@@ -222,11 +258,13 @@ def ef_from_masks(
         # refine on the raw area within a smoothing half-width: the smoothed peak may sit a frame off
         ed_f = _refine(area, int(ed), smooth, np.argmax)
         es_f = _refine(area, int(following[0]), smooth, np.argmin)
-        beats.append(_beat(ed_f, es_f, volume))
+        beats.append(_beat(ed_f, es_f, area, volume))
     if not beats:
         # no complete beat detected (e.g. a clip shorter than one cycle): one global ED/ES pair by area
-        beats.append(_beat(int(np.argmax(area)), int(np.argmin(area)), volume))
-    return EFResult(ef=float(np.mean([b.ef for b in beats])), beats=beats, area=area, volume=volume, method=str(method))
+        beats.append(_beat(int(np.argmax(area)), int(np.argmin(area)), area, volume))
+    return EFResult(
+        ef=float(np.mean([b.ef for b in beats])), beats=beats, area=area, volume=volume, method=str(method), curve=curve
+    )
 
 
 def _refine(area: np.ndarray, centre: int, smooth: int, pick: Callable[[np.ndarray], np.intp]) -> int:
@@ -235,8 +273,16 @@ def _refine(area: np.ndarray, centre: int, smooth: int, pick: Callable[[np.ndarr
     return lo + int(pick(area[lo:hi]))
 
 
-def _beat(ed: int, es: int, volume: np.ndarray) -> Beat:
+def _beat(ed: int, es: int, area: np.ndarray, volume: np.ndarray) -> Beat:
     edv, esv = float(volume[ed]), float(volume[es])
     if edv <= 0:
         raise ValueError(f"ef_from_masks: the ED frame {ed} has an empty mask; cannot compute an EF.")
-    return Beat(ed_frame=ed, es_frame=es, edv=edv, esv=esv, ef=100.0 * (edv - esv) / edv)
+    return Beat(
+        ed_frame=ed,
+        es_frame=es,
+        edv=edv,
+        esv=esv,
+        ef=100.0 * (edv - esv) / edv,
+        ed_area=float(area[ed]),
+        es_area=float(area[es]),
+    )

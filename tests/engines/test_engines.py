@@ -136,3 +136,25 @@ def test_update_json_merges(tmp_path):
     update_json(p, {"a": 1})
     update_json(p, {"b": 2})
     assert json.loads(p.read_text()) == {"a": 1, "b": 2}
+
+
+def test_sliding_window_inferer_pads_black_and_feeds_channels_last():
+    from medssl_monai.transforms.intensity import ECHONET_MEAN, ECHONET_STD
+
+    video = torch.zeros(1, 3, 5, 4, 4)
+    seen = []
+
+    def net(x):
+        seen.append(x.clone())  # the inferer scales its output in place
+        return x[:, :1]
+
+    VideoSlidingWindowInferer(window=8, channels_last=True)(video, net)
+    (x,) = seen
+    assert x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous()
+    for ch in range(3):  # uint8 0 normalised: what training pads short clips with
+        assert torch.allclose(x[0, ch, 5:], torch.tensor(-ECHONET_MEAN[ch] / ECHONET_STD[ch]))
+    # one channel (grey input): the first channel's statistics
+    seen.clear()
+    VideoSlidingWindowInferer(window=8)(torch.zeros(1, 1, 5, 4, 4), net)
+    assert torch.allclose(seen[0][0, 0, 5:], torch.tensor(-ECHONET_MEAN[0] / ECHONET_STD[0]))
+    assert seen[0].is_contiguous()

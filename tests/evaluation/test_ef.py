@@ -6,6 +6,7 @@ from skimage.draw import ellipse
 
 from medssl_monai.evaluation.ef import (
     area_length_volume,
+    clean_lv_masks,
     disc_volume_from_mask,
     ef_from_masks,
     long_axis,
@@ -81,3 +82,50 @@ def test_bad_input() -> None:
         ef_from_masks(np.zeros((8, 8)))
     with pytest.raises(ValueError, match="unknown volume method"):
         mask_volume(np.ones((2, 4, 4)), method="simpson")
+
+
+def test_clean_lv_masks_keeps_largest_component_and_fills_holes() -> None:
+    m = np.zeros((2, 20, 20), dtype=bool)
+    m[0, 5:15, 5:15] = True
+    m[0, 8:10, 8:10] = False  # an enclosed 2 x 2 hole
+    m[0, 0, 19] = True  # a stray pixel
+    m[1, 2:6, 2:6] = True  # a 16-pixel blob beside the 64-pixel LV
+    m[1, 10:18, 10:18] = True
+    cleaned = clean_lv_masks(m)
+    expected0 = np.zeros((20, 20), dtype=bool)
+    expected0[5:15, 5:15] = True
+    np.testing.assert_array_equal(cleaned[0], expected0)
+    np.testing.assert_array_equal(cleaned[1], np.pad(np.ones((8, 8), bool), ((10, 2), (10, 2))))
+    # a notch open to the outside is not a hole; an empty frame stays empty; one H x W mask works too
+    notch = np.zeros((12, 12), dtype=bool)
+    notch[2:10, 2:10] = True
+    notch[5:7, 2:6] = False
+    np.testing.assert_array_equal(clean_lv_masks(notch), notch)
+    assert not clean_lv_masks(np.zeros((3, 8, 8), bool)).any()
+
+
+@pytest.mark.parametrize("method", ["area_length", "discs"])
+def test_stray_pixels_leave_the_ef_unchanged(method: str) -> None:
+    t = np.arange(100)
+    phase = (1 + np.cos(2 * np.pi * t / 40)) / 2
+    masks = np.stack([_ellipse(32 + 8 * p, 14 + 6 * p) for p in phase])
+    clean_ef = ef_from_masks(masks, method=method)
+    noisy = masks.copy()
+    noisy[:, 2, 2] = True  # false positives far from the LV in every frame (the ES ones decide the EF)
+    noisy[::3, 108, 100:103] = True
+    noisy[:, 56, 56] = False  # and a hole inside the LV
+    assert ef_from_masks(noisy, method=method).ef == pytest.approx(clean_ef.ef, abs=1e-9)
+    if method == "area_length":  # without the clean-up the stray pixels stretch L and move the EF by points
+        raw = ef_from_masks(noisy, method=method, clean=False)
+        assert abs(raw.ef - clean_ef.ef) > 3.0
+
+
+def test_beats_carry_areas() -> None:
+    t = np.arange(100)
+    phase = (1 + np.cos(2 * np.pi * t / 40)) / 2
+    masks = np.stack([_ellipse(32 + 8 * p, 14 + 6 * p) for p in phase])
+    res = ef_from_masks(masks)
+    for b in res.beats:
+        assert b.ed_area == res.area[b.ed_frame] == masks[b.ed_frame].sum()
+        assert b.es_area == res.area[b.es_frame] == masks[b.es_frame].sum()
+    assert res.curve is not None and res.curve.shape == res.area.shape

@@ -46,3 +46,42 @@ def test_bad_input() -> None:
         sliding_window_video(torch.zeros(1, 8, 4, 4), lambda x: x)
     with pytest.raises(ValueError, match="overlap"):
         sliding_window_video(torch.zeros(1, 1, 8, 4, 4), lambda x: x, overlap=1.0)
+
+
+def test_short_video_is_padded_at_the_end_with_pad_value() -> None:
+    video = torch.randn(1, 3, 10, 4, 4)
+    seen: list[torch.Tensor] = []
+
+    def predictor(x: torch.Tensor) -> torch.Tensor:
+        seen.append(x.clone())
+        return x[:, :1] * 2
+
+    pad = [-0.5, -0.6, -0.7]
+    out = sliding_window_video(video, predictor, window=16, pad_value=pad)
+    assert out.shape == (1, 1, 10, 4, 4)
+    torch.testing.assert_close(out, video[:, :1] * 2)
+    (x,) = seen
+    torch.testing.assert_close(x[:, :, :10], video)  # the real frames first, then the padding
+    for ch, v in enumerate(pad):
+        assert torch.all(x[:, ch, 10:] == v)
+    with pytest.raises(ValueError, match="pad_value"):
+        sliding_window_video(video, predictor, window=16, pad_value=[0.0, 1.0])
+
+
+@pytest.mark.parametrize("t", [9, 40, 67])
+def test_period_runs_interleaved_sequences(t: int) -> None:
+    video = _frame_index_video(t, b=1)
+    windows: list[list[int]] = []
+
+    def identity(x: torch.Tensor) -> torch.Tensor:
+        windows.extend(x[:, 0, :, 0, 0].round().long().tolist())
+        return x.clone()
+
+    out = sliding_window_video(video, identity, window=8, overlap=0.5, mode="constant", period=2, pad_value=-1.0)
+    torch.testing.assert_close(out, video, rtol=0, atol=1e-4)
+    for win in windows:  # every window holds frames `period` apart (or the end padding), as the training clips
+        real = [f for f in win if f >= 0]
+        assert len(win) == 8 and all(b - a == 2 for a, b in zip(real, real[1:]))
+        assert len({f % 2 for f in real}) == 1
+    with pytest.raises(ValueError, match="period"):
+        sliding_window_video(video, identity, period=0)
