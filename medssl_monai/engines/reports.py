@@ -179,12 +179,22 @@ class TracedFrameReport(_Report):
 class VideoEFReport(_Report):
     """EF from the predicted masks of whole videos against the true EF (batch size 1, ``pred`` ``1 x 1 x T x H x W``).
 
+    Writes, besides the summary (key ``ef`` of ``summary.json``) and the Bland-Altman and scatter plots:
+
+    - ``per_video_ef.csv``: per video the true and estimated EF, the error, and for every beat found its ED and ES
+      frames, areas (pixels), volumes and EF (space-separated, one entry per beat);
+    - ``per_frame_area.csv``: per video and frame the LV area of the cleaned mask, the smoothed area the frames were
+      picked on, the volume, and whether the frame was taken as ED or ES;
+    - ``area_curves/<video>.png`` for the ``num_curves`` videos with the largest absolute EF error: the area curve,
+      the chosen ED/ES frames and, where the data has them, the traced (true) ED/ES frames.
+
     Args:
-        output_dir: where ``per_video_ef.csv``, ``summary.json`` (key ``ef``) and the plots go.
+        output_dir: where the files go.
         ef_key: batch key of the true EF.
         method: volume method of :func:`~medssl_monai.evaluation.ef.ef_from_masks` (``area_length`` or ``discs``).
         min_distance: minimum frames between beats (EchoNet: 20 at 50 fps).
         n_resamples: bootstrap resamples for the intervals.
+        num_curves: area-curve PNGs written for the worst videos.
     """
 
     def __init__(
@@ -195,33 +205,99 @@ class VideoEFReport(_Report):
         min_distance: int = 20,
         n_resamples: int = 10000,
         seed: int = 0,
+        num_curves: int = 8,
     ) -> None:
         super().__init__(output_dir, n_resamples, seed)
         self.ef_key = ef_key
         self.method = method
         self.min_distance = min_distance
+        self.num_curves = num_curves
+        self.frames: list[pd.DataFrame] = []
+        self.curves: dict[str, dict] = {}
+
+    def reset(self, engine: Engine | None = None) -> None:
+        super().reset(engine)
+        self.frames, self.curves = [], {}
+
+    @staticmethod
+    def _traced(batch: dict, b: int) -> dict[str, int]:
+        traced = batch.get("traced_frames")
+        if not isinstance(traced, dict):
+            return {}
+        out = {}
+        for phase in ("ED", "ES"):
+            v = traced.get(phase)
+            if v is not None:
+                out[f"traced {phase}"] = int(_list(v, b + 1)[b])
+        return out
 
     def iteration_completed(self, engine: Engine) -> None:
         pred, batch = engine.state.output["pred"].detach().float().cpu(), engine.state.batch
         n = pred.shape[0]
         ids, efs = _list(batch.get("video_id"), n), _list(batch.get(self.ef_key), n)
         for b in range(n):
+            vid = str(ids[b])
             masks = (pred[b, 0] > 0).numpy()
             try:
                 res = ef_from_masks(masks, method=self.method, min_distance=self.min_distance)
             except ValueError as e:  # an empty prediction: reported, not fatal
-                logger.warning("VideoEFReport: %s: %s", ids[b], e)
-                self.rows.append({"video_id": ids[b], "ef_true": efs[b], "ef_pred": float("nan"), "beats": 0})
+                logger.warning("VideoEFReport: %s: %s", vid, e)
+                self.rows.append({"video_id": vid, "ef_true": efs[b], "ef_pred": float("nan"), "beats": 0})
                 continue
+
+            def join(values, fmt="{:.6g}"):
+                return " ".join(fmt.format(v) for v in values)
+
             self.rows.append(
                 {
-                    "video_id": ids[b],
+                    "video_id": vid,
                     "ef_true": float(efs[b]),
                     "ef_pred": res.ef,
+                    "error": res.ef - float(efs[b]),
+                    "frames": int(masks.shape[0]),
                     "beats": len(res.beats),
-                    "ed_frames": " ".join(map(str, res.ed_frames)),
-                    "es_frames": " ".join(map(str, res.es_frames)),
+                    "ed_frames": join(res.ed_frames, "{}"),
+                    "es_frames": join(res.es_frames, "{}"),
+                    "ed_areas": join(bt.ed_area for bt in res.beats),
+                    "es_areas": join(bt.es_area for bt in res.beats),
+                    "edv": join(bt.edv for bt in res.beats),
+                    "esv": join(bt.esv for bt in res.beats),
+                    "beat_ef": join(bt.ef for bt in res.beats),
                 }
+            )
+            t = np.arange(masks.shape[0])
+            self.frames.append(
+                pd.DataFrame(
+                    {
+                        "video_id": vid,
+                        "frame": t,
+                        "area": res.area,
+                        "area_smoothed": res.curve if res.curve is not None else res.area,
+                        "volume": res.volume,
+                        "ed": np.isin(t, res.ed_frames),
+                        "es": np.isin(t, res.es_frames),
+                    }
+                )
+            )
+            self.curves[vid] = {"res": res, "traced": self._traced(batch, b)}
+
+    def _write_curves(self, df: pd.DataFrame) -> None:
+        ok = df.dropna(subset=["ef_pred", "ef_true"])
+        worst = ok.assign(abs_error=(ok["ef_pred"] - ok["ef_true"]).abs()).nlargest(self.num_curves, "abs_error")
+        for row in worst.itertuples():
+            entry = self.curves.get(str(row.video_id))
+            if entry is None:
+                continue
+            res = entry["res"]
+            plot_area_curve(
+                res.area,
+                res.ed_frames,
+                res.es_frames,
+                self.output_dir / "area_curves" / f"{row.video_id}.png",
+                title=f"{row.video_id}: EF {row.ef_pred:.1f} (true {row.ef_true:.1f})",
+                ylabel="LV area (pixels)",
+                smoothed=res.curve,
+                reference=entry["traced"],
             )
 
     def completed(self, engine: Engine) -> None:
@@ -230,9 +306,15 @@ class VideoEFReport(_Report):
         df = pd.DataFrame(self.rows)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         df.to_csv(self.output_dir / "per_video_ef.csv", index=False)
+        if self.frames:
+            pd.concat(self.frames, ignore_index=True).to_csv(self.output_dir / "per_frame_area.csv", index=False)
+        if self.num_curves > 0:
+            self._write_curves(df)
         ok = df.dropna(subset=["ef_pred", "ef_true"])
         t, p = ok["ef_true"].to_numpy(float), ok["ef_pred"].to_numpy(float)
         self.summary = {"videos": len(df), "videos_without_mask": int(len(df) - len(ok))}
+        if len(ok) >= 1:
+            self.summary["bias"] = float(np.mean(p - t))
         if len(ok) >= 2:
             stats = {
                 "mae": lambda a, b: np.mean(np.abs(a - b), axis=-1),
@@ -245,11 +327,13 @@ class VideoEFReport(_Report):
             plot_bland_altman(t, p, self.output_dir / "ef_bland_altman.png", title="EF from masks vs true EF")
             plot_scatter(t, p, self.output_dir / "ef_scatter.png", title="EF from masks", unit="%")
             logger.info(
-                "EF from masks: MAE %.2f, RMSE %.2f, r %.3f over %d videos",
+                "EF from masks: MAE %.2f, RMSE %.2f, r %.3f, bias %+.2f over %d videos; area curves of the worst in %s",
                 self.summary["mae"]["estimate"],
                 self.summary["rmse"]["estimate"],
                 self.summary["pearson_r"]["estimate"],
+                self.summary["bias"],
                 len(ok),
+                self.output_dir / "area_curves",
             )
         update_json(self.output_dir / "summary.json", {"ef": self.summary})
 
@@ -315,9 +399,11 @@ class VideoMaskWriter:
                 str(self.output_dir / f"{vid}_mask.nii.gz"),
             )
             row = {"video_id": vid, "frames": int(masks.shape[0]), "mask_pixels_mean": float(masks.sum((1, 2)).mean())}
-            area = masks.sum(axis=(1, 2)).astype(float)
+            raw_area = masks.sum(axis=(1, 2)).astype(float)
+            area = raw_area  # replaced by the cleaned masks' area (largest component, holes filled) when EF works
             try:
                 res = ef_from_masks(masks, method=self.method, min_distance=self.min_distance)
+                area = res.area
                 row.update(ef=res.ef, beats=len(res.beats))
                 (self.output_dir / f"{vid}_ef.json").write_text(
                     json.dumps(
@@ -332,13 +418,14 @@ class VideoMaskWriter:
                     res.es_frames,
                     self.output_dir / f"{vid}_area.png",
                     title=f"{vid}: LV area (EF {res.ef:.1f}%)",
+                    smoothed=res.curve,
                 )
             except ValueError as e:
                 logger.warning("VideoMaskWriter: %s: no EF (%s)", vid, e)
                 row.update(ef=float("nan"), beats=0)
-            pd.DataFrame({"frame": np.arange(len(area)), "lv_area_pixels": area}).to_csv(
-                self.output_dir / f"{vid}_area.csv", index=False
-            )
+            pd.DataFrame(
+                {"frame": np.arange(len(area)), "lv_area_pixels": area, "raw_mask_pixels": raw_area}
+            ).to_csv(self.output_dir / f"{vid}_area.csv", index=False)
             if self.write_video:
                 write_video(self.output_dir / f"{vid}_overlay.avi", _overlay(image[b], masks), fps=float(fps[b]))
             self.rows.append(row)

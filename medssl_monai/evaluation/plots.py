@@ -121,8 +121,15 @@ def plot_area_curve(
     out_png: str | Path,
     title: str = "LV area",
     ylabel: str = "area",
+    smoothed: ArrayLike | None = None,
+    reference: dict[str, Sequence[int] | int] | None = None,
 ) -> Path:
-    """Per-frame LV area curve with the ED (peaks) and ES (troughs) frames marked."""
+    """Per-frame LV area curve with the ED (peaks) and ES (troughs) frames marked.
+
+    Args:
+        smoothed: the smoothed curve the frames were picked on, drawn dashed.
+        reference: true frames to show as vertical lines, e.g. ``{"traced ED": 12, "traced ES": 40}``.
+    """
     a = _np(area).astype(np.float64).ravel()
     ed_idx = np.atleast_1d(np.asarray(ed, dtype=np.int64))
     es_idx = np.atleast_1d(np.asarray(es, dtype=np.int64))
@@ -131,6 +138,13 @@ def plot_area_curve(
     fig = Figure(figsize=(6, 3))
     ax = fig.add_subplot()
     ax.plot(np.arange(a.size), a, color="k", linewidth=1.0)
+    if smoothed is not None:
+        ax.plot(np.arange(a.size), _np(smoothed).ravel(), color="0.5", linewidth=1.0, linestyle="--", label="smoothed")
+    colours = iter(("tab:orange", "tab:green", "tab:purple", "tab:brown"))
+    for name, frames in (reference or {}).items():
+        colour = next(colours, "0.3")
+        for i, f in enumerate(np.atleast_1d(np.asarray(frames, dtype=np.int64))):
+            ax.axvline(int(f), color=colour, linestyle=":", linewidth=1.2, label=name if i == 0 else None)
     ax.scatter(ed_idx, a[ed_idx], color="tab:red", zorder=3, label="ED")
     ax.scatter(es_idx, a[es_idx], color="tab:blue", zorder=3, label="ES")
     ax.set_xlabel("frame")

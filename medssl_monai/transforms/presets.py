@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from monai.transforms import Compose, RandRotated, RandSpatialCropd, Resized, ResizeWithPadOrCropd, SpatialPadd
+from monai.transforms import Compose, Lambda, RandRotated, RandSpatialCropd, Resized, ResizeWithPadOrCropd, SpatialPadd
 
 from medssl_monai.data.cache import ClipCache
 from medssl_monai.transforms.intensity import RandClipCLAHEd, RandClipColorJitterd
@@ -39,6 +39,7 @@ __all__ = [
     "ssl_clip_transforms",
     "simlvseg_augmentation",
     "video_transforms",
+    "drop_none_fields",
     "embedding_clip_loader",
 ]
 
@@ -253,12 +254,21 @@ def video_transforms(
     """Whole-video inference: every frame (``C x T x H x W`` uint8), optionally resized to the training size.
 
     Used with :class:`~medssl_monai.engines.inferers.VideoSlidingWindowInferer` (UniLVSeg inference and the
-    EF-from-masks evaluation), which slides the training window over the whole video.
+    EF-from-masks evaluation), which slides the training window over the whole video. Item fields that are
+    ``None`` (e.g. ``traced_frames`` of an untraced video) are dropped so that such videos collate.
     """
-    ts: list = [LoadClipd(keys=image_key, mode="all", cache=cache, cache_dir=cache_dir, channels=channels)]
+    ts: list = [
+        Lambda(func=drop_none_fields),
+        LoadClipd(keys=image_key, mode="all", cache=cache, cache_dir=cache_dir, channels=channels),
+    ]
     if spatial_size is not None:
         ts.append(_resize([image_key], spatial_size, (image_key,)))
     return Compose(ts)
+
+
+def drop_none_fields(item: dict) -> dict:
+    """The item without its ``None`` fields (PyTorch's collate cannot batch ``None``)."""
+    return {k: v for k, v in item.items() if v is not None}
 
 
 def embedding_clip_loader(

@@ -129,6 +129,29 @@ def test_video_ef_report_recovers_ef_of_a_beating_disc(tmp_path):
     assert summary["mae"]["estimate"] < 3.0  # rasterised discs: within a few EF points of the analytic value
     assert summary["pearson_r"]["estimate"] > 0.99
     assert (tmp_path / "ef_bland_altman.png").is_file() and (tmp_path / "per_video_ef.csv").is_file()
+    import pandas as pd
+
+    per_video = pd.read_csv(tmp_path / "per_video_ef.csv")
+    assert list(per_video["video_id"]) == ["v0", "v1", "v2"]
+    for row in per_video.itertuples():
+        # every beat's frames, areas, volumes and EF, consistent with each other and with the video's EF
+        eds, ess = str(row.ed_frames).split(), str(row.es_frames).split()
+        edv, esv = np.array(str(row.edv).split(), float), np.array(str(row.esv).split(), float)
+        beat_ef = np.array(str(row.beat_ef).split(), float)
+        assert len(eds) == len(ess) == len(edv) == len(beat_ef) == row.beats >= 1
+        np.testing.assert_allclose(beat_ef, 100 * (edv - esv) / edv, rtol=1e-4)
+        assert row.ef_pred == pytest.approx(beat_ef.mean(), rel=1e-4)
+        assert row.error == pytest.approx(row.ef_pred - row.ef_true)
+        assert np.all(np.array(str(row.ed_areas).split(), float) > np.array(str(row.es_areas).split(), float))
+    per_frame = pd.read_csv(tmp_path / "per_frame_area.csv")
+    v0 = per_frame[per_frame["video_id"] == "v0"]
+    assert len(v0) == _beating_disc(7.0).shape[2] and v0["frame"].tolist() == list(range(len(v0)))
+    ed_frames = [int(f) for f in str(per_video.loc[0, "ed_frames"]).split()]
+    assert v0.loc[v0["ed"], "frame"].tolist() == ed_frames
+    assert v0["area"].max() == pytest.approx(np.pi * 10**2, rel=0.05)  # the ED disc of radius 10
+    # the worst videos' area curves (num_curves 8 >= 3 videos: all of them)
+    assert sorted(q.name for q in (tmp_path / "area_curves").glob("*.png")) == ["v0.png", "v1.png", "v2.png"]
+    assert "bias" in summary
 
 
 def test_update_json_merges(tmp_path):
