@@ -1,7 +1,7 @@
 """UCL frame sampling: anchor, positive and intra-video hard negatives per video, with the hardness curriculum.
 
 Reference: ``GbVideoDataset.__getitem__`` (gbc-iitd/US_UCL ``ucl/datasets_gb.py``) and ``adjust_negs`` /
-the curriculum in ``train_ucl.py`` (methods.md section 4). Per video of ``N`` frames and per step:
+the curriculum in ``train_ucl.py`` (gbc-iitd/US_UCL, commit 65fea11). Per video of ``N`` frames and per step:
 
 - anchor ``a ~ U[ceil(0.2 N), ceil(0.5 N))``;
 - positive: a frame in ``[a - 3, a + 3]``, ``!= a``, inside the video;
@@ -9,10 +9,15 @@ the curriculum in ``train_ucl.py`` (methods.md section 4). Per video of ``N`` fr
   ``left_low = max(0, min(a - int(hi N), a - d - 3))``, ``left_high = max(0, min(a - int(lo N), a - d - 1))``,
   ``right_low = min(N, max(a + int(lo N), a + d + 1))``, ``right_high = min(N, max(a + ceil(hi N), a + d + 3))``
   (``d`` = 3 the positive distance): the band, widened to at least ``[a-6, a-4) U [a+4, a+6)``;
-- ``(lo, hi)`` starts at ``(0.2, 0.4)``; with the cosine curriculum, from ``start_epoch`` (30) on it is multiplied
-  every epoch by ``0.5 (1 + cos(pi (e - start) / (epochs - start)))``. The factor *compounds* (the reference
-  mutates ``low_n``/``high_n`` in place), so the band closes in on the anchor fast; optional clipping at
-  ``(0.03, 0.07)`` (``--cosine-clipping``).
+- ``(lo, hi)`` starts at ``(0.2, 0.4)``; with the cosine curriculum (``--cosine-curriculum``, what
+  ``scripts/pretrain_gb.sh`` runs), from ``start_epoch`` (30) on it is multiplied every epoch by
+  ``0.5 (1 + cos(pi (e - start) / (epochs - start)))``. The factor *compounds* (the reference mutates
+  ``low_n``/``high_n`` in place), so the band closes in on the anchor fast; optional clipping at ``(0.03, 0.07)``
+  (``--cosine-clipping``, cosine curriculum only);
+- without ``--cosine-curriculum`` the reference steps through its table ``[10, 0.2-0.4, n^ only], [30, 0.2-0.4],
+  [50, 0.1-0.15], [60, 0.03-0.07]`` (entry = the epoch it lasts until): ``(0.2, 0.4)`` before epoch 30,
+  ``(0.1, 0.15)`` from 30, ``(0.03, 0.07)`` from 50 (:data:`STEP_CURRICULUM`; the ``n^``-only epochs are the
+  method's ``warmup_epochs``).
 
 The reference rebuilds its dataset every epoch to change the band. Here the sampling runs in the main process in a
 ``torch.utils.data.Sampler`` (:class:`UCLFrameSampler`) that yields ``(item_index, frame_indices)``; DataLoader
@@ -34,6 +39,7 @@ from torch.utils.data import Dataset, Sampler
 from medssl_monai import distributed
 
 __all__ = [
+    "STEP_CURRICULUM",
     "curriculum_band",
     "negative_candidates",
     "sample_ucl_indices",
@@ -43,6 +49,12 @@ __all__ = [
     "split_videos",
     "load_video_datalist",
 ]
+
+
+# ``train_ucl.py``'s step curriculum (used without ``--cosine-curriculum``) as ``(first epoch, lo, hi)`` after the
+# initial band: its table ``[[10, .2, .4, True], [30, .2, .4, False], [50, .1, .15, False], [60, .03, .07, False]]``
+# holds each entry until the listed epoch, so the band changes at epochs 30 and 50.
+STEP_CURRICULUM: tuple[tuple[int, float, float], ...] = ((30, 0.1, 0.15), (50, 0.03, 0.07))
 
 
 def curriculum_band(
@@ -55,14 +67,23 @@ def curriculum_band(
     cosine_clipping: bool = False,
     min_low: float = 0.03,
     min_high: float = 0.07,
+    step_curriculum: Sequence[Sequence[float]] = STEP_CURRICULUM,
 ) -> tuple[float, float]:
-    """``(lo, hi)`` of the negative band at (0-based) ``epoch``: ``train_ucl.py``'s compounding cosine curriculum.
+    """``(lo, hi)`` of the negative band at (0-based) ``epoch``: ``train_ucl.py``'s curricula.
 
-    ``(lo, hi) = (low, high) * prod_{j=start}^{epoch} 0.5 (1 + cos(pi (j - start) / (max_epochs - start)))`` for
-    ``epoch >= start_epoch`` (the first factor is 1), then clipped from below when ``cosine_clipping``.
+    Cosine (``cosine_curriculum``, the reference script's choice): ``(lo, hi) = (low, high) * prod_{j=start}^{epoch}
+    0.5 (1 + cos(pi (j - start) / (max_epochs - start)))`` for ``epoch >= start_epoch`` (the first factor is 1),
+    then clipped from below when ``cosine_clipping``. Step (``cosine_curriculum=False``): ``(low, high)``, replaced
+    by the ``(lo, hi)`` of every ``(first_epoch, lo, hi)`` entry of ``step_curriculum`` with ``epoch >=
+    first_epoch`` (an empty table keeps the initial band throughout).
     """
     lo, hi = float(low), float(high)
-    if cosine_curriculum and epoch >= start_epoch:
+    if not cosine_curriculum:
+        for first, s_lo, s_hi in sorted(tuple(e) for e in step_curriculum):
+            if epoch >= first:
+                lo, hi = float(s_lo), float(s_hi)
+        return lo, hi  # the reference clips only the cosine curriculum
+    if epoch >= start_epoch:
         span = max(1, max_epochs - start_epoch)
         for j in range(start_epoch, epoch + 1):
             f = 0.5 * (1.0 + math.cos(math.pi * (j - start_epoch) / span))
@@ -117,8 +138,8 @@ class UCLFrameSampler(Sampler):
     Args:
         lengths: frames per video (e.g. ``[d["num_frames"] for d in datalist]``) or the datalist itself.
         num_negatives, pos_distance, anchor_range: per-video sampling (:func:`sample_ucl_indices`).
-        low, high, cosine_curriculum, start_epoch, max_epochs, cosine_clipping, min_low, min_high: the curriculum
-            (:func:`curriculum_band`).
+        low, high, cosine_curriculum, start_epoch, max_epochs, cosine_clipping, min_low, min_high,
+            step_curriculum: the curriculum (:func:`curriculum_band`).
         shuffle: shuffle the videos every epoch.
         seed: base seed; the draw of epoch ``e`` depends on ``(seed, e)`` only (and not on ``e`` with
             ``fixed=True``, for validation).
@@ -141,6 +162,7 @@ class UCLFrameSampler(Sampler):
         cosine_clipping: bool = False,
         min_low: float = 0.03,
         min_high: float = 0.07,
+        step_curriculum: Sequence[Sequence[float]] = STEP_CURRICULUM,
         shuffle: bool = True,
         seed: int = 0,
         drop_last: bool = False,
@@ -161,6 +183,7 @@ class UCLFrameSampler(Sampler):
             cosine_clipping=cosine_clipping,
             min_low=min_low,
             min_high=min_high,
+            step_curriculum=[tuple(e) for e in step_curriculum],
         )
         self.shuffle = shuffle
         self.seed = int(seed)
@@ -259,42 +282,65 @@ def split_videos(
     val_fraction: float = 0.2,
     seed: int = 0,
     label_key: str = "label",
+    group_key: str | None = None,
+    fold_key: str | None = None,
 ) -> dict[str, list[dict]]:
     """Train / val / test split *by video* (no frame of a video in two splits), for k-fold cross-validation.
 
     Test = fold ``fold`` of sklearn's ``StratifiedKFold(num_folds, shuffle=True, random_state=seed)`` over the
-    videos' labels; val = a seeded, per-class ``val_fraction`` of the remaining videos (at least one video overall,
-    never a class's last training video); train = the rest. Model selection uses val only (the reference's POCUS
-    evaluation selected on its test fold).
+    videos' labels, or of ``StratifiedGroupKFold`` when ``group_key`` names a group per item (e.g. the patient:
+    no patient in two splits), or the items whose ``fold_key`` equals ``fold`` (folds given with the data, as the
+    POCUS evaluation's five fixed folds). Val = a seeded, per-class ``val_fraction`` of the remaining groups (at
+    least one overall, never a class's last training group; a group's class is its most frequent label); train =
+    the rest. Model selection uses val only (the reference's POCUS evaluation selected on its test fold).
 
     Raises:
-        ValueError: ``fold`` outside ``[0, num_folds)`` or too few videos.
+        ValueError: ``fold`` outside ``[0, num_folds)``, an empty test fold, or too few videos.
     """
-    from sklearn.model_selection import StratifiedKFold
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
     items = list(datalist)
     if not 0 <= fold < num_folds:
         raise ValueError(f"fold must be in [0, {num_folds}), got {fold}")
     labels = np.asarray([int(d[label_key]) for d in items])
-    skf = StratifiedKFold(n_splits=num_folds, shuffle=True, random_state=seed)
-    _, test_idx = list(skf.split(np.zeros(len(items)), labels))[fold]
+    groups = np.asarray([str(d[group_key]) for d in items] if group_key else [str(i) for i in range(len(items))])
+    if fold_key is not None:
+        test_idx = np.asarray([i for i, d in enumerate(items) if int(d[fold_key]) == fold], dtype=np.int64)
+        if len(test_idx) == 0:
+            raise ValueError(f"no item has {fold_key} == {fold}")
+        split_groups = set(groups[test_idx]) & set(np.delete(groups, test_idx))
+        if group_key and split_groups:
+            raise ValueError(f"groups in the test fold and outside it: {sorted(split_groups)[:5]}")
+    elif group_key:
+        sgkf = StratifiedGroupKFold(n_splits=num_folds, shuffle=True, random_state=seed)
+        _, test_idx = list(sgkf.split(np.zeros(len(items)), labels, groups))[fold]
+    else:
+        skf = StratifiedKFold(n_splits=num_folds, shuffle=True, random_state=seed)
+        _, test_idx = list(skf.split(np.zeros(len(items)), labels))[fold]
     rest = np.setdiff1d(np.arange(len(items)), test_idx)
+    # validation groups, stratified by each group's most frequent label
+    rest_groups = list(dict.fromkeys(groups[rest].tolist()))
+    group_label = {g: int(np.bincount(labels[rest][groups[rest] == g]).argmax()) for g in rest_groups}
     rng = np.random.default_rng([seed, fold])
-    val_idx: list[int] = []
-    for c in np.unique(labels[rest]):
-        members = rng.permutation(rest[labels[rest] == c])
+    val_groups: list[str] = []
+    by_class: dict[int, list[str]] = {}
+    for g in rest_groups:
+        by_class.setdefault(group_label[g], []).append(g)
+    for c in sorted(by_class):
+        members = [by_class[c][i] for i in rng.permutation(len(by_class[c]))]
         n_val = min(int(round(val_fraction * len(members))), len(members) - 1)
-        val_idx.extend(members[:n_val].tolist())
-    if not val_idx:  # tiny data: take one video of the largest class that keeps a training video
-        counts = {c: int((labels[rest] == c).sum()) for c in np.unique(labels[rest])}
-        c = max(counts, key=counts.get)
-        val_idx = [int(rng.permutation(rest[labels[rest] == c])[0])]
-    train_idx = sorted(set(rest.tolist()) - set(val_idx))
+        val_groups.extend(members[:n_val])
+    if not val_groups:  # tiny data: one group of the largest class that keeps a training group
+        c = max(sorted(by_class), key=lambda k: len(by_class[k]))
+        val_groups = [by_class[c][int(rng.permutation(len(by_class[c]))[0])]]
+    val_set = set(val_groups)
+    val_idx = [int(i) for i in rest if groups[i] in val_set]
+    train_idx = [int(i) for i in rest if groups[i] not in val_set]
     if not train_idx:
         raise ValueError(f"{len(items)} videos are too few for a train/val/test split with {num_folds} folds")
     return {
         "train": [items[i] for i in train_idx],
-        "val": [items[i] for i in sorted(val_idx)],
+        "val": [items[i] for i in val_idx],
         "test": [items[i] for i in sorted(test_idx.tolist())],
     }
 

@@ -1,6 +1,6 @@
 """Classification metrics of UCL's downstream evaluation, their ignite wrappers and the report writer.
 
-Reference: ``lincls_bin.py`` (gbc-iitd/US_UCL; methods.md section 4): 3-class accuracy, binary accuracy
+Reference: ``lincls_bin.py`` (gbc-iitd/US_UCL): 3-class accuracy, binary accuracy
 (malignant vs rest), sensitivity and specificity of the binary task, and the best epoch chosen by the harmonic
 mean of specificity and sensitivity on the validation list. Here ``positive_classes`` names the "malignant"
 side (on the synthetic frame folders: ``lesion``), AUROC is the binary AUROC of the summed positive-class

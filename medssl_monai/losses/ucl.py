@@ -1,7 +1,7 @@
 """UCL's contrastive loss with intra-video hard negatives and a cross-video soft-nearest-neighbour negative.
 
 Reference: ``CycleContrast.forward`` in gbc-iitd/US_UCL ``ucl/builder_gb.py``, the path taken by the GB pretraining
-flags (``--single-loss-intra-inter --intranegs-only-two --qcap-include --negatives``; methods.md section 4). With
+flags (``--single-loss-intra-inter --intranegs-only-two --qcap-include --negatives``). With
 ``q`` the normalised query embedding of the anchor, ``p`` the key-encoder embedding of the positive, ``n_1..n_K``
 the query-encoder embeddings of the anchor's intra-video negatives and ``N`` a bank of negatives from the other
 videos (all-gathered across ranks):

@@ -1,4 +1,4 @@
-"""UCL: MoCo-style contrastive pretraining of a frame encoder with intra-video hard negatives (methods.md section 4).
+"""UCL: MoCo-style contrastive pretraining of a frame encoder with intra-video hard negatives.
 
 Basu et al., "Unsupervised Contrastive Learning of Image Representations from Ultrasound Videos with Hard
 Negative Mining", MICCAI 2022 (arXiv 2207.13148); reference gbc-iitd/US_UCL (``ucl/builder_gb.py``,
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -47,6 +48,7 @@ __all__ = [
     "UCLPrepareBatch",
     "FramePrepareBatch",
     "UCLEpochHandler",
+    "finetune_lr_scheduler",
 ]
 
 logger = logging.getLogger(__name__)
@@ -268,3 +270,41 @@ class UCLEpochHandler:
                 logger.info("UCL epoch %d: negative band (%.4f, %.4f)", epoch, lo, hi)
         if self.method is not None:
             self.method.set_epoch(epoch)
+
+
+def finetune_lr_scheduler(
+    optimizer: torch.optim.Optimizer,
+    warmup_epochs: int = 5,
+    t_max: int = 50,
+    eta_min: float = 1e-6,
+    warmup: str = "constant",
+    start_factor: float = 0.1,
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """The fine-tuning schedule of ``lincls_bin.py`` (``--cos_lr --warmup 5``), stepped once per epoch.
+
+    The reference builds ``CosineAnnealingLR(T_max=50, eta_min=1e-6)`` and steps it after every epoch ``e >=
+    warmup``, so epoch ``e`` trains at ``eta_min + (lr - eta_min) (1 + cos(pi max(0, e - warmup) / t_max)) / 2``:
+    the lr is constant for the first ``warmup + 1`` epochs, then follows the cosine. ``warmup="linear"`` instead
+    ramps linearly from ``start_factor x lr`` over the ``warmup`` epochs (a common fine-tuning warm-up, not the
+    reference's), then the same cosine.
+
+    Raises:
+        ValueError: an unknown ``warmup``.
+    """
+    if warmup not in ("constant", "linear"):
+        raise ValueError(f"warmup must be 'constant' or 'linear', got {warmup!r}")
+    w, span = int(warmup_epochs), max(1, int(t_max))
+
+    def factor(base_lr: float):
+        floor = eta_min / base_lr if base_lr > 0 else 0.0
+
+        def f(epoch: int) -> float:
+            if warmup == "linear" and epoch < w:
+                return start_factor + (1.0 - start_factor) * epoch / w
+            k = max(0, epoch - w)
+            return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * k / span))
+
+        return f
+
+    lambdas = [factor(g.get("initial_lr", g["lr"])) for g in optimizer.param_groups]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)

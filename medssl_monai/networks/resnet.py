@@ -1,12 +1,14 @@
 """2D ResNet frame encoders (MONAI's ``ResNet``) and the UCL frame classifier.
 
-UCL (methods.md section 4; Basu et al., MICCAI 2022, arXiv 2207.13148) uses torchvision ResNet-50 (or 18) as the
+UCL (Basu et al., MICCAI 2022, arXiv 2207.13148) uses torchvision ResNet-50 (or 18) as the
 query/key encoders and, downstream, the same ResNet with a ``2048 -> 256 -> ReLU -> Dropout(0.4) -> C`` head
 (``lincls_bin.py``, ``fc_type 2``). MONAI's ``ResNet`` with ``spatial_dims=2``, a 7x7 stride-2 stem, projection
 shortcuts (type ``"B"``) and bias-free downsampling has torchvision's layout; ``feed_forward=False`` makes it a
 feature extractor returning ``B x 512`` (ResNet-18/34) or ``B x 2048`` (ResNet-50/101/152), times ``widen_factor``.
-No ImageNet weights can be downloaded here, so encoders start from random init; ``pretrained_ckpt`` accepts any
-state_dict (this project's ``model.pt``, or a reference ``checkpoint_*.pth.tar`` with ``module.encoder_q.`` keys).
+Nothing is downloaded at run time, so encoders start from random init unless ``pretrained_ckpt`` names a state_dict
+file: a torchvision ResNet's (the reference's ImageNet initialisation, e.g. ``ResNet50_Weights.IMAGENET1K_V1``
+saved by the user; the key layouts are identical), this project's ``model.pt``, or a reference
+``checkpoint_*.pth.tar`` with ``module.encoder_q.`` keys.
 """
 
 from __future__ import annotations
@@ -110,13 +112,22 @@ def load_encoder_weights(encoder: nn.Module, ckpt: str | Path | Mapping, strict:
     own = encoder.state_dict()
     state = {k: v for k, v in _clean_state_dict(ckpt).items() if not k.startswith(("fc.", "encoder_k.", "key"))}
     usable = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
-    if not usable:
+    # BatchNorm's scalar ``num_batches_tracked`` matches any ResNet: it alone does not make the file fit
+    if not any(v.ndim > 0 for v in usable.values()):
         raise ValueError("no weights of the checkpoint match the encoder (wrong file or architecture?)")
     result = encoder.load_state_dict(usable, strict=False)
     missing = list(result.missing_keys)
     unexpected = sorted(set(state) - set(usable))
     if strict and missing:
         raise ValueError(f"checkpoint lacks {len(missing)} encoder weights, e.g. {missing[:3]}")
+    if missing or unexpected:  # e.g. ImageNet ResNet-50 weights into a ResNet-18 or a narrow encoder
+        logger.warning(
+            "partial weight load: %d encoder tensors kept their init (e.g. %s), %d checkpoint tensors unused (e.g. %s)",
+            len(missing),
+            missing[:3],
+            len(unexpected),
+            unexpected[:3],
+        )
     logger.info("loaded %d encoder tensors; %d missing, %d skipped", len(usable), len(missing), len(unexpected))
     return {"missing": missing, "unexpected": unexpected}
 

@@ -30,7 +30,8 @@ def test_curriculum_band_hand_computed():
     assert curriculum_band(32) == pytest.approx((0.2 * f31 * f32, 0.4 * f31 * f32))
     # clipping and switching the curriculum off
     assert curriculum_band(59, cosine_clipping=True) == pytest.approx((0.03, 0.07))
-    assert curriculum_band(59, cosine_curriculum=False) == (0.2, 0.4)
+    assert curriculum_band(59, cosine_curriculum=False) == (0.03, 0.07)  # the step table
+    assert curriculum_band(59, cosine_curriculum=False, step_curriculum=[]) == (0.2, 0.4)
 
 
 def test_negative_candidates_reference_formula():
