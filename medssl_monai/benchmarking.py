@@ -23,7 +23,9 @@ random inputs) from the same bundles at the recipe sizes, so ratios can be measu
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import itertools
 import logging
 import os
 import platform
@@ -35,6 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from ignite.engine import Events
 from monai.bundle import ConfigParser
@@ -44,13 +47,20 @@ from medssl_monai.bundle_tools import find_bundles, train_configs
 
 __all__ = [
     "ANCHORS",
+    "LOADER_COLUMNS",
+    "LOADER_TARGETS_MS",
     "Anchor",
     "BenchResult",
+    "LoaderResult",
     "benchmark_anchor",
     "benchmark_bundle",
+    "benchmark_loader",
+    "build_parser",
     "build_trainer",
+    "prebuild_cache",
     "count_step_flops",
     "format_anchor_table",
+    "format_loader_tables",
     "format_table",
     "machine_info",
     "random_like_batch",
@@ -151,7 +161,7 @@ def training_bundles(root: str | Path = "bundles", names: Sequence[str] | str | 
     return bundles
 
 
-def build_trainer(
+def build_parser(
     bundle: str | Path,
     sizes: str = "small",
     device: str | torch.device | None = None,
@@ -162,24 +172,9 @@ def build_trainer(
     num_workers: int | None = None,
     work_dir: str | Path | None = None,
     overrides: dict[str, Any] | None = None,
-) -> tuple[ConfigParser, Any]:
-    """Parse a bundle's training configs and instantiate ``train#trainer``.
-
-    Args:
-        bundle: the bundle folder.
-        sizes: ``"recipe"`` (``train.yaml``, the paper sizes) or ``"small"`` (plus ``small.yaml``).
-        device: overrides the bundle's ``device``; ``None`` keeps it (CUDA if available).
-        amp: overrides ``amp`` (MONAI's trainer autocasts on CUDA only); ``None`` keeps the bundle's.
-        amp_dtype: ``"bfloat16"`` or ``"float16"`` for ``train#trainer#amp_kwargs``; ``None`` keeps it.
-        compile: ``SupervisedTrainer(compile=True)``: ``torch.compile`` of the network.
-        channels_last: overrides the bundle's ``channels_last`` key where it has one.
-        num_workers: overrides ``num_workers``.
-        work_dir: where the run writes logs and checkpoints (a temporary folder by default).
-        overrides: further ``{config id: value}`` overrides.
-
-    Returns:
-        The parser and the trainer.
-    """
+    data_size: str | None = None,
+) -> ConfigParser:
+    """Parse a bundle's training configs with the benchmark's overrides (see :func:`build_trainer`)."""
     if sizes not in ("recipe", "small"):
         raise ValueError(f"sizes must be 'recipe' or 'small', got {sizes!r}")
     bundle = Path(bundle).resolve()
@@ -203,12 +198,68 @@ def build_trainer(
         values["train#trainer#compile"] = True
     if amp_dtype is not None:
         values["train#trainer#amp_kwargs"] = {"dtype": f"$torch.{amp_dtype}"}
+    if data_size is not None and "dataset_dir" not in (overrides or {}) and _is_synthetic_default(parser):
+        values["dataset_dir#size"] = data_size
     values.update(overrides or {})
     for key, value in values.items():
         parser[key] = value
     parser.parse()
-    trainer = parser.get_parsed_content("train#trainer")
-    return parser, trainer
+    return parser
+
+
+def _is_synthetic_default(parser: ConfigParser) -> bool:
+    """Whether ``dataset_dir`` is the built-in synthetic dataset (a ``synthetic_dataset``/``_arrays`` call)."""
+    value = parser.get().get("dataset_dir")
+    target = value.get("_target_", "") if isinstance(value, dict) else ""
+    return str(target).rsplit(".", 1)[-1] in ("synthetic_dataset", "synthetic_arrays")
+
+
+def build_trainer(
+    bundle: str | Path,
+    sizes: str = "small",
+    device: str | torch.device | None = None,
+    amp: bool | None = None,
+    amp_dtype: str | None = None,
+    compile: bool = False,
+    channels_last: bool | None = None,
+    num_workers: int | None = None,
+    work_dir: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    data_size: str | None = None,
+) -> tuple[ConfigParser, Any]:
+    """Parse a bundle's training configs and instantiate ``train#trainer``.
+
+    Args:
+        bundle: the bundle folder.
+        sizes: ``"recipe"`` (``train.yaml``, the paper sizes) or ``"small"`` (plus ``small.yaml``).
+        device: overrides the bundle's ``device``; ``None`` keeps it (CUDA if available).
+        amp: overrides ``amp`` (MONAI's trainer autocasts on CUDA only); ``None`` keeps the bundle's.
+        amp_dtype: ``"bfloat16"`` or ``"float16"`` for ``train#trainer#amp_kwargs``; ``None`` keeps it.
+        compile: ``SupervisedTrainer(compile=True)``: ``torch.compile`` of the network.
+        channels_last: overrides the bundle's ``channels_last`` key where it has one.
+        num_workers: overrides ``num_workers``.
+        work_dir: where the run writes logs and checkpoints (a temporary folder by default).
+        overrides: further ``{config id: value}`` overrides.
+        data_size: size of the built-in synthetic dataset (``tiny``/``small``/``bench``) when ``dataset_dir`` is
+            the bundle's synthetic default and not overridden; ``None`` keeps the default size.
+
+    Returns:
+        The parser and the trainer.
+    """
+    parser = build_parser(
+        bundle,
+        sizes=sizes,
+        device=device,
+        amp=amp,
+        amp_dtype=amp_dtype,
+        compile=compile,
+        channels_last=channels_last,
+        num_workers=num_workers,
+        work_dir=work_dir,
+        overrides=overrides,
+        data_size=data_size,
+    )
+    return parser, parser.get_parsed_content("train#trainer")
 
 
 def _move(x: Any, device: torch.device) -> Any:
@@ -409,9 +460,18 @@ def benchmark_bundle(
     channels_last: bool | None = None,
     num_workers: int | None = None,
     overrides: dict[str, Any] | None = None,
+    data_size: str | None = None,
 ) -> list[BenchResult]:
-    """Benchmark one bundle in each of ``modes`` (``pipeline``: real data; ``model``: the step alone)."""
+    """Benchmark one bundle in each of ``modes`` (``pipeline``: real data; ``model``: the step alone).
+
+    ``data_size`` (see :func:`build_trainer`) defaults to ``bench`` for the ``pipeline`` mode at the recipe sizes,
+    so that an epoch spans many steps. Before a ``pipeline`` timing the decoded-clip cache of the training sources
+    is built with every core (:func:`prebuild_cache`): the timed steps then see the steady state of a run after its
+    first epoch, not video decoding.
+    """
     bundle = Path(bundle)
+    if data_size is None and sizes == "recipe" and "pipeline" in modes:
+        data_size = "bench"
     parser, trainer = build_trainer(
         bundle,
         sizes=sizes,
@@ -421,7 +481,9 @@ def benchmark_bundle(
         channels_last=channels_last,
         num_workers=num_workers,
         overrides=overrides,
+        data_size=data_size,
     )
+    cache_report = prebuild_cache(parser) if "pipeline" in modes else None
     dev = torch.device(trainer.state.device)
     common = {
         "warmup": warmup,
@@ -432,6 +494,10 @@ def benchmark_bundle(
     }
     _start(trainer)
     loader = parser.get_parsed_content("train#dataloader")
+    try:
+        iters_per_epoch: int | None = len(loader)
+    except TypeError:  # an iterable loader without a length
+        iters_per_epoch = None
     batches = _cycle(loader)
     results: list[BenchResult] = []
     template = next(batches)
@@ -446,10 +512,278 @@ def benchmark_bundle(
             timing = time_steps(trainer, _repeat(fixed), dev, steps, warmup)
         else:
             raise ValueError(f"unknown mode {mode!r}; expected 'pipeline' or 'model'")
-        results.append(_result(bundle.name, mode, sizes, dev, timing, flops, steps, **common))
+        row = _result(bundle.name, mode, sizes, dev, timing, flops, steps, **common)
+        row.options = {"iters_per_epoch": iters_per_epoch, "data_size": data_size, "cache": cache_report}
+        results.append(row)
     del batches, loader, trainer, parser
     gc.collect()
     return results
+
+
+#: per-sample CPU budgets (ms on one core) the loader mode reports against; other bundles have none
+LOADER_TARGETS_MS: dict[str, float] = {
+    "unilvseg_echo_lv_segmentation": 2.0,  # one 3 x 32 x 112 x 112 segmentation clip
+    "discovr_echo_ssl_pretraining": 4.0,  # one 64-frame clip
+}
+
+#: columns of the loader summary table (keys of :class:`LoaderResult`)
+LOADER_COLUMNS = (
+    "bundle",
+    "sizes",
+    "sample_shape",
+    "ms_per_sample",
+    "cpu_ms_per_sample",
+    "samples_per_s_per_worker",
+    "target_ms",
+    "meets_target",
+)
+
+
+@dataclass
+class LoaderResult:
+    """CPU cost of one training sample of a bundle: ``train#dataset[i]`` on one core, and of each transform.
+
+    ``ms_per_sample`` is wall time, ``cpu_ms_per_sample`` the process's CPU time (less sensitive to other jobs on a
+    shared machine); ``transforms`` holds one row per transform of ``train#preprocessing`` in order (``depth`` > 0:
+    inside a wrapper such as ``ClipConsistentd``, already counted in the wrapper's row), plus an ``overhead`` row
+    (the dataset and ``Compose`` around the transforms).
+    """
+
+    bundle: str
+    sizes: str
+    samples: int
+    passes: int
+    sample_shape: list[int]
+    sample_dtype: str
+    ms_per_sample: float
+    cpu_ms_per_sample: float
+    samples_per_s_per_worker: float
+    target_ms: float | None
+    meets_target: bool | None
+    transforms: list[dict[str, Any]] = field(default_factory=list)
+    error: str | None = None
+
+
+def _transform_units(transform: Any, prefix: str = "", depth: int = 0) -> list[tuple[str, int, Any]]:
+    """``(name, depth, transform)`` of every transform in the chain, in call order.
+
+    A plain ``Compose`` is flattened (it only calls its children in turn); ``OneOf``/``RandomOrder``/``SomeOf`` are
+    one unit (their children do not all run). A wrapper with a ``transform`` attribute (``ClipConsistentd``) is a
+    unit and its inner transforms follow it one level deeper.
+    """
+    from monai.transforms import Compose
+
+    if type(transform) is Compose:
+        return [u for child in transform.transforms for u in _transform_units(child, prefix, depth)]
+    name = prefix + getattr(type(transform), "__name__", repr(transform))
+    inner = getattr(transform, "transform", None)
+    children = _transform_units(inner, name + " > ", depth + 1) if callable(inner) else []
+    return [(name, depth, transform), *children]
+
+
+@contextlib.contextmanager
+def _timed(units: list[tuple[str, int, Any]]) -> Iterator[list[dict[str, Any]]]:
+    """Time every unit's ``__call__`` (wall and CPU) by swapping its class for a timing subclass.
+
+    The subclass keeps ``isinstance`` checks (``Randomizable``, ``LazyTrait``, ``CacheDataset``'s split at the first
+    random transform) and every attribute, so the chain runs exactly as untimed. Units whose class cannot be
+    swapped (functions, builtins) get no row.
+    """
+    rows: list[dict[str, Any]] = []
+    swapped: list[tuple[Any, type]] = []
+    seen: set[int] = set()
+    for name, depth, obj in units:
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        row = {"name": name, "depth": depth, "calls": 0, "wall_s": 0.0, "cpu_s": 0.0}
+        cls = type(obj)
+
+        def __call__(self: Any, *args: Any, _cls: type = cls, _row: dict = row, **kwargs: Any) -> Any:
+            w0, c0 = time.perf_counter(), time.process_time()
+            try:
+                return _cls.__call__(self, *args, **kwargs)
+            finally:
+                _row["wall_s"] += time.perf_counter() - w0
+                _row["cpu_s"] += time.process_time() - c0
+                _row["calls"] += 1
+
+        try:
+            obj.__class__ = type(cls.__name__, (cls,), {"__call__": __call__, "__module__": cls.__module__})
+        except TypeError:
+            continue
+        swapped.append((obj, cls))
+        rows.append(row)
+    try:
+        yield rows
+    finally:
+        for obj, cls in swapped:
+            obj.__class__ = cls
+
+
+def _unwrap_dataset(dataset: Any) -> Any:
+    """The dataset holding the transform chain: through ``SkipBadSamples`` (and similar ``.dataset`` wrappers)."""
+    while getattr(dataset, "transform", None) is None and getattr(dataset, "dataset", None) is not None:
+        dataset = dataset.dataset
+    return dataset
+
+
+def _sample_indices(parser: ConfigParser, dataset: Any, samples: int) -> list[Any]:
+    """The first ``samples`` indices of ``train#sampler`` (UCL's ``(video, frames)``), or indices spread over the
+    dataset when the bundle has no sampler (a fixed, reproducible set of items)."""
+    sampler = parser.get_parsed_content("train#sampler") if "sampler" in parser.get("train", {}) else None
+    if sampler is not None:
+        out: list[Any] = []
+        while len(out) < samples:
+            before = len(out)
+            out += list(itertools.islice(iter(sampler), samples - len(out)))
+            if len(out) == before:
+                raise RuntimeError("train#sampler yields no index")
+        return out
+    n = len(dataset)
+    if n == 0:
+        raise RuntimeError("train#dataset is empty")
+    return [int(i) for i in np.linspace(0, n - 1, samples).round()] if n >= samples else [i % n for i in range(samples)]
+
+
+def benchmark_loader(
+    bundle: str | Path,
+    sizes: str = "recipe",
+    samples: int = 32,
+    passes: int = 1,
+    overrides: dict[str, Any] | None = None,
+    data_size: str | None = None,
+) -> LoaderResult:
+    """CPU cost per training sample on one core: ``train#dataset[i]`` timed in this process, and per transform.
+
+    This is what one ``DataLoader`` worker spends per sample: torch (and OpenCV) are limited to one thread while
+    timing. ``passes`` untimed passes over the same indices come first, so the decoded-clip cache is built and the
+    page cache is warm (the steady state of a training run after its first epoch); then one timed pass.
+
+    Args:
+        bundle: the bundle folder.
+        sizes: ``recipe`` (``train.yaml``) or ``small`` (plus ``small.yaml``).
+        samples: samples timed.
+        passes: untimed warm-up passes over the same samples.
+        overrides: further config overrides.
+        data_size: synthetic dataset size (see :func:`build_trainer`); ``None``: the bundle's default.
+    """
+    from monai.utils import set_determinism
+
+    bundle = Path(bundle)
+    parser = build_parser(bundle, sizes=sizes, device="cpu", num_workers=0, overrides=overrides, data_size=data_size)
+    dataset = parser.get_parsed_content("train#dataset")
+    chain = getattr(_unwrap_dataset(dataset), "transform", None)
+    units = _transform_units(chain) if chain is not None else []
+    indices = _sample_indices(parser, dataset, samples)
+    threads = torch.get_num_threads()
+    cv2 = _opencv()
+    cv2_threads = cv2.getNumThreads() if cv2 is not None else None
+    torch.set_num_threads(1)
+    if cv2 is not None:
+        cv2.setNumThreads(1)
+    set_determinism(seed=0)  # the same random draws (crops, windows) every run
+    try:
+        for _ in range(passes):
+            for i in indices:
+                sample = dataset[i]
+        with _timed(units) as rows:
+            gc.collect()
+            w0, c0 = time.perf_counter(), time.process_time()
+            for i in indices:
+                sample = dataset[i]
+            wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+    finally:
+        torch.set_num_threads(threads)
+        if cv2 is not None:
+            cv2.setNumThreads(cv2_threads)
+        set_determinism(seed=None)
+    image = _image_tensor(sample)
+    n = len(indices)
+    top = [r for r in rows if r["depth"] == 0]
+    overhead = {
+        "name": "overhead (dataset, Compose)",
+        "depth": 0,
+        "calls": n,
+        "wall_s": max(wall - sum(r["wall_s"] for r in top), 0.0),
+        "cpu_s": max(cpu - sum(r["cpu_s"] for r in top), 0.0),
+    }
+    transforms = [
+        {
+            "name": r["name"],
+            "depth": r["depth"],
+            "calls_per_sample": round(r["calls"] / n, 3),
+            "ms_per_sample": round(1000 * r["wall_s"] / n, 3),
+            "cpu_ms_per_sample": round(1000 * r["cpu_s"] / n, 3),
+            "pct": round(100 * r["wall_s"] / wall, 1) if wall else 0.0,
+        }
+        for r in [*rows, overhead]
+    ]
+    ms = 1000 * wall / n
+    target = LOADER_TARGETS_MS.get(bundle.name)
+    return LoaderResult(
+        bundle=bundle.name,
+        sizes=sizes,
+        samples=n,
+        passes=passes,
+        sample_shape=list(image.shape) if image is not None else [],
+        sample_dtype=str(image.dtype).replace("torch.", "") if image is not None else "",
+        ms_per_sample=round(ms, 3),
+        cpu_ms_per_sample=round(1000 * cpu / n, 3),
+        samples_per_s_per_worker=round(1000 / ms, 1) if ms else 0.0,
+        target_ms=target,
+        meets_target=None if target is None else bool(ms <= target),
+        transforms=transforms,
+    )
+
+
+def _opencv() -> Any:
+    try:
+        import cv2
+    except ImportError:
+        return None
+    return cv2
+
+
+def format_loader_tables(results: Sequence[LoaderResult | dict]) -> str:
+    """Two markdown tables: per bundle (ms and samples/s per worker against the target) and per transform."""
+    rows = [asdict(r) if isinstance(r, LoaderResult) else dict(r) for r in results]
+    for r in rows:
+        if r.get("error"):
+            r["bundle"] = f"{r['bundle']} (error: {r['error']})"
+    shapes = [" ".join(["x".join(map(str, r["sample_shape"])), r["sample_dtype"]]).strip() for r in rows]
+    summary = format_table([{**r, "sample_shape": shape} for r, shape in zip(rows, shapes)], LOADER_COLUMNS)
+    lines = [
+        "| bundle | transform | calls/sample | ms/sample | cpu ms/sample | % of sample |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        for t in r.get("transforms") or []:
+            name = "&nbsp;&nbsp;" * 2 * t["depth"] + ("↳ " if t["depth"] else "") + t["name"].rsplit(" > ", 1)[-1]
+            lines.append(
+                f"| {r['bundle']} | {name} | {t['calls_per_sample']} | {t['ms_per_sample']} "
+                f"| {t['cpu_ms_per_sample']} | {t['pct']} |"
+            )
+    return summary + "\n\n" + "\n".join(lines)
+
+
+def prebuild_cache(parser: ConfigParser, num_workers: int | None = None) -> dict[str, int] | None:
+    """Decode every training source (``train#datalist`` items whose ``image`` is a path) into the clip cache.
+
+    Only for bundles with a ``cache_dir`` key (their loaders read through :class:`~medssl_monai.data.cache.ClipCache`);
+    ``num_workers`` defaults to every core. Returns the counts (``built``, ``cached``, ``failed``) or ``None``.
+    """
+    from medssl_monai.data.cache import ClipCache
+
+    if "cache_dir" not in parser.get():
+        return None
+    items = parser.get_parsed_content("train#datalist")
+    sources = sorted({it["image"] for it in items if isinstance(it, dict) and isinstance(it.get("image"), str)})
+    if not sources:
+        return None
+    cache = ClipCache(parser.get_parsed_content("cache_dir"))
+    report = cache.build(sources, num_workers=num_workers or os.cpu_count() or 1, progress=False)
+    return {"built": report["built"], "cached": report["cached"], "failed": len(report["failed"])}
 
 
 def _repeat(batch: Any) -> Iterator[Any]:

@@ -1,10 +1,13 @@
-"""Training throughput of every training bundle: the real data pipeline and the model step alone (issue 8).
+"""Training throughput of every training bundle: the real data pipeline, the model step alone, the loader's CPU cost.
 
 For each bundle, ``train#trainer`` is built from the bundle's own configs and stepped ``--warmup`` times
 untimed, then ``--steps`` times timed (see :mod:`medssl_monai.benchmarking`). Reported per bundle and mode:
 samples/s (the image's batch dimension), ms/step, the share of the step spent waiting for data, peak memory
 (CUDA ``max_memory_allocated`` on a GPU, peak RSS of the main process on a CPU) and achieved TFLOP/s (FLOPs
 of one step counted with ``torch.utils.flop_counter.FlopCounterMode``).
+
+The ``loader`` mode times ``train#dataset[i]`` in the main process on one core (what one ``DataLoader`` worker
+spends per sample) and each transform of ``train#preprocessing``; it needs no trainer and no GPU.
 
 Usage::
 
@@ -16,6 +19,8 @@ Usage::
     python scripts/benchmark.py --device cuda --sizes recipe --compile --anchors --out runs/bench_h100_compile.json
     # only the anchors
     python scripts/benchmark.py --device cuda --anchors --bundles none
+    # CPU cost per sample and per transform, one core, recipe sizes (docs/performance.md)
+    python scripts/benchmark.py --modes loader --sizes recipe --samples 32 --out runs/bench_loader.json
 
 Prints a markdown table and writes every number, the options and the machine to ``--out`` as JSON.
 """
@@ -41,9 +46,12 @@ from medssl_monai.benchmarking import (  # noqa: E402
     ANCHORS,
     TABLE_COLUMNS,
     BenchResult,
+    LoaderResult,
     benchmark_anchor,
     benchmark_bundle,
+    benchmark_loader,
     format_anchor_table,
+    format_loader_tables,
     format_table,
     machine_info,
     training_bundles,
@@ -89,6 +97,23 @@ def _error_row(name: str, mode: str, sizes: str, device: str | None, err: BaseEx
     )
 
 
+def _loader_error_row(name: str, sizes: str, err: BaseException) -> LoaderResult:
+    return LoaderResult(
+        bundle=name,
+        sizes=sizes,
+        samples=0,
+        passes=0,
+        sample_shape=[],
+        sample_dtype="",
+        ms_per_sample=0.0,
+        cpu_ms_per_sample=0.0,
+        samples_per_s_per_worker=0.0,
+        target_ms=None,
+        meets_target=None,
+        error=f"{type(err).__name__}: {err}".replace("|", "/").replace("\n", " ")[:200],
+    )
+
+
 @contextlib.contextmanager
 def _quiet_logging() -> Iterator[None]:
     previous = logging.root.manager.disable
@@ -116,6 +141,9 @@ def main(
     root: str = str(ROOT / "bundles"),
     threads: int | None = None,
     overrides: str | dict | None = None,
+    samples: int = 32,
+    passes: int = 1,
+    data_size: str | None = None,
 ) -> None:
     """Benchmark the training bundles (and optionally the issue's anchors); print a table, write JSON.
 
@@ -130,14 +158,19 @@ def main(
         channels_last: force the ``channels_last`` key of bundles that have one (UniLVSeg).
         num_workers: DataLoader workers; default: each bundle's.
         out: JSON output path.
-        modes: ``pipeline`` (files -> cache -> transforms -> device -> step) and/or ``model`` (random
-            inputs of the same shape, already on the device, the same step).
+        modes: ``pipeline`` (files -> cache -> transforms -> device -> step), ``model`` (random inputs of the
+            same shape, already on the device, the same step) and/or ``loader`` (``train#dataset[i]`` on one core,
+            per transform).
         anchors: ``True`` for all of :data:`~medssl_monai.benchmarking.ANCHORS`, or comma-separated names.
         anchor_scale: shrink the anchor batches (for a CPU smoke run; 1 on a GPU).
         root: the bundles folder.
         threads: ``torch.set_num_threads`` (default: torch's, i.e. ``OMP_NUM_THREADS``).
         overrides: further config overrides for every bundle: a YAML or JSON mapping or ``key=value`` pairs,
             e.g. ``--overrides '{dataset_dir: /data/EchoNet-Dynamic, batch_size: 8}'``.
+        samples: ``loader`` mode: samples timed per bundle.
+        passes: ``loader`` mode: untimed passes over them first (builds the clip cache, warms the page cache).
+        data_size: size of the built-in synthetic data (``tiny``/``small``/``bench``); default ``bench`` for the
+            ``pipeline`` mode at the recipe sizes (an epoch then spans many steps), else the bundles' default.
     """
     try:  # fire leaves '{dataset_dir: /data/x}' a string (a path is no python literal)
         overrides = parse_overrides(overrides)
@@ -148,14 +181,37 @@ def main(
             torch.set_num_threads(int(threads))
         names = _as_list(bundles)
         selected = [] if names == ["none"] else training_bundles(root, names)
+        mode_list = _as_list(modes) or []
+        unknown = sorted(set(mode_list) - {"pipeline", "model", "loader"})
+        if unknown:
+            sys.exit(f"benchmark.py: unknown mode(s) {unknown}; expected pipeline, model, loader")
+        step_modes = [m for m in mode_list if m != "loader"]
         results: list[BenchResult] = []
+        loader_results: list[LoaderResult] = []
         for bundle in selected:
             print(f"[benchmark] {bundle.name} ({sizes})", file=sys.stderr, flush=True)
+            if "loader" in mode_list:
+                try:
+                    loader_results.append(
+                        benchmark_loader(
+                            bundle,
+                            sizes=sizes,
+                            samples=samples,
+                            passes=passes,
+                            overrides=overrides,
+                            data_size=data_size,
+                        )
+                    )
+                except Exception as err:  # one failing bundle must not hide the others' numbers
+                    traceback.print_exc()
+                    loader_results.append(_loader_error_row(bundle.name, sizes, err))
+            if not step_modes:
+                continue
             try:
                 results += benchmark_bundle(
                     bundle,
                     sizes=sizes,
-                    modes=_as_list(modes),
+                    modes=step_modes,
                     steps=steps,
                     warmup=warmup,
                     device=device,
@@ -164,6 +220,7 @@ def main(
                     channels_last=channels_last,
                     num_workers=num_workers,
                     overrides=overrides,
+                    data_size=data_size,
                 )
             except Exception as err:  # one failing bundle must not hide the others' numbers
                 traceback.print_exc()
@@ -188,9 +245,13 @@ def main(
                     traceback.print_exc()
                     results.append(_error_row(name, "anchor", "recipe", device, err))
         rows = [asdict(r) for r in results]
-        table = format_table(results, TABLE_COLUMNS)
+        loader_rows = [asdict(r) for r in loader_results]
+        tables = [format_table(results, TABLE_COLUMNS)] if rows or not loader_rows else []
         if any(r["mode"] == "anchor" and not r["error"] for r in rows):
-            table += "\n\n" + format_anchor_table(rows)
+            tables.append(format_anchor_table(rows))
+        if loader_rows:
+            tables.append(format_loader_tables(loader_rows))
+        table = "\n\n".join(tables)
         print(table)
         if out:
             options = {
@@ -203,16 +264,25 @@ def main(
                 "compile": compile,
                 "channels_last": channels_last,
                 "num_workers": num_workers,
-                "modes": _as_list(modes),
+                "modes": mode_list,
+                "samples": samples,
+                "passes": passes,
+                "data_size": data_size,
                 "anchors": anchors,
                 "anchor_scale": anchor_scale,
                 "overrides": overrides,
             }
-            payload = {"machine": machine_info(), "options": options, "results": rows, "table": table}
+            payload = {
+                "machine": machine_info(),
+                "options": options,
+                "results": rows,
+                "loader": loader_rows,
+                "table": table,
+            }
             Path(out).parent.mkdir(parents=True, exist_ok=True)
             Path(out).write_text(json.dumps(payload, indent=2, default=str))
             print(f"[benchmark] wrote {out}", file=sys.stderr)
-        if any(r["error"] for r in rows):
+        if any(r["error"] for r in rows + loader_rows):
             sys.exit(1)  # numbers for the others are printed and written; the failure is not hidden
 
 

@@ -9,6 +9,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from medssl_monai.benchmarking import TABLE_COLUMNS, count_step_flops, format_table, random_like_batch
@@ -94,3 +95,34 @@ def test_random_like_batch_tiles_and_randomises():
     assert out["label"].tolist() == [0, 1, 0, 1, 0] and out["id"] == ["a", "b", "a", "b", "a"]
     table = format_table([{"bundle": "x", "mode": "model", "batch_shape": [5, 3]}])
     assert "| x | model |  | 5x3 |" in table
+
+
+def test_loader_mode_times_each_transform(tmp_path, capsys, tiny_data):
+    out = tmp_path / "loader.json"
+    threads = torch.get_num_threads()
+    # a dataset path with slashes in a YAML flow mapping: fire passes it on as a string
+    _load_script().main(
+        bundles="unilvseg_echo_lv_segmentation",
+        modes="loader",
+        sizes="recipe",
+        samples=2,
+        overrides=f"{{dataset_dir: {tiny_data['echonet']}, num_frames: 16}}",
+        out=str(out),
+    )
+    assert torch.get_num_threads() == threads  # one thread only while timing
+    stdout = capsys.readouterr().out
+    assert "| bundle | sizes | sample_shape | ms_per_sample |" in stdout
+    assert "| unilvseg_echo_lv_segmentation | LoadClipd |" in stdout  # one row per transform
+    assert "↳ RandRotated" in stdout  # inside ClipConsistentd, one level deeper
+    payload = json.loads(out.read_text())
+    assert payload["results"] == [] and payload["options"]["overrides"]["dataset_dir"] == str(tiny_data["echonet"])
+    (row,) = payload["loader"]
+    assert row["error"] is None and row["sample_shape"] == [3, 16, 112, 112] and row["target_ms"] == 2.0
+    names = [t["name"] for t in row["transforms"]]
+    assert names[0] == "LoadClipd" and "ClipConsistentd > RandRotated" in names and names[-1].startswith("overhead")
+    assert all(t["calls_per_sample"] == 1.0 and t["ms_per_sample"] >= 0 for t in row["transforms"])
+
+
+def test_malformed_overrides_are_a_clear_error():
+    with pytest.raises(SystemExit, match="--overrides: could not parse overrides"):
+        _load_script().main(bundles="none", overrides="{dataset_dir: [}")
