@@ -498,6 +498,14 @@ def benchmark_bundle(
         iters_per_epoch: int | None = len(loader)
     except TypeError:  # an iterable loader without a length
         iters_per_epoch = None
+    if "pipeline" in modes and iters_per_epoch is not None and iters_per_epoch < 1 + warmup + steps:
+        logger.warning(
+            "%s: an epoch is %d iterations, fewer than the %d the pipeline mode steps: the timed window crosses "
+            "epoch boundaries (worker restarts included)",
+            bundle.name,
+            iters_per_epoch,
+            1 + warmup + steps,
+        )
     batches = _cycle(loader)
     results: list[BenchResult] = []
     template = next(batches)
