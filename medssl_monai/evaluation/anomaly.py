@@ -1,8 +1,8 @@
 """One-class video anomaly detection on frozen clip features, and AUROC / AP with bootstrap intervals.
 
-DISCOVR (methods.md section 3) reports zero-shot anomaly detection on the video teacher's CLS features: fit on
-*normal* clips only, score a test clip by its distance to the normal ones. Here the score is the mean cosine
-distance to the ``k`` nearest normal training clips (sklearn ``NearestNeighbors``); abnormal hearts should lie
+DISCOVR (Mishra et al., arXiv 2506.11777) reports anomaly detection on the video teacher's CLS features with no trained
+classifier: fit on *normal* clips only, score a test clip by its distance to the normal ones. Here the score is the mean
+cosine distance to the ``k`` nearest normal training clips (sklearn ``NearestNeighbors``); abnormal hearts should lie
 farther from the normal manifold. The paper's exact scoring script is not in the reference snapshot.
 """
 

@@ -1,23 +1,25 @@
 """Frozen clip features of a pretrained encoder and the DISCOVR feature evaluation (kNN, linear probe, anomaly).
 
-Features are the CLS embedding of DISCOVR's *video teacher* (``run_discovr_encoder.py``, methods.md section 3):
+Features are the CLS embedding of DISCOVR's *video teacher* (the reference's ``run_discovr_encoder.py``):
 the pretraining bundle saves the teacher as ``models/model.pt``, loadable into its ``network_def``
 (:class:`~medssl_monai.networks.videovit.VideoViT`, whose ``forward`` returns that CLS).
 
 :func:`evaluate_features` fits on one split and scores another:
 
-- kNN ("zero-shot") and linear-probe classification of ``Abnormal`` (AUROC, AP, balanced accuracy),
+- kNN classification (the nearest TRAIN clips vote with their labels, so it is supervised, not zero-shot) and
+  linear-probe classification of ``Abnormal`` (AUROC, AP, balanced accuracy),
 - one-class anomaly detection fit on the *normal* clips of the fitting split only (kNN distance; AUROC, AP),
 
 with paired percentile bootstrap intervals. :class:`FeatureEvaluationHandler` collects features from a MONAI
-``SupervisedEvaluator`` (``pred`` = features) and runs it when the evaluator completes.
+``SupervisedEvaluator`` (``pred`` = features) and runs it when the evaluator completes; given the trained probe
+head (``head``: features -> logits) it also scores that head on the evaluated clips (``trained_head``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -152,6 +154,8 @@ class FeatureEvaluationHandler:
         fit_split: split the classifiers and the anomaly model are fit on.
         eval_splits: split(s) they are evaluated on.
         k, temperature, anomaly_k, probe_C, n_resamples, seed, confidence_level: see :func:`evaluate_features`.
+        head: the trained linear probe as a function of the features (``VideoViTClassifier.classify_features``,
+            whose frozen encoder produced them); ``None``: no ``trained_head`` entry.
     """
 
     def __init__(
@@ -168,8 +172,10 @@ class FeatureEvaluationHandler:
         n_resamples: int = 1000,
         seed: int = 0,
         confidence_level: float = 0.95,
+        head: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         self.output_dir = Path(output_dir)
+        self.head = head
         self.label_key = label_key
         self.split_key = split_key
         self.fit_split = fit_split.upper()
@@ -213,6 +219,8 @@ class FeatureEvaluationHandler:
         results, scores = evaluate_features(
             feats[fit], labels[fit], feats[ev], labels[ev], return_scores=True, **self.kwargs
         )
+        if self.head is not None:
+            results["trained_head"], scores["trained_head"] = self._score_head(feats[ev], labels[ev])
         results["counts"] = {
             "fit": int(fit.sum()),
             "fit_abnormal": int(labels[fit].sum()),
@@ -221,7 +229,14 @@ class FeatureEvaluationHandler:
         }
         self.output_dir.mkdir(parents=True, exist_ok=True)
         (self.output_dir / "feature_metrics.json").write_text(json.dumps(results, indent=2))
-        (self.output_dir / "feature_metrics.md").write_text(results_table({"encoder": results}) + "\n")
+        table = results_table({"encoder": results})
+        if "trained_head" in results:
+            r = results["trained_head"]
+            table += (
+                f"\n\ntrained probe head: AUROC {_fmt(r['auroc'])}, AP {_fmt(r['ap'])}, "
+                f"accuracy {r['accuracy']:.3f}, balanced accuracy {r['balanced_accuracy']:.3f}"
+            )
+        (self.output_dir / "feature_metrics.md").write_text(table + "\n")
         plot_roc(
             {name: (labels[ev], sc) for name, sc in scores.items()},
             self.output_dir / "roc.png",
@@ -230,3 +245,21 @@ class FeatureEvaluationHandler:
         )
         engine.state.metrics["feature_evaluation"] = results
         logger.info("feature evaluation: %s", json.dumps(results))
+
+    @torch.no_grad()
+    def _score_head(self, feats: np.ndarray, labels: np.ndarray) -> tuple[dict, np.ndarray]:
+        """The trained head's P(abnormal) (softmax of its logits) on the evaluated clips, and its metrics."""
+        owner = getattr(self.head, "__self__", self.head)  # the classifier of a bound classify_features
+        device = "cpu"
+        if isinstance(owner, torch.nn.Module):
+            owner.eval()  # a BatchNorm head uses its running statistics
+            device = next(owner.parameters()).device
+        logits = self.head(torch.as_tensor(feats, dtype=torch.float32, device=device)).float().cpu()
+        proba = torch.softmax(logits, dim=-1)[:, 1].numpy()
+        boot = {k: self.kwargs[k] for k in ("n_resamples", "seed", "confidence_level")}
+        metrics = {
+            **binary_score_metrics(labels, proba, **boot),
+            "accuracy": float((logits.argmax(-1).numpy() == labels).mean()),
+            "balanced_accuracy": _balanced_acc(labels, proba),
+        }
+        return metrics, proba

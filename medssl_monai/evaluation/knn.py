@@ -1,11 +1,12 @@
-"""Classification on frozen clip features: weighted kNN ("zero-shot") and a linear probe (sklearn).
+"""Classification on frozen clip features: weighted kNN and a linear probe (sklearn).
 
-DISCOVR (methods.md section 3) evaluates the video teacher's CLS features by kNN and linear-probe
-classification (normal vs abnormal). The kNN is DINO's weighted vote: the ``k`` nearest training clips by
-cosine similarity ``s`` vote with weight ``exp(s / T)`` (T = 0.07), implemented with sklearn's
-``KNeighborsClassifier`` and a callable weight. The linear probe is ``StandardScaler`` + ``LogisticRegression``
-with balanced class weights (the reference's VideoMAE-style torch linear probe is the evaluation bundle's
-``train.yaml``).
+DISCOVR (Mishra et al., arXiv 2506.11777) evaluates the video teacher's CLS features by kNN and linear-probe
+classification (normal vs abnormal). The kNN is supervised: the training clips vote with their labels, so it is not a
+zero-shot evaluation (only the encoder is frozen and untrained on the labels). The kNN is DINO's weighted vote: the
+``k`` nearest training clips by cosine similarity ``s`` vote with weight ``exp(s / T)`` (T = 0.07), implemented with
+sklearn's ``KNeighborsClassifier`` and a callable weight. The linear probe is ``StandardScaler`` +
+``LogisticRegression`` with balanced class weights (the reference's VideoMAE-style torch linear probe is the evaluation
+bundle's ``train.yaml``, scored on TEST by its ``evaluate.yaml``).
 """
 
 from __future__ import annotations

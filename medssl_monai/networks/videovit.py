@@ -267,28 +267,49 @@ class VideoMAEDecoder(nn.Module):
 
 
 class VideoViTClassifier(nn.Module):
-    """Linear probe (or fine-tuning) head on :class:`VideoViT`'s CLS: ``BatchNorm1d(affine=False)`` + ``Linear``.
+    """Linear probe (or fine-tuning) head on :class:`VideoViT`'s CLS.
 
-    The VideoMAE/MAE linear-probe recipe that DISCOVR's evaluation scripts follow (``run_class_finetuning.py``,
-    ``nb_classes`` 2). With ``freeze_encoder`` the encoder gets no gradient and stays in eval mode.
+    The DISCOVR reference's ``run_class_finetuning.py --linear_probing`` (VideoMAE's fine-tuning model with the CLS
+    token, ``nb_classes`` 2): the encoder's final LayerNorm output at the CLS goes straight into ``head``, a
+    ``Linear`` initialised with ``trunc_normal(std=0.02) * init_scale`` (0.001); only ``head`` (and ``fc_norm``,
+    absent with the CLS) trains. ``head_norm="batchnorm"`` inserts MAE's ``BatchNorm1d(affine=False)`` before the
+    head instead (He et al. 2022, linear probing). With ``freeze_encoder`` the encoder gets no gradient and stays
+    in eval mode.
 
     Args:
         num_classes: output logits.
         freeze_encoder: linear probing (True) or full fine-tuning (False).
+        head_norm: ``"none"`` (the reference) or ``"batchnorm"`` (MAE's probe).
+        init_scale: scale of the head's initial weights and bias (VideoMAE ``--init_scale``, 0.001).
         vit_kwargs: :class:`VideoViT` arguments (sizes must match the pretrained checkpoint).
     """
 
-    def __init__(self, num_classes: int = 2, freeze_encoder: bool = True, **vit_kwargs) -> None:
+    def __init__(
+        self,
+        num_classes: int = 2,
+        freeze_encoder: bool = True,
+        head_norm: str = "none",
+        init_scale: float = 0.001,
+        **vit_kwargs,
+    ) -> None:
         super().__init__()
+        if head_norm not in ("none", "batchnorm"):
+            raise ValueError(f"head_norm must be 'none' or 'batchnorm', got {head_norm!r}")
         self.encoder = VideoViT(**vit_kwargs)
         self.freeze_encoder = freeze_encoder
         if freeze_encoder:
             for p in self.encoder.parameters():
                 p.requires_grad_(False)
-        self.norm = nn.BatchNorm1d(self.encoder.hidden_size, affine=False, eps=1e-6)
+        self.norm = (
+            nn.BatchNorm1d(self.encoder.hidden_size, affine=False, eps=1e-6)
+            if head_norm == "batchnorm"
+            else nn.Identity()
+        )
         self.head = nn.Linear(self.encoder.hidden_size, num_classes)
-        nn.init.trunc_normal_(self.head.weight, std=0.01)
+        nn.init.trunc_normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
+        with torch.no_grad():
+            self.head.weight.mul_(init_scale)
 
     def train(self, mode: bool = True) -> VideoViTClassifier:
         super().train(mode)
@@ -296,5 +317,9 @@ class VideoViTClassifier(nn.Module):
             self.encoder.eval()
         return self
 
+    def classify_features(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits from precomputed CLS features ``B x D`` (the encoder's output): the head alone."""
+        return self.head(self.norm(features))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.norm(self.encoder(x)))
+        return self.classify_features(self.encoder(x))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from monai.bundle import ConfigParser
 
 from medssl_monai.engines.optim import WarmupCosineLR, reference_cosine
@@ -53,3 +54,32 @@ def test_optimizer_groups_and_schedule(parser: ConfigParser):
     expected = [reference_cosine(i, base, final, total_steps=20, warmup_steps=5) for i in range(20)]
     assert lrs == pytest.approx(expected, rel=1e-9, abs=1e-15)
     assert lrs[5] == pytest.approx(base) and lrs[-1] > final  # ends on min_lr after the last step, no floor
+
+
+EVAL_CONFIGS = CONFIGS.parent.parent / "discovr_echo_evaluation" / "configs"
+
+
+def test_linear_probe_is_the_reference_recipe():
+    # run_class_finetuning.py --linear_probing: only `head` trains, label smoothing 0.1, lr 1e-3 x batch / 256 with
+    # 5 warm-up epochs then a per-iteration cosine to 1e-6, 30 epochs, wd 0.05 (not on the bias), no BatchNorm,
+    # the final weights are tested
+    p = ConfigParser()
+    p.read_config([str(EVAL_CONFIGS / "train.yaml")])
+    assert (p.get("epochs"), p.get("warmup_epochs"), p.get("label_smoothing")) == (30, 5, 0.1)
+    assert (p.get("learning_rate"), p.get("min_lr"), p.get("weight_decay")) == (0.001, 1e-6, 0.05)
+    assert p.get("head_norm") == "none" and p.get("select_by_val") is False
+    p.read_config([str(EVAL_CONFIGS / "train.yaml"), str(EVAL_CONFIGS / "small.yaml")])
+    p["train"]["dataloader"] = list(range(3))
+    p["device"] = "cpu"
+    net = p.get_parsed_content("network_def")
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules())
+    opt = p.get_parsed_content("optimizer")
+    names = {id(q): n for n, q in net.named_parameters()}
+    assert [[names[id(q)] for q in g["params"]] for g in opt.param_groups] == [["head.weight"], ["head.bias"]]
+    assert opt.param_groups[0]["weight_decay"] == 0.05 and opt.param_groups[1]["weight_decay"] == 0.0
+    assert p.get_parsed_content("loss").label_smoothing == 0.1
+    assert isinstance(p.get_parsed_content("train#lr_scheduler"), WarmupCosineLR)
+    ev = ConfigParser()
+    ev.read_config([str(EVAL_CONFIGS / "train.yaml"), str(EVAL_CONFIGS / "evaluate.yaml")])
+    handler = next(h for h in ev.get("evaluate#handlers") if h["_target_"].endswith("FeatureEvaluationHandler"))
+    assert "classify_features" in handler["head"]  # the trained head is scored on TEST

@@ -87,3 +87,25 @@ def test_feature_extraction_and_handler(tmp_path):
     saved = json.loads((tmp_path / "feature_metrics.json").read_text())
     assert saved["counts"] == {"fit": 3, "fit_abnormal": 2, "eval": 1, "eval_abnormal": 0}
     assert (tmp_path / "roc.png").is_file()  # one class in the eval clips: curves listed as undefined
+
+
+def test_handler_scores_the_trained_probe_head(tmp_path):
+    # the linear probe trained by the evaluation bundle is scored on the evaluated split from the same features
+    torch.manual_seed(0)
+    feats = torch.randn(12, 4)
+    labels = [0, 1] * 6
+    splits = ["TRAIN"] * 6 + ["TEST"] * 6
+    head = torch.nn.Linear(4, 2)
+    handler = FeatureEvaluationHandler(tmp_path, n_resamples=10, k=3, anomaly_k=2, head=head)
+    batches = [{"Abnormal": torch.tensor(labels[i : i + 6]), "split": splits[i : i + 6]} for i in (0, 6)]
+    it = iter([feats[:6], feats[6:]])
+    engine = Engine(lambda e, b: {"pred": next(it)})
+    handler.attach(engine)
+    engine.run(batches, max_epochs=1)
+    res = engine.state.metrics["feature_evaluation"]["trained_head"]
+    with torch.no_grad():
+        logits = head(feats[6:])
+    y = np.array(labels[6:])
+    assert res["accuracy"] == float((logits.argmax(-1).numpy() == y).mean())
+    assert abs(res["auroc"]["estimate"] - safe_auroc(y, torch.softmax(logits, -1)[:, 1].numpy())) < 1e-12
+    assert "trained probe head" in (tmp_path / "feature_metrics.md").read_text()

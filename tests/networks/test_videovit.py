@@ -108,3 +108,15 @@ def test_video_unetr_shapes_and_encoder_keys():
     net.encoder.load_state_dict(vit.state_dict())
     hs = vit.hidden_states(torch.randn(1, 3, 4, 32, 32))
     assert len(hs) == 2 and hs[0].shape == (1, 8, 16)
+
+
+def test_classifier_head_is_the_reference_probe():
+    # run_class_finetuning.py with the CLS: the encoder's normed CLS goes straight into `head` (no BatchNorm),
+    # initialised at trunc_normal(0.02) x init_scale 0.001; "batchnorm" is MAE's probe
+    clf = VideoViTClassifier(num_classes=2, **KW)
+    assert isinstance(clf.norm, torch.nn.Identity) and clf.head.weight.abs().max() < 1e-3
+    x = torch.randn(2, 3, 4, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(clf(x), clf.head(clf.encoder(x)))
+    bn = VideoViTClassifier(num_classes=2, head_norm="batchnorm", **KW)
+    assert isinstance(bn.norm, torch.nn.BatchNorm1d) and not bn.norm.affine
