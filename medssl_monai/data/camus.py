@@ -81,7 +81,8 @@ def load_camus_datalist(
     Returns:
         Items ``{"image": half_sequence path, "video_id": "patient0001_4CH", "patient", "view",
         "traced_frames": {"ED", "ES"} (0-based), "ef" (float or None), "num_frames", "labels": {"ED", "ES"},
-        "label_value": 1}``, and the report when ``return_report``.
+        "label_value": 1}`` plus ``"sequence_label"`` (the half sequence's per-frame ground truth) where the
+        patient has one, and the report when ``return_report``.
 
     Raises:
         DataError: ``root`` does not exist; with ``on_error="raise"`` the first missing / inconsistent file.
@@ -123,6 +124,7 @@ def _read_patient(pdir: Path, view: str, report: ReadReport) -> dict | None:
     pid = pdir.name
     vid = f"{pid}_{view}"
     seq = pdir / f"{vid}_half_sequence.nii.gz"
+    seq_gt = pdir / f"{vid}_half_sequence_gt.nii.gz"  # per-frame labels; the NIfTI release has them, older ones not
     gts = {phase: pdir / f"{vid}_{phase}_gt.nii.gz" for phase in ("ED", "ES")}
     cfg_path = pdir / f"Info_{view}.cfg"
     for path in (seq, *gts.values(), cfg_path):
@@ -171,4 +173,6 @@ def _read_patient(pdir: Path, view: str, report: ReadReport) -> dict | None:
         "num_frames": num_frames,
         "labels": {phase: str(p) for phase, p in gts.items()},
         "label_value": CAMUS_LV_LABEL,
+        # only where present: a None would not collate
+        **({"sequence_label": str(seq_gt)} if seq_gt.is_file() else {}),
     }

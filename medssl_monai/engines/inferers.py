@@ -45,6 +45,8 @@ class VideoSlidingWindowInferer(Inferer):
             what training pads.
         channels_last: give every window to the network in ``channels_last_3d`` memory format, the format the
             network was trained in when its bundle sets ``channels_last``.
+        pad_value: the padding in normalised units instead of black (one value or one per channel); SimLVSeg's
+            CAMUS test pads with 0, the normalised mean.
     """
 
     def __init__(
@@ -57,6 +59,7 @@ class VideoSlidingWindowInferer(Inferer):
         mean: Sequence[float] | float = ECHONET_MEAN,
         std: Sequence[float] | float = ECHONET_STD,
         channels_last: bool = False,
+        pad_value: float | Sequence[float] | None = None,
     ) -> None:
         self.window = window
         self.overlap = overlap
@@ -66,13 +69,16 @@ class VideoSlidingWindowInferer(Inferer):
         self.mean = mean
         self.std = std
         self.channels_last = channels_last
+        self.pad_value = pad_value
 
     def __call__(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any):
         c = inputs.shape[1]
-        # a black uint8 frame through the same normalisation as the video (ClipPrepareBatch slices to C channels)
-        mean = self.mean[:c] if isinstance(self.mean, Sequence) else self.mean
-        std = self.std[:c] if isinstance(self.std, Sequence) else self.std
-        pad_value = normalize_clip(torch.zeros(1, c, 1, 1, 1), mean, std).reshape(-1)
+        if self.pad_value is not None:
+            pad_value = self.pad_value
+        else:  # a black uint8 frame through the video's normalisation (ClipPrepareBatch slices to C channels)
+            mean = self.mean[:c] if isinstance(self.mean, Sequence) else self.mean
+            std = self.std[:c] if isinstance(self.std, Sequence) else self.std
+            pad_value = normalize_clip(torch.zeros(1, c, 1, 1, 1), mean, std).reshape(-1)
 
         def predictor(x: torch.Tensor) -> torch.Tensor:
             if self.channels_last:

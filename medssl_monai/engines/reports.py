@@ -1,9 +1,11 @@
-"""Evaluation and inference writers attached to MONAI evaluators (UniLVSeg evaluate / inference, methods.md section 2).
+"""Evaluation and inference writers attached to MONAI evaluators (UniLVSeg evaluate / inference).
 
 - :class:`TracedFrameReport`: per traced frame Dice, pooled Dice overall/ED/ES with bootstrap intervals, a
   per-frame CSV, a JSON summary, a Dice histogram and overlays of the worst and best frames.
+- :class:`SequenceDiceReport`: pooled Dice of whole-sequence predictions on every frame with ground truth (the
+  CAMUS half sequences), overall, ED, ES and the frames between.
 - :class:`VideoEFReport`: EF from whole-video predicted masks against the true EF (MAE, RMSE, correlation with
-  bootstrap intervals), a per-video CSV, Bland-Altman and scatter plots.
+  bootstrap intervals), per-video and per-frame CSVs, the worst videos' area curves, Bland-Altman and scatter plots.
 - :class:`VideoMaskWriter`: whole-video inference outputs: a mask for every frame (NIfTI), an overlay video,
   the LV area curve (CSV and PNG) and the EF estimated from the masks (JSON).
 
@@ -33,7 +35,14 @@ from medssl_monai.evaluation.plots import (
 )
 from medssl_monai.evaluation.segmentation import frame_dice, frame_overlap
 
-__all__ = ["TracedFrameReport", "VideoEFReport", "VideoMaskWriter", "update_json", "format_dice_table"]
+__all__ = [
+    "TracedFrameReport",
+    "SequenceDiceReport",
+    "VideoEFReport",
+    "VideoMaskWriter",
+    "update_json",
+    "format_dice_table",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +79,16 @@ def format_dice_table(summary: dict) -> str:
             f"| {100 * r['reference_90_low']:.2f}-{100 * r['reference_90_high']:.2f} |"
         )
     return "\n".join(rows)
+
+
+def _dice_table(df: pd.DataFrame, n_resamples: int, seed: int) -> dict[str, dict]:
+    """Pooled Dice with intervals overall and per ``phase`` of per-frame ``inter``/``pred_sum``/``true_sum`` rows,
+    each entry with its frame count (what :func:`format_dice_table` prints)."""
+    results = dice_summary(df["inter"], df["pred_sum"], df["true_sum"], df["phase"], n_resamples, seed)
+    return {
+        name: {**r.as_dict(), "frames": len(df) if name == "overall" else int((df["phase"] == name).sum())}
+        for name, r in results.items()
+    }
 
 
 class _Report:
@@ -153,13 +172,7 @@ class TracedFrameReport(_Report):
         df["dice"] = frame_dice(df["inter"], df["pred_sum"], df["true_sum"])
         self.output_dir.mkdir(parents=True, exist_ok=True)
         df.to_csv(self.output_dir / "per_frame_dice.csv", index=False)
-        results = dice_summary(
-            df["inter"], df["pred_sum"], df["true_sum"], df["phase"], n_resamples=self.n_resamples, seed=self.seed
-        )
-        self.summary = {}
-        for name, r in results.items():
-            frames = len(df) if name == "overall" else int((df["phase"] == name).sum())
-            self.summary[name] = {**r.as_dict(), "frames": frames}
+        self.summary = _dice_table(df, self.n_resamples, self.seed)
         update_json(self.output_dir / "summary.json", {"dice": self.summary})
         plot_dice_histogram(df["dice"].to_numpy(), self.output_dir / "dice_histogram.png")
         order = np.argsort(df["dice"].to_numpy(), kind="stable")
@@ -174,6 +187,67 @@ class TracedFrameReport(_Report):
                 self.output_dir / f"overlays_{name}.png",
             )
         logger.info("Pooled Dice (traced frames):\n%s", format_dice_table(self.summary))
+
+
+class SequenceDiceReport(_Report):
+    """Dice of whole-sequence predictions on every frame with ground truth (SimLVSeg's CAMUS evaluation).
+
+    Expects ``engine.state.output`` ``pred`` (``B x 1 x T x H x W`` logits, e.g. from
+    :class:`~medssl_monai.engines.inferers.VideoSlidingWindowInferer`) and ``label`` (``B x 1 x T x H x W``), and the
+    batch with ``label_valid`` (``B x T``: frames with ground truth), ``phase_code`` (``B x T``, codes of
+    :data:`~medssl_monai.transforms.camus.PHASE_CODES`) and ``video_id``. Pooled Dice (``2 sum(inter) / (sum(pred) +
+    sum(true))``, the reference's formula) overall, ED, ES and the frames between, with bootstrap intervals over
+    frames; ``per_frame_dice.csv``; key ``summary_key`` of ``summary.json``.
+    """
+
+    def __init__(
+        self, output_dir: str | Path, n_resamples: int = 10000, seed: int = 0, summary_key: str = "camus_dice"
+    ) -> None:
+        super().__init__(output_dir, n_resamples, seed)
+        self.summary_key = summary_key
+
+    def iteration_completed(self, engine: Engine) -> None:
+        from medssl_monai.transforms.camus import PHASE_CODES
+
+        names = {v: k for k, v in PHASE_CODES.items()}
+        out, batch = engine.state.output, engine.state.batch
+        pred = out["pred"].detach().float().cpu() > 0
+        label = out["label"].detach().cpu() > 0
+        valid = torch.as_tensor(batch["label_valid"]).cpu().bool()
+        phase = torch.as_tensor(batch["phase_code"]).cpu()
+        ids = _list(batch.get("video_id"), pred.shape[0])
+        inter = (pred & label).sum(dim=(-1, -2))[:, 0]  # B x T
+        psum, tsum = pred.sum(dim=(-1, -2))[:, 0], label.sum(dim=(-1, -2))[:, 0]
+        for b in range(pred.shape[0]):
+            for f in torch.nonzero(valid[b]).flatten().tolist():
+                i, ps, ts = int(inter[b, f]), int(psum[b, f]), int(tsum[b, f])
+                self.rows.append(
+                    {
+                        "video_id": ids[b],
+                        "frame": f,
+                        "phase": names[int(phase[b, f])],
+                        "inter": i,
+                        "pred_sum": ps,
+                        "true_sum": ts,
+                    }
+                )
+
+    def completed(self, engine: Engine) -> None:
+        if not self.rows:
+            logger.warning("SequenceDiceReport: no frame with ground truth was evaluated")
+            return
+        df = pd.DataFrame(self.rows)
+        df["dice"] = frame_dice(df["inter"], df["pred_sum"], df["true_sum"])
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        df.to_csv(self.output_dir / "per_frame_dice.csv", index=False)
+        self.summary = _dice_table(df, self.n_resamples, self.seed)
+        update_json(self.output_dir / "summary.json", {self.summary_key: self.summary})
+        logger.info(
+            "Sequence Dice over %d frames of %d videos:\n%s",
+            len(df),
+            df["video_id"].nunique(),
+            format_dice_table(self.summary),
+        )
 
 
 class VideoEFReport(_Report):
