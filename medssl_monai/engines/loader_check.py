@@ -118,7 +118,10 @@ def _message(
             share = f" (this rank's share on {ranks} ranks)"
     head = f"the {name} loader yields no batch, so nothing would be trained: "
     if samples == 0 or (per_rank == 0 and ranks == 1):
-        return head + f"the {name} dataset is empty (0 samples, batch size {batch_size}); {data_fix}"
+        fix = f"point --{data_key} at a dataset with {name} samples{where}"
+        if selected:
+            fix += f" or check what selects them ({selected} now)"
+        return head + f"the {name} dataset is empty (0 samples, batch size {batch_size}); {fix}"
     if batch_size is not None and per_rank is not None and 0 < per_rank < batch_size and sizes["drop_last"]:
         return head + (
             f"the {name} dataset has {samples} samples{share}, fewer than one batch (batch size {batch_size}, "

@@ -56,3 +56,19 @@ def test_monai_bundle_runner_gets_a_message_and_exit_status_2(monkeypatch, capsy
         check_loader_nonempty(_loader(3))
     assert info.value.code == 2
     assert "error: the training loader yields no batch" in capsys.readouterr().err
+
+
+def test_dataset_form_checks_before_the_loader_exists():
+    # bundles pass the dataset and the loader's settings: torch's RandomSampler rejects an empty dataset at
+    # DataLoader construction, before a check on the loader could run
+    assert check_loader_nonempty(list(range(9)), 4, drop_last=True) == 2
+    assert check_loader_nonempty(list(range(3)), 4) == 1
+    with pytest.raises(EmptyLoaderError, match=r"has 3 samples, fewer than one batch \(batch size 4.*--batch_size 3"):
+        check_loader_nonempty(list(range(3)), 4, drop_last=True)
+    with pytest.raises(EmptyLoaderError, match=r"empty \(0 samples, batch size 0\)"):
+        check_loader_nonempty([], 0)  # a batch size derived from the data: min(batch_size, len(data))
+    share = DistributedSampler(list(range(6)), num_replicas=4, rank=1, shuffle=False)
+    with pytest.raises(EmptyLoaderError, match=r"2 per rank on 4 ranks.*--batch_size 2"):
+        check_loader_nonempty(list(range(6)), 4, drop_last=True, sampler=share)
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        check_loader_nonempty(list(range(3)), None)
