@@ -1,8 +1,8 @@
 """Decode any supported clip source to ``T x H x W x C`` ``uint8`` frames.
 
-Sources: video files (``.avi``, ``.mp4``, ...), frame folders (``00000.jpg``, ``00001.jpg``, ...),
-arrays (``.npy``, ``T x H x W`` or ``T x H x W x C`` ``uint8``) and NIfTI sequences (``.nii``/``.nii.gz``,
-stored ``W x H x T`` as CAMUS does, or ``W x H x 1 x T``).
+Sources: video files (``.avi``, ``.mp4``, ...), frame folders (``00000.jpg``, ``00001.jpg``, ...), still images
+(one frame: GBCU's ``img,label`` lists name single images), arrays (``.npy``, ``T x H x W`` or ``T x H x W x C``
+``uint8``) and NIfTI sequences (``.nii``/``.nii.gz``, stored ``W x H x T`` as CAMUS does, or ``W x H x 1 x T``).
 """
 
 from __future__ import annotations
@@ -108,12 +108,14 @@ def decode_frames(path: str | Path, min_frames: int = 1) -> np.ndarray:
         raise DataError(path, "file not found")
     elif path.suffix.lower() in VIDEO_EXTENSIONS:
         return read_video(path, min_frames=min_frames)
+    elif path.suffix.lower() in IMAGE_EXTENSIONS:
+        frames = _read_image(path)[None]
     elif path.suffix.lower() == ".npy":
         frames = _decode_npy(path)
     elif is_nifti(path):
         frames = _decode_nifti(path)
     else:
-        expected = f"a video {VIDEO_EXTENSIONS}, a frame folder, .npy or NIfTI"
+        expected = f"a video {VIDEO_EXTENSIONS}, a frame folder, an image {IMAGE_EXTENSIONS}, .npy or NIfTI"
         raise DataError(path, f"unsupported clip source (expected {expected})")
     if frames.shape[0] < min_frames:
         raise VideoReadError(path, f"too few frames: {frames.shape[0]}, at least {min_frames} needed")

@@ -38,6 +38,7 @@ __all__ = [
     "plot_confusion_matrix",
     "ClassificationMetric",
     "ClassificationReportHandler",
+    "pool_fold_reports",
 ]
 
 logger = logging.getLogger(__name__)
@@ -425,3 +426,64 @@ class ClassificationReportHandler:
         (self.output_dir / "metrics.json").write_text(json.dumps(report, indent=2))
         self.results = report
         logger.info("test metrics (frames): %s", {k: v for k, v in report["frame"].items() if k != "confusion_matrix"})
+
+
+def pool_fold_reports(
+    eval_dirs: Sequence[str | Path],
+    output_dir: str | Path,
+    class_names: Sequence[str] | None = None,
+    positive_classes: Sequence[int] = (1,),
+    n_resamples: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Pool the test folds of a k-fold run into one report, as the POCUS evaluation sums its folds' confusion matrices.
+
+    Reads every fold's ``frame_predictions.csv`` (written by :class:`ClassificationReportHandler`), concatenates
+    them (test folds are disjoint, so every video appears once) and writes the same report for the pooled
+    predictions to ``output_dir``: ``metrics.json`` (metrics with cluster-bootstrap CIs over all videos; its
+    confusion matrices are the sums of the folds'), the confusion-matrix and ROC figures, and the prediction CSVs
+    with a ``fold`` column. ``metrics.json`` also lists each fold's confusion matrices under ``folds``.
+
+    Raises:
+        FileNotFoundError: a fold has no ``frame_predictions.csv``.
+        ValueError: a video appears in two folds (the folds are not a partition).
+    """
+    import pandas as pd
+
+    frames = []
+    for k, d in enumerate(eval_dirs):
+        csv_path = Path(d) / "frame_predictions.csv"
+        if not csv_path.is_file():
+            raise FileNotFoundError(f"{csv_path}: evaluate this fold first")
+        frames.append(pd.read_csv(csv_path, dtype={"video_id": str}).assign(fold=k))
+    df = pd.concat(frames, ignore_index=True)
+    owners = df.groupby("video_id")["fold"].nunique()
+    if (owners > 1).any():
+        raise ValueError(f"videos in more than one fold: {owners[owners > 1].index.tolist()[:5]}")
+    prob_cols = [c for c in df.columns if c.startswith("prob_")]
+    handler = ClassificationReportHandler(output_dir, class_names, positive_classes, n_resamples=n_resamples, seed=seed)
+    handler._reset(None)
+    handler._ids = df["video_id"].tolist()
+    handler._frames = df["frame_index"].astype(int).tolist()
+    handler._labels = df["label"].astype(int).tolist()
+    handler._probs = [df[prob_cols].to_numpy(dtype=np.float64)]
+    handler._write(None)
+    report = handler.results
+    c = len(prob_cols)
+    report["folds"] = []
+    for k, part in df.groupby("fold"):
+        y, pred = part["label"].to_numpy(int), part[prob_cols].to_numpy().argmax(1)
+        _, vprob, vy = aggregate_by_video(part["video_id"].tolist(), part[prob_cols].to_numpy(), y)
+        report["folds"].append(
+            {
+                "fold": int(k),
+                "eval_dir": str(eval_dirs[int(k)]),
+                "frame_confusion_matrix": confusion_matrix(y, pred, labels=list(range(c))).tolist(),
+                "video_confusion_matrix": confusion_matrix(vy, vprob.argmax(1), labels=list(range(c))).tolist(),
+            }
+        )
+    out = Path(output_dir)
+    (out / "metrics.json").write_text(json.dumps(report, indent=2))
+    df.to_csv(out / "frame_predictions.csv", index=False)
+    logger.info("pooled %d folds: %d frames, %d videos", len(frames), len(df), df["video_id"].nunique())
+    return report

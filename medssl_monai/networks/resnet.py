@@ -136,15 +136,17 @@ class FrameClassifier(nn.Module):
     """A frame encoder plus UCL's classification head: ``D -> hidden -> ReLU -> Dropout -> num_classes``.
 
     ``lincls_bin.py`` (fc_type 2) on ResNet-50: ``2048 -> 256 -> ReLU -> Dropout(0.4) -> 3``; the whole network is
-    trained there despite the script's name (``finetune="all"``). The POCUS evaluation trains only ``layer4.1`` and
-    a new fc; ``finetune="last_stage"`` trains the whole last stage (``layer4``) and the head.
+    trained there despite the script's name (``finetune="all"``). The POCUS evaluation (``eval_ucl_pocus.py``)
+    trains only the parameters named ``layer4.1*`` and a new single linear fc: ``finetune="layer4.1"``,
+    ``hidden_dim=0``. ``finetune="last_stage"`` trains the whole last stage (``layer4``) and the head.
 
     Args:
         encoder: a feature extractor ``B x C x H x W`` -> ``B x D`` (:func:`resnet_encoder`).
         num_classes: output classes.
-        hidden_dim: head width (256 in the reference).
-        dropout: dropout before the last linear layer (0.4).
-        finetune: ``"all"`` or ``"last_stage"``.
+        hidden_dim: head width (256 in the reference); 0: a single linear layer ``D -> num_classes`` (POCUS).
+        dropout: dropout before the last linear layer (0.4; unused with ``hidden_dim=0``).
+        finetune: ``"all"``, ``"last_stage"`` (``layer4``) or an encoder parameter-name prefix such as
+            ``"layer4.1"``: only the encoder parameters whose names start with it train, and the head.
         pretrained_ckpt: optional state_dict path loaded into ``encoder`` (:func:`load_encoder_weights`).
         in_features: ``D``; ``None`` reads it from the encoder.
     """
@@ -160,19 +162,31 @@ class FrameClassifier(nn.Module):
         in_features: int | None = None,
     ) -> None:
         super().__init__()
-        if finetune not in ("all", "last_stage"):
-            raise ValueError(f"finetune must be 'all' or 'last_stage', got {finetune!r}")
+        if finetune in ("all", "last_stage"):
+            prefix = "" if finetune == "all" else "layer4."
+        elif finetune.startswith("layer"):
+            prefix = finetune
+        else:
+            raise ValueError(f"finetune must be 'all', 'last_stage' or a name prefix like 'layer4.1', got {finetune!r}")
         self.encoder = encoder
         if pretrained_ckpt:
             load_encoder_weights(encoder, pretrained_ckpt)
         d = in_features or feature_dim(encoder)
-        self.head = nn.Sequential(
-            nn.Linear(d, hidden_dim), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(hidden_dim, num_classes)
-        )
+        if hidden_dim:
+            self.head = nn.Sequential(
+                nn.Linear(d, hidden_dim), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(hidden_dim, num_classes)
+            )
+        else:
+            self.head = nn.Sequential(nn.Linear(d, num_classes))
         self.finetune = finetune
-        if finetune == "last_stage":
+        if prefix:
+            # "layer4.1" must not also match "layer4.10"-style names of deeper ResNets
+            stem = prefix.rstrip(".")
+            trained = [n for n, _ in self.encoder.named_parameters() if n == stem or n.startswith(stem + ".")]
+            if not trained:
+                raise ValueError(f"no encoder parameter is named {stem!r}*")
             for name, p in self.encoder.named_parameters():
-                p.requires_grad = name.startswith("layer4.")
+                p.requires_grad = name in trained
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.encoder(x))

@@ -4,6 +4,8 @@
 decoded-clip cache as ``uint8`` ``K x C x H x W`` (or one ``C x H x W`` frame); :class:`FrameResizeCropd` is the
 reference's only augmentation, ``Resize(size)`` (shorter side) + ``RandomCrop(size)`` for training and
 ``CenterCrop`` for evaluation, drawn independently for every frame (each UCL frame gets its own transform call).
+:class:`FrameResizedCropd` is the POCUS evaluation's (``scripts/eval_ucl_pocus.py``): ``Resize((s, s))``, then for
+training ``RandomResizedCrop(s, scale=(0.8, 1), ratio=(0.8, 1.25))`` and ``RandomHorizontalFlip``.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from medssl_monai.data.cache import ClipCache
 from medssl_monai.errors import DataError
 from medssl_monai.transforms.io import _as_cache, convert_channels, meta_key
 
-__all__ = ["LoadFramesd", "FrameResizeCropd", "resize_shorter_side", "expand_frames"]
+__all__ = ["LoadFramesd", "FrameResizeCropd", "FrameResizedCropd", "resize_shorter_side", "resize_to", "expand_frames"]
 
 
 class LoadFramesd(MapTransform):
@@ -149,6 +151,87 @@ class FrameResizeCropd(Randomizable, MapTransform):
                     top, left = self._offsets(h, w)
                     crops.append(frame[:, top : top + s, left : left + s])
                 d[key] = torch.stack(crops).contiguous()
+        return d
+
+
+def resize_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resize ``[K x] C x H x W`` to exactly ``size`` (torchvision ``Resize((h, w))``; bilinear, antialiased)."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    batch = x.reshape(-1, *x.shape[-3:]).float()
+    out = F.interpolate(batch, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
+    out = out.reshape(*x.shape[:-2], *size)
+    return out.round().clamp(0, 255).to(torch.uint8) if x.dtype == torch.uint8 else out.to(x.dtype)
+
+
+class FrameResizedCropd(Randomizable, MapTransform):
+    """``Resize((s, s))``, then (``random``) ``RandomResizedCrop(s, scale, ratio)`` and a horizontal flip.
+
+    The POCUS evaluation's augmentation (``scripts/eval_ucl_pocus.py`` of gbc-iitd/US_UCL, from USCL): training
+    ``Resize((224, 224))`` + ``RandomResizedCrop(224, scale=(0.8, 1.0), ratio=(0.8, 1.25))`` +
+    ``RandomHorizontalFlip()``, evaluation ``Resize((224, 224))`` only. The crop box is drawn as torchvision draws
+    it (10 tries of area and log-uniform aspect ratio, else the whole image, clamped to the ratio range).
+
+    Args:
+        keys: keys of ``C x H x W`` frames or ``K x C x H x W`` stacks (every frame gets its own draw).
+        spatial_size: ``s``.
+        scale: range of the crop area as a fraction of the image.
+        ratio: range of the crop aspect ratio (width / height).
+        flip_prob: probability of the horizontal flip.
+        random: training (crop and flip) or evaluation (resize only).
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "image",
+        spatial_size: int = 224,
+        scale: tuple[float, float] = (0.8, 1.0),
+        ratio: tuple[float, float] = (0.8, 1.25),
+        flip_prob: float = 0.5,
+        random: bool = True,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        self.size = (int(spatial_size), int(spatial_size))
+        self.scale = (float(scale[0]), float(scale[1]))
+        self.ratio = (float(ratio[0]), float(ratio[1]))
+        self.flip_prob = float(flip_prob)
+        self.random = random
+
+    def randomize(self, data: Any = None) -> None:
+        pass
+
+    def _box(self, h: int, w: int) -> tuple[int, int, int, int]:
+        area = h * w
+        log_r = (np.log(self.ratio[0]), np.log(self.ratio[1]))
+        for _ in range(10):
+            target = area * self.R.uniform(*self.scale)
+            r = float(np.exp(self.R.uniform(*log_r)))
+            cw, ch = int(round(np.sqrt(target * r))), int(round(np.sqrt(target / r)))
+            if 0 < cw <= w and 0 < ch <= h:
+                return int(self.R.randint(0, h - ch + 1)), int(self.R.randint(0, w - cw + 1)), ch, cw
+        r_in = w / h  # fallback: the whole image, clamped to the ratio range (torchvision's rule)
+        if r_in < self.ratio[0]:
+            cw, ch = w, int(round(w / self.ratio[0]))
+        elif r_in > self.ratio[1]:
+            ch, cw = h, int(round(h * self.ratio[1]))
+        else:
+            cw, ch = w, h
+        return (h - ch) // 2, (w - cw) // 2, ch, cw
+
+    def _frame(self, x: torch.Tensor) -> torch.Tensor:
+        x = resize_to(x, self.size)
+        if not self.random:
+            return x
+        top, left, ch, cw = self._box(*x.shape[-2:])
+        x = resize_to(x[:, top : top + ch, left : left + cw], self.size)
+        return x.flip(-1) if self.R.rand() < self.flip_prob else x
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            x = torch.as_tensor(d[key])
+            d[key] = (self._frame(x) if x.ndim == 3 else torch.stack([self._frame(f) for f in x])).contiguous()
         return d
 
 

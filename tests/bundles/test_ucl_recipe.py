@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from monai.bundle import ConfigParser
@@ -205,3 +206,167 @@ def test_imagenet_init_is_a_documented_file_not_a_download():
     for bundle in ("ucl_us_ssl_pretraining", "ucl_us_classification"):
         readme = (ROOT / "bundles" / bundle / "docs" / "README.md").read_text()
         assert "download.pytorch.org/models/resnet50-0676ba61.pth" in readme
+
+
+# 20. data: GBCU image lists, the POCUS preset, grouped and given folds
+POCUS = CLASSIFY.parent / "pocus.yaml"
+GBCU = CLASSIFY.parent / "gbcu.yaml"
+
+
+def _write_gbcu(root: Path) -> None:
+    import cv2
+
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        h, w = 40 + 4 * i, 60 - 2 * i  # GBCU images differ in size
+        cv2.imwrite(str(root / f"im{i}.jpg"), rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+    (root / "train.txt").write_text("im0.jpg,0\nim1.jpg,1\nim2.jpg,2\nim3.jpg,0\n\n")
+    (root / "val.txt").write_text("im4.jpg,2\nim5.jpg,1\n")
+
+
+def test_gbcu_image_lists_feed_the_classifier(tmp_path: Path):
+    _write_gbcu(tmp_path)
+    parser = ConfigParser()
+    parser.read_config([str(CLASSIFY), str(GBCU)])
+    parser.update({"dataset_dir": str(tmp_path), "train_list": "train.txt", "val_list": str(tmp_path / "val.txt")})
+    parser.update({"cache_dir": str(tmp_path / "cache"), "spatial_size": 32, "resize_to": 36})
+    assert parser["positive_classes"] == [2] and parser["class_names"] == ["normal", "benign", "malignant"]
+    split = parser.get_parsed_content("split")
+    assert [d["label"] for d in split["train"]] == [0, 1, 2, 0]
+    assert split["test"] == split["val"]  # the reference reports its val list
+    assert all(d["num_frames"] == 1 and d["group"] == d["video_id"] for d in split["train"])
+    data = parser.get_parsed_content("train#dataset")
+    assert len(data) == 4
+    item = data[2]
+    assert item["image"].shape == (3, 32, 32) and item["image"].dtype == torch.uint8 and item["label"] == 2
+
+
+def test_image_list_errors(tmp_path: Path):
+    from medssl_monai.data.frame_folders import load_image_list
+    from medssl_monai.errors import CSVFormatError
+
+    _write_gbcu(tmp_path)
+    (tmp_path / "bad.txt").write_text("im0.jpg,normal\n")
+    with pytest.raises(CSVFormatError, match="integer label"):
+        load_image_list(tmp_path / "bad.txt")
+    (tmp_path / "dup.txt").write_text("im0.jpg,0\nim0.jpg,0\n")
+    with pytest.raises(CSVFormatError, match="more than once"):
+        load_image_list(tmp_path / "dup.txt")
+    (tmp_path / "missing.txt").write_text("im0.jpg,0,p1\nnope.jpg,1,p1\n")
+    items, report = load_image_list(tmp_path / "missing.txt", return_report=True)
+    assert [d["video_id"] for d in items] == ["im0.jpg"] and items[0]["group"] == "p1" and report.kept == 1
+
+
+def test_pocus_preset_is_the_reference_evaluation():
+    parser = ConfigParser()
+    parser.read_config([str(CLASSIFY), str(POCUS)])
+    parser.update({"depth": 50, "widen_factor": 0.25, "fused_optimizer": False})  # a narrow ResNet-50, same names
+    folds = [
+        {"image": f"v{i}", "video_id": f"v{i}", "num_frames": 3, "label": i % 3, "fold": str(i % 5)} for i in range(30)
+    ]
+    parser["videos"] = folds
+    assert parser["epochs"] == 100 and parser["batch_size"] == 32
+    net = parser.get_parsed_content("network_def")
+    trainable = {
+        n.split(".")[1] + "." + n.split(".")[2]
+        for n, p in net.named_parameters()
+        if p.requires_grad and n.startswith("encoder.")
+    }
+    assert trainable == {"layer4.1"}
+    assert [type(m).__name__ for m in net.head] == ["Linear"]
+    opt = parser.get_parsed_content("optimizer")
+    assert isinstance(opt, torch.optim.Adam)
+    assert opt.defaults["lr"] == 0.01 and opt.defaults["weight_decay"] == 1e-4
+    # CosineAnnealingLR(T_max=100, eta_min=0) stepped every epoch from epoch 0
+    sched = parser.get_parsed_content("train#lr_scheduler")
+    lrs = []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        sched.step()
+    assert lrs == pytest.approx([0.005 * (1 + math.cos(math.pi * e / 100)) for e in range(100)], abs=1e-12)
+    prep = parser.get_parsed_content("train#prepare_batch")
+    assert prep.mean == (0.5, 0.5, 0.5) and prep.std == (0.25, 0.25, 0.25)
+    crop = parser.get_parsed_content("train#preprocessing#transforms#1")
+    assert crop.scale == (0.8, 1.0) and crop.ratio == (0.8, 1.25) and crop.random
+    assert not parser.get_parsed_content("validate#preprocessing#transforms#1").random
+    split = parser.get_parsed_content("split")  # the given folds: test = fold `fold`
+    assert {d["fold"] for d in split["test"]} == {"0"} and len(split["test"]) == 6
+    assert all(d["fold"] != "0" for d in split["train"] + split["val"])
+
+
+def test_pocus_crop_draws_within_the_ranges():
+    from medssl_monai.transforms.frames import FrameResizedCropd
+
+    t = FrameResizedCropd("image", spatial_size=50, random=True)
+    t.set_random_state(0)
+    x = torch.arange(3 * 40 * 80, dtype=torch.float32).reshape(3, 40, 80)
+    for _ in range(50):
+        top, left, ch, cw = t._box(50, 50)
+        assert 0.8 * 2500 * 0.95 <= ch * cw <= 2500 and 0.8 * 0.9 <= cw / ch <= 1.25 * 1.1
+    assert t({"image": x})["image"].shape == (3, 50, 50)
+    val = FrameResizedCropd("image", spatial_size=50, random=False)
+    torch.testing.assert_close(val({"image": x})["image"], val({"image": x})["image"])
+
+
+def test_grouped_k_fold_keeps_patients_together():
+    from medssl_monai.data.ucl_sampling import split_videos
+
+    rng = np.random.default_rng(0)
+    items = []
+    for p in range(20):  # 20 patients, 1-4 videos each, one class per patient
+        for v in range(int(rng.integers(1, 5))):
+            items.append({"image": f"p{p}_v{v}", "label": p % 3, "patient": f"p{p}"})
+    tested = []
+    for fold in range(4):
+        s = split_videos(items, num_folds=4, fold=fold, val_fraction=0.2, group_key="patient")
+        groups = [{d["patient"] for d in s[k]} for k in ("train", "val", "test")]
+        assert not (groups[0] & groups[1] or groups[0] & groups[2] or groups[1] & groups[2])
+        assert len(s["train"]) + len(s["val"]) + len(s["test"]) == len(items) and s["val"]
+        tested += [d["image"] for d in s["test"]]
+    assert sorted(tested) == sorted(d["image"] for d in items)  # every video tested once
+
+
+def test_labels_csv_extra_columns_reach_the_items(tmp_path: Path):
+    import cv2
+
+    from medssl_monai.data.frame_folders import load_frame_folder_datalist
+
+    for name in ("Video_1", "Video_2"):
+        (tmp_path / name).mkdir()
+        for k in range(2):
+            cv2.imwrite(str(tmp_path / name / f"{k:05d}.png"), np.zeros((4, 4, 3), np.uint8))
+    (tmp_path / "labels.csv").write_text("video,label,patient,fold\nVideo_1,0,p7,3\nVideo_2,1, p8 ,0\n")
+    items = load_frame_folder_datalist(tmp_path, "labels.csv", extra_columns=["patient", "fold"])
+    assert [(d["patient"], d["fold"]) for d in items] == [("p7", "3"), ("p8", "0")]
+
+
+def test_pool_folds_sums_the_folds_confusion_matrices(tmp_path: Path):
+    import json
+
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    roots, expected = [], np.zeros((3, 3), int)
+    for k in range(3):
+        rows = []
+        for v in range(4):
+            label = (k + v) % 3
+            for t in range(3):
+                p = rng.dirichlet(np.ones(3))
+                rows.append({"video_id": f"f{k}v{v}", "frame_index": t, "label": label, "pred": int(p.argmax())})
+                rows[-1].update({f"prob_{n}": x for n, x in zip(("normal", "lesion", "artefact"), p)})
+                expected[label, int(p.argmax())] += 1
+        (tmp_path / f"fold{k}" / "eval").mkdir(parents=True)
+        pd.DataFrame(rows).to_csv(tmp_path / f"fold{k}" / "eval" / "frame_predictions.csv", index=False)
+        roots.append(str(tmp_path / f"fold{k}"))
+    parser = ConfigParser()
+    parser.read_config([str(CLASSIFY), str(CLASSIFY.parent / "pool_folds.yaml")])
+    parser.update({"fold_roots": roots, "pooled_dir": str(tmp_path / "pooled"), "n_resamples": 20})
+    parser.get_parsed_content("run")
+    report = json.loads((tmp_path / "pooled" / "metrics.json").read_text())
+    assert report["frame"]["confusion_matrix"] == expected.tolist() and report["frame"]["n"] == 36
+    folds = sum(np.asarray(f["frame_confusion_matrix"]) for f in report["folds"])
+    assert folds.tolist() == expected.tolist() and report["video"]["n"] == 12
+    assert (tmp_path / "pooled" / "confusion_matrix_videos.png").is_file()
+    pooled = pd.read_csv(tmp_path / "pooled" / "frame_predictions.csv")
+    assert sorted(pooled["fold"].unique()) == [0, 1, 2]
