@@ -552,7 +552,8 @@ class LoaderResult:
     """CPU cost of one training sample of a bundle: ``train#dataset[i]`` on one core, and of each transform.
 
     ``ms_per_sample`` is wall time, ``cpu_ms_per_sample`` the process's CPU time (less sensitive to other jobs on a
-    shared machine; ``meets_target`` compares it with ``target_ms``). ``transforms`` holds one row per transform of
+    shared machine; ``samples_per_s_per_worker`` is its inverse and ``meets_target`` compares it with
+    ``target_ms``). ``transforms`` holds one row per transform of
     ``train#preprocessing`` in order (``depth`` > 0: inside a wrapper such as ``ClipConsistentd``, already counted
     in the wrapper's row), plus an ``overhead`` row (the dataset and ``Compose`` around the transforms).
     """
@@ -738,7 +739,7 @@ def benchmark_loader(
         sample_dtype=str(image.dtype).replace("torch.", "") if image is not None else "",
         ms_per_sample=round(ms, 3),
         cpu_ms_per_sample=round(1000 * cpu / n, 3),
-        samples_per_s_per_worker=round(1000 / ms, 1) if ms else 0.0,
+        samples_per_s_per_worker=round(n / cpu, 1) if cpu else 0.0,
         target_ms=target,
         # judged on CPU time: what a worker on a core of its own spends; wall time also counts other jobs' turns
         meets_target=None if target is None else bool(1000 * cpu / n <= target),
