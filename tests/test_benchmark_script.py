@@ -161,3 +161,13 @@ def test_transform_rows_through_nested_compose_and_wrappers():
 def test_malformed_overrides_are_a_clear_error():
     with pytest.raises(SystemExit, match="--overrides: could not parse overrides"):
         _load_script().main(bundles="none", overrides="{dataset_dir: [}")
+
+
+def test_data_size_sets_the_synthetic_default_only():
+    from medssl_monai.benchmarking import build_parser
+
+    bundle = ROOT / "bundles" / "unilvseg_echo_lv_segmentation"
+    parser = build_parser(bundle, sizes="recipe", device="cpu", data_size="bench")
+    assert parser.get()["dataset_dir"]["size"] == "bench"  # not parsed here: nothing is written
+    parser = build_parser(bundle, sizes="recipe", device="cpu", data_size="bench", overrides={"dataset_dir": "/d/x"})
+    assert parser.get()["dataset_dir"] == "/d/x"  # a user's dataset is never resized
