@@ -113,3 +113,9 @@ def test_parse_overrides_forms_and_errors():
     for bad in ("{dataset_dir: [}", "/data/x", "[1, 2]", "=3", "{1: 2}"):
         with pytest.raises(ValueError, match="expected a mapping"):
             parse_overrides(bad)
+
+
+def test_synth_workers_and_arrays(tmp_path):
+    out = CLI().synth(root=str(tmp_path / "data"), size="tiny", workers=2, arrays=True)
+    assert set(out) == {"echonet", "camus", "ultrasound", "timed_series", "arrays"}
+    assert len(list(Path(out["arrays"]).glob("*.npy"))) == 6  # one clip per tiny EchoNet video
