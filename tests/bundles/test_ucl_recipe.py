@@ -370,3 +370,13 @@ def test_pool_folds_sums_the_folds_confusion_matrices(tmp_path: Path):
     assert (tmp_path / "pooled" / "confusion_matrix_videos.png").is_file()
     pooled = pd.read_csv(tmp_path / "pooled" / "frame_predictions.csv")
     assert sorted(pooled["fold"].unique()) == [0, 1, 2]
+
+
+def test_pocus_inference_matches_the_pocus_training():
+    parser = ConfigParser()
+    parser.read_config([str(CLASSIFY.parent / "inference.yaml"), str(CLASSIFY.parent / "pocus_inference.yaml")])
+    parser.update({"depth": 18, "widen_factor": 0.25})
+    prep = parser.get_parsed_content("prepare_batch")
+    assert prep.mean == (0.5, 0.5, 0.5) and prep.std == (0.25, 0.25, 0.25) and prep.label_key is None
+    assert not parser.get_parsed_content("preprocessing#transforms#1").random
+    assert [type(m).__name__ for m in parser.get_parsed_content("network_def").head] == ["Linear"]
