@@ -12,7 +12,11 @@ the pretraining bundle saves the teacher as ``models/model.pt``, loadable into i
 
 with paired percentile bootstrap intervals. :class:`FeatureEvaluationHandler` collects features from a MONAI
 ``SupervisedEvaluator`` (``pred`` = features) and runs it when the evaluator completes; given the trained probe
-head (``head``: features -> logits) it also scores that head on the evaluated clips (``trained_head``).
+head (``head``: features -> logits) it also scores that head on the evaluated clips (``trained_head``). With
+several clips per video (:mod:`medssl_monai.evaluation.multiclip`) the features of a video's clips are averaged
+(the trained head's softmax outputs, as the reference's ``merge``) before scoring. :func:`ef_regression_probe`
+regresses a continuous label (LVEF) from the features: ridge regression on standardised features, per seed and
+label fraction, MAE / RMSE / R2 as mean +- std over seeds.
 """
 
 from __future__ import annotations
@@ -30,9 +34,11 @@ from sklearn.metrics import balanced_accuracy_score
 from medssl_monai.engines.prepare import ClipPrepareBatch
 from medssl_monai.evaluation.anomaly import binary_score_metrics, knn_anomaly_scores
 from medssl_monai.evaluation.knn import knn_predict_proba, linear_probe_predict_proba
+from medssl_monai.evaluation.multiclip import group_mean
 from medssl_monai.evaluation.plots import plot_roc
+from medssl_monai.evaluation.probe import summarize_runs
 
-__all__ = ["extract_features", "evaluate_features", "results_table", "FeatureEvaluationHandler"]
+__all__ = ["extract_features", "evaluate_features", "ef_regression_probe", "results_table", "FeatureEvaluationHandler"]
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +126,50 @@ def evaluate_features(
     return (results, task_scores) if return_scores else results
 
 
+def ef_regression_probe(
+    fit_features: np.ndarray,
+    fit_targets: np.ndarray,
+    features: np.ndarray,
+    targets: np.ndarray,
+    seeds: Sequence[int] = (0, 1, 2, 3, 4),
+    label_fractions: Sequence[float] = (1.0,),
+    alpha: float = 1.0,
+) -> dict[str, dict]:
+    """Ridge regression of a continuous label (LVEF) on standardised frozen features, per label fraction and seed.
+
+    Each run fits on a random ``fraction`` of the fitting clips (at least 2; drawn with ``seed``; all of them at
+    fraction 1, where the seeds agree) and scores ``features``.
+
+    Returns:
+        ``{"<fraction>": {"runs": [{"mae", "rmse", "r2", "n_fit"}, ...], "summary": summarize_runs(runs)}}``.
+    """
+    from sklearn.linear_model import Ridge
+    from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    fit_x, fit_y = np.asarray(fit_features, dtype=np.float64), np.asarray(fit_targets, dtype=np.float64)
+    x, y = np.asarray(features, dtype=np.float64), np.asarray(targets, dtype=np.float64)
+    out: dict[str, dict] = {}
+    for fraction in label_fractions:
+        runs = []
+        for seed in seeds:
+            n = min(len(fit_y), max(2, int(round(fraction * len(fit_y)))))
+            idx = np.sort(np.random.default_rng(seed).choice(len(fit_y), n, replace=False))
+            model = make_pipeline(StandardScaler(), Ridge(alpha=alpha)).fit(fit_x[idx], fit_y[idx])
+            pred = model.predict(x)
+            runs.append(
+                {
+                    "mae": float(mean_absolute_error(y, pred)),
+                    "rmse": float(np.sqrt(mean_squared_error(y, pred))),
+                    "r2": float(r2_score(y, pred)) if len(y) > 1 else float("nan"),
+                    "n_fit": n,
+                }
+            )
+        out[f"{fraction:g}"] = {"runs": runs, "summary": summarize_runs(runs)}
+    return out
+
+
 def _fmt(m: dict) -> str:
     if not np.isfinite(m["estimate"]):
         return "n/a"
@@ -156,6 +206,10 @@ class FeatureEvaluationHandler:
         k, temperature, anomaly_k, probe_C, n_resamples, seed, confidence_level: see :func:`evaluate_features`.
         head: the trained linear probe as a function of the features (``VideoViTClassifier.classify_features``,
             whose frozen encoder produced them); ``None``: no ``trained_head`` entry.
+        group_key: batch key of the video id: the clips of one video are averaged (``None``: every clip alone).
+        regression_key: batch key of a continuous label (``"ef"``): adds ``ef_regression``
+            (:func:`ef_regression_probe`); ``None``: none.
+        probe_seeds, label_fractions, ridge_alpha: of :func:`ef_regression_probe`.
     """
 
     def __init__(
@@ -173,9 +227,21 @@ class FeatureEvaluationHandler:
         seed: int = 0,
         confidence_level: float = 0.95,
         head: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        group_key: str | None = "video_id",
+        regression_key: str | None = None,
+        probe_seeds: Sequence[int] = (0, 1, 2, 3, 4),
+        label_fractions: Sequence[float] = (1.0,),
+        ridge_alpha: float = 1.0,
     ) -> None:
         self.output_dir = Path(output_dir)
         self.head = head
+        self.group_key = group_key
+        self.regression_key = regression_key
+        self.regression_kwargs = {
+            "seeds": tuple(probe_seeds),
+            "label_fractions": tuple(label_fractions),
+            "alpha": ridge_alpha,
+        }
         self.label_key = label_key
         self.split_key = split_key
         self.fit_split = fit_split.upper()
@@ -195,6 +261,8 @@ class FeatureEvaluationHandler:
         self._features: list[np.ndarray] = []
         self._labels: list[int] = []
         self._splits: list[str] = []
+        self._ids: list = []
+        self._targets: list[float] = []
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
@@ -208,10 +276,21 @@ class FeatureEvaluationHandler:
         self._features.append(torch.as_tensor(pred).detach().float().cpu().numpy())
         self._labels.extend(torch.as_tensor(batch[self.label_key]).reshape(-1).tolist())
         self._splits.extend(str(s).upper() for s in batch[self.split_key])
+        n = len(self._splits) - len(self._ids)
+        if self.group_key is not None and self.group_key in batch:
+            self._ids.extend(str(v) for v in batch[self.group_key])
+        else:  # no grouping: a unique id per clip
+            base = len(self._ids)
+            self._ids.extend([("#clip", base + i) for i in range(n)])
+        if self.regression_key is not None:
+            self._targets.extend(torch.as_tensor(batch[self.regression_key], dtype=torch.float64).reshape(-1).tolist())
 
     def __call__(self, engine: Engine) -> None:
-        feats = np.concatenate(self._features)
-        labels, splits = np.asarray(self._labels, dtype=int), np.asarray(self._splits)
+        clip_feats = np.concatenate(self._features)
+        # one row per video: the mean feature of its clips (identity with one clip per video)
+        feats, first = group_mean(clip_feats, self._ids)
+        labels = np.asarray(self._labels, dtype=int)[first]
+        splits = np.asarray(self._splits)[first]
         fit = splits == self.fit_split
         ev = np.isin(splits, list(self.eval_splits))
         if not fit.any() or not ev.any():
@@ -220,13 +299,23 @@ class FeatureEvaluationHandler:
             feats[fit], labels[fit], feats[ev], labels[ev], return_scores=True, **self.kwargs
         )
         if self.head is not None:
-            results["trained_head"], scores["trained_head"] = self._score_head(feats[ev], labels[ev])
+            clip_ev = np.isin(np.asarray(self._splits), list(self.eval_splits))
+            results["trained_head"], scores["trained_head"] = self._score_head(
+                clip_feats[clip_ev], [self._ids[i] for i in np.flatnonzero(clip_ev)], labels[ev]
+            )
+        if self.regression_key is not None:
+            targets = np.asarray(self._targets, dtype=np.float64)[first]
+            ok_fit, ok_ev = fit & np.isfinite(targets), ev & np.isfinite(targets)
+            results["ef_regression"] = ef_regression_probe(
+                feats[ok_fit], targets[ok_fit], feats[ok_ev], targets[ok_ev], **self.regression_kwargs
+            )
         results["counts"] = {
             "fit": int(fit.sum()),
             "fit_abnormal": int(labels[fit].sum()),
             "eval": int(ev.sum()),
             "eval_abnormal": int(labels[ev].sum()),
         }
+        results["clips"] = {"clips": len(clip_feats), "videos": len(feats)}  # test-time averaging
         self.output_dir.mkdir(parents=True, exist_ok=True)
         (self.output_dir / "feature_metrics.json").write_text(json.dumps(results, indent=2))
         table = results_table({"encoder": results})
@@ -235,6 +324,13 @@ class FeatureEvaluationHandler:
             table += (
                 f"\n\ntrained probe head: AUROC {_fmt(r['auroc'])}, AP {_fmt(r['ap'])}, "
                 f"accuracy {r['accuracy']:.3f}, balanced accuracy {r['balanced_accuracy']:.3f}"
+            )
+        for fraction, r in results.get("ef_regression", {}).items():
+            s = r["summary"]
+            table += (
+                f"\n\n{self.regression_key} regression (ridge, label fraction {fraction}, {len(r['runs'])} seeds): "
+                f"MAE {s['mae']['mean']:.3f} ± {s['mae']['std']:.3f}, RMSE {s['rmse']['mean']:.3f} ± "
+                f"{s['rmse']['std']:.3f}, R2 {s['r2']['mean']:.3f} ± {s['r2']['std']:.3f}"
             )
         (self.output_dir / "feature_metrics.md").write_text(table + "\n")
         plot_roc(
@@ -247,19 +343,24 @@ class FeatureEvaluationHandler:
         logger.info("feature evaluation: %s", json.dumps(results))
 
     @torch.no_grad()
-    def _score_head(self, feats: np.ndarray, labels: np.ndarray) -> tuple[dict, np.ndarray]:
-        """The trained head's P(abnormal) (softmax of its logits) on the evaluated clips, and its metrics."""
+    def _score_head(self, feats: np.ndarray, ids: Sequence, labels: np.ndarray) -> tuple[dict, np.ndarray]:
+        """The trained head's P(abnormal) per video (softmax per clip, mean over the video's clips) and its metrics.
+
+        ``labels`` are per video, in the first-seen order of ``ids``.
+        """
         owner = getattr(self.head, "__self__", self.head)  # the classifier of a bound classify_features
         device = "cpu"
         if isinstance(owner, torch.nn.Module):
             owner.eval()  # a BatchNorm head uses its running statistics
             device = next(owner.parameters()).device
         logits = self.head(torch.as_tensor(feats, dtype=torch.float32, device=device)).float().cpu()
-        proba = torch.softmax(logits, dim=-1)[:, 1].numpy()
+        clip_proba = torch.softmax(logits, dim=-1).numpy()
+        video_proba = group_mean(clip_proba, ids)[0]  # the reference's merge: mean of the clips' softmax
+        proba = video_proba[:, 1]
         boot = {k: self.kwargs[k] for k in ("n_resamples", "seed", "confidence_level")}
         metrics = {
             **binary_score_metrics(labels, proba, **boot),
-            "accuracy": float((logits.argmax(-1).numpy() == labels).mean()),
+            "accuracy": float((video_proba.argmax(-1) == labels).mean()),
             "balanced_accuracy": _balanced_acc(labels, proba),
         }
         return metrics, proba

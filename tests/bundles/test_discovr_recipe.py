@@ -83,3 +83,14 @@ def test_linear_probe_is_the_reference_recipe():
     ev.read_config([str(EVAL_CONFIGS / "train.yaml"), str(EVAL_CONFIGS / "evaluate.yaml")])
     handler = next(h for h in ev.get("evaluate#handlers") if h["_target_"].endswith("FeatureEvaluationHandler"))
     assert "classify_features" in handler["head"]  # the trained head is scored on TEST
+
+
+def test_evaluation_averages_test_clips_and_regresses_ef():
+    ev = ConfigParser()
+    ev.read_config([str(EVAL_CONFIGS / "train.yaml"), str(EVAL_CONFIGS / "evaluate.yaml")])
+    assert ev.get("num_test_clips") == 3 and ev.get("ef_key") == "ef"
+    assert ev.get("probe_seeds") == [0, 1, 2, 3, 4] and ev.get("label_fractions") == [0.1, 1.0]
+    assert ev.get("evaluate#datalist#_target_").endswith("multi_clip_datalist")
+    assert ev.get("evaluate#preprocessing#_target_").endswith("with_spaced_clips")
+    handler = next(h for h in ev.get("evaluate#handlers") if h["_target_"].endswith("FeatureEvaluationHandler"))
+    assert handler["group_key"] == "video_id" and handler["regression_key"] == "@ef_key"
