@@ -5,8 +5,8 @@ smaller than one batch (with ``drop_last``) exits 0 as if it had trained, and an
 removed every sample fails inside torch's ``RandomSampler`` ("num_samples should be a positive integer value").
 :func:`check_loader_nonempty`, the first entry of every training bundle's ``run``, counts the batches from the
 dataset's and sampler's lengths (nothing is loaded) and raises :class:`EmptyLoaderError` naming the dataset size,
-the batch size and the override to change. Under ``python -m monai.bundle run`` (also a ``torchrun`` worker) it
-prints the message and exits with status 2 instead of a traceback.
+the batch size and the override to change. Under ``python -m monai.bundle run`` (also a ``torchrun`` worker) and
+``python -m medssl_monai run`` it prints the message and exits with status 2 instead of a traceback.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, Sampler
@@ -91,10 +92,14 @@ def loader_sizes(
     }
 
 
-def _is_monai_bundle_main() -> bool:
-    from medssl_monai.config_checks import _is_monai_bundle_main as is_main
+def _is_command_line_run() -> bool:
+    """Whether this process is ``python -m monai.bundle`` (also a ``torchrun`` worker), ``python -m medssl_monai``
+    or its ``medssl`` console script."""
+    from medssl_monai.config_checks import _is_monai_bundle_main
 
-    return is_main(sys.argv)
+    program = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path()
+    ours = program.parts[-2:] == ("medssl_monai", "__main__.py") or program.name == "medssl"
+    return ours or _is_monai_bundle_main(sys.argv)
 
 
 def _message(
@@ -166,13 +171,14 @@ def check_loader_nonempty(
     Raises:
         EmptyLoaderError: e.g. ``the training dataset has 28 samples, fewer than one batch (batch size 128,
             incomplete batches dropped); use --batch_size 28 (or smaller), ...``. In a ``python -m monai.bundle``
-            process the message goes to stderr and the process exits with status 2 (``SystemExit``).
+            or ``python -m medssl_monai`` process the message goes to stderr and the process exits with status 2
+            (``SystemExit``).
     """
     sizes = loader_sizes(loader, batch_size, drop_last, sampler)
     if sizes["batches"] is None or sizes["batches"] > 0:
         return sizes["batches"]
     message = _message(sizes, name, batch_size_key, data_key, dataset_dir, dict(filters or {}))
-    if _is_monai_bundle_main():  # MONAI's runner would print a long traceback around the one line that matters
+    if _is_command_line_run():  # a command line would print a long traceback around the one line that matters
         print(f"error: {message}", file=sys.stderr, flush=True)
         raise SystemExit(2)
     raise EmptyLoaderError(message)

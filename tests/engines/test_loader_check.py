@@ -50,8 +50,11 @@ def test_iterable_datasets_are_not_checked():
     assert check_loader_nonempty(DataLoader(Stream(), batch_size=4)) is None
 
 
-def test_monai_bundle_runner_gets_a_message_and_exit_status_2(monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", ["/x/site-packages/monai/bundle/__main__.py", "run"])
+@pytest.mark.parametrize(
+    "program", ["/x/site-packages/monai/bundle/__main__.py", "/w/medssl_monai/__main__.py", "/venv/bin/medssl"]
+)
+def test_command_lines_get_a_message_and_exit_status_2(monkeypatch, capsys, program: str):
+    monkeypatch.setattr(sys, "argv", [program, "run"])
     with pytest.raises(SystemExit) as info:
         check_loader_nonempty(_loader(3))
     assert info.value.code == 2
