@@ -124,7 +124,7 @@ def test_non_integer_indices_raise_with_the_file_name():
 
 
 def _bad_video(folder: Path, how: str) -> Path:
-    """A video broken in one way: cut short, 0 bytes, not a video, or shorter than the clip needs."""
+    """A video broken in one way: cut short, 0 bytes, not a video, undecodable frames, shorter than the clip needs."""
     from medssl_monai.data.video import write_video
 
     path = folder / f"{how}.avi"
@@ -136,6 +136,10 @@ def _bad_video(folder: Path, how: str) -> Path:
         path.write_bytes(b"")
     elif how == "not_a_video":
         path.write_text("id,label\n1,2\n")
+    elif how == "undecodable":  # intact container and index, frame data the codec cannot decode
+        start = data.index(b"movi") + 4
+        noise = np.random.default_rng(1).integers(0, 256, len(data) - start, np.uint8).tobytes()
+        path.write_bytes(data[:start] + noise)
     return path
 
 
@@ -143,6 +147,7 @@ _PROBLEMS = {
     "truncated": r"truncated: the AVI header announces \d+ bytes but the file has \d+",
     "empty": r"empty file \(0 bytes\)",
     "not_a_video": "not a video: no known video container header",
+    "undecodable": r"unreadable: the header announces 24 frames but no frame decodes \(codec 'MJPG' unsupported",
     "too_few_frames": "too few frames: 2 decoded, at least 4 needed",
 }
 
