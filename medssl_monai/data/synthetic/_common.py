@@ -222,7 +222,8 @@ def parallel_map(
         return [fn(item) for item in progress(items, total, desc)]
     from concurrent.futures import ProcessPoolExecutor
 
-    # chunks of a few items amortise the inter-process round trips; small enough to keep every worker busy
+    # the platform's default start method (fork on Linux), as DataLoader workers: the children only run numpy and
+    # OpenCV, never CUDA, and start in milliseconds. Chunks of a few items amortise the round trips.
     chunksize = max(1, min(16, int(total) // (4 * num_workers)))
     with ProcessPoolExecutor(num_workers) as pool:
         return list(progress(pool.map(fn, items, chunksize=chunksize), total, desc))
