@@ -81,10 +81,16 @@ def format_dice_table(summary: dict) -> str:
     return "\n".join(rows)
 
 
-def _dice_table(df: pd.DataFrame, n_resamples: int, seed: int) -> dict[str, dict]:
+def _dice_table(df: pd.DataFrame, n_resamples: int, seed: int, bootstrap_unit: str = "frame") -> dict[str, dict]:
     """Pooled Dice with intervals overall and per ``phase`` of per-frame ``inter``/``pred_sum``/``true_sum`` rows,
-    each entry with its frame count (what :func:`format_dice_table` prints)."""
-    results = dice_summary(df["inter"], df["pred_sum"], df["true_sum"], df["phase"], n_resamples, seed)
+    each entry with its frame count (what :func:`format_dice_table` prints). ``bootstrap_unit="video"`` resamples
+    the frames of a ``video_id`` together."""
+    if bootstrap_unit not in ("frame", "video"):
+        raise ValueError(f"bootstrap_unit must be 'frame' or 'video', got {bootstrap_unit!r}")
+    groups = df["video_id"].astype(str).to_numpy() if bootstrap_unit == "video" else None
+    results = dice_summary(
+        df["inter"], df["pred_sum"], df["true_sum"], df["phase"], n_resamples, seed, groups=groups
+    )
     return {
         name: {**r.as_dict(), "frames": len(df) if name == "overall" else int((df["phase"] == name).sum())}
         for name, r in results.items()
@@ -127,11 +133,21 @@ class TracedFrameReport(_Report):
         n_resamples: bootstrap resamples (the reference: 10,000).
         num_overlays: frames in each of the worst and best overlay montages.
         seed: bootstrap seed.
+        bootstrap_unit: ``"frame"`` resamples traced frames independently (the reference); ``"video"`` resamples
+            videos, a video's ED and ES frames together.
     """
 
-    def __init__(self, output_dir: str | Path, n_resamples: int = 10000, num_overlays: int = 8, seed: int = 0) -> None:
+    def __init__(
+        self,
+        output_dir: str | Path,
+        n_resamples: int = 10000,
+        num_overlays: int = 8,
+        seed: int = 0,
+        bootstrap_unit: str = "frame",
+    ) -> None:
         super().__init__(output_dir, n_resamples, seed)
         self.num_overlays = num_overlays
+        self.bootstrap_unit = bootstrap_unit
 
     def reset(self, engine: Engine | None = None) -> None:
         super().reset(engine)
@@ -172,7 +188,7 @@ class TracedFrameReport(_Report):
         df["dice"] = frame_dice(df["inter"], df["pred_sum"], df["true_sum"])
         self.output_dir.mkdir(parents=True, exist_ok=True)
         df.to_csv(self.output_dir / "per_frame_dice.csv", index=False)
-        self.summary = _dice_table(df, self.n_resamples, self.seed)
+        self.summary = _dice_table(df, self.n_resamples, self.seed, self.bootstrap_unit)
         update_json(self.output_dir / "summary.json", {"dice": self.summary})
         plot_dice_histogram(df["dice"].to_numpy(), self.output_dir / "dice_histogram.png")
         order = np.argsort(df["dice"].to_numpy(), kind="stable")

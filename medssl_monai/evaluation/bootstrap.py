@@ -153,6 +153,7 @@ def bootstrap_pooled_dice(
     n_resamples: int = 10000,
     seed: int = 0,
     confidence_level: float = 0.95,
+    groups: np.ndarray | Sequence[Any] | None = None,
 ) -> BootstrapResult:
     """Bootstrap the pooled Dice over frames (the UniLVSeg / EchoNet-Dynamic segmentation metric).
 
@@ -163,8 +164,20 @@ def bootstrap_pooled_dice(
         n_resamples: resamples (10,000 in the reference).
         seed: RNG seed.
         confidence_level: level of the true percentile interval ``ci``.
+        groups: per-frame group id (e.g. the video): the frames of a group are resampled together (a video's ED and
+            ES frames enter or leave a resample as a pair), which respects their correlation. ``None`` resamples
+            frames independently, as the reference does. The point estimate is the same either way.
     """
     arrays = [np.asarray(a, dtype=np.float64) for a in (inter, pred_sum, true_sum)]
+    if groups is not None:
+        keys = np.asarray(groups)
+        if len(keys) != len(arrays[0]):
+            raise ValueError(f"groups needs one entry per frame ({len(arrays[0])}), got {len(keys)}.")
+        # pooled Dice is a ratio of sums, so resampling groups = resampling their summed counts
+        _, first, code = np.unique(keys, return_index=True, return_inverse=True)
+        rank = np.empty_like(first)
+        rank[np.argsort(first)] = np.arange(first.size)  # groups numbered in order of first appearance
+        arrays = [np.bincount(rank[code.reshape(-1)], weights=a) for a in arrays]
     return bootstrap_ci(
         _pooled_dice_resampled, *arrays, n_resamples=n_resamples, seed=seed, confidence_level=confidence_level
     )
@@ -178,6 +191,7 @@ def dice_summary(
     n_resamples: int = 10000,
     seed: int = 0,
     confidence_level: float = 0.95,
+    groups: np.ndarray | Sequence[Any] | None = None,
 ) -> dict[str, BootstrapResult]:
     """Pooled Dice with bootstrap intervals overall and per phase, as the UniLVSeg tables (overall, ED, ES).
 
@@ -190,6 +204,7 @@ def dice_summary(
         n_resamples: resamples per group.
         seed: RNG seed (the same for every group).
         confidence_level: level of the true percentile interval.
+        groups: per-frame group id resampled together (see :func:`bootstrap_pooled_dice`); ``None``: per frame.
 
     Returns:
         ``{"overall": ..., "<phase>": ...}`` for every phase present, in sorted order.
@@ -198,8 +213,14 @@ def dice_summary(
     phase = np.asarray(phase).astype(str)
     if not len(inter) == len(pred_sum) == len(true_sum) == len(phase):
         raise ValueError("dice_summary: inter, pred_sum, true_sum and phase must have one entry per frame.")
-    out = {"overall": bootstrap_pooled_dice(inter, pred_sum, true_sum, n_resamples, seed, confidence_level)}
+    grp = None if groups is None else np.asarray(groups)
+    if grp is not None and len(grp) != len(inter):
+        raise ValueError("dice_summary: groups must have one entry per frame.")
+    out = {"overall": bootstrap_pooled_dice(inter, pred_sum, true_sum, n_resamples, seed, confidence_level, grp)}
     for name in sorted(set(phase.tolist())):
         sel = phase == name
-        out[name] = bootstrap_pooled_dice(inter[sel], pred_sum[sel], true_sum[sel], n_resamples, seed, confidence_level)
+        sub = None if grp is None else grp[sel]
+        out[name] = bootstrap_pooled_dice(
+            inter[sel], pred_sum[sel], true_sum[sel], n_resamples, seed, confidence_level, sub
+        )
     return out

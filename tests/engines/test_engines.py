@@ -81,8 +81,9 @@ def _engine(output, batch):
     return SimpleNamespace(state=SimpleNamespace(output=output, batch=batch))
 
 
-def test_traced_frame_report_writes_csv_json_and_plots(tmp_path):
-    report = TracedFrameReport(tmp_path, n_resamples=200, num_overlays=2)
+@pytest.mark.parametrize("unit", ["frame", "video"])
+def test_traced_frame_report_writes_csv_json_and_plots(tmp_path, unit):
+    report = TracedFrameReport(tmp_path, n_resamples=200, num_overlays=2, bootstrap_unit=unit)
     report.reset()
     label = torch.zeros(2, 1, 8, 8)
     label[:, :, 2:6, 2:6] = 1
@@ -92,13 +93,15 @@ def test_traced_frame_report_writes_csv_json_and_plots(tmp_path):
     batch = {
         "image": torch.zeros(2, 3, 4, 8, 8, dtype=torch.uint8),
         "target_index": torch.tensor([0, 3]),
-        "video_id": ["v1", "v2"],
+        "video_id": ["v1", "v1"],
         "phase": ["ED", "ES"],
         "frame_index": torch.tensor([10, 20]),
     }
     report.iteration_completed(_engine({"pred": pred, "label": label}, batch))
     report.completed(None)
     summary = json.loads((tmp_path / "summary.json").read_text())["dice"]
+    # one video: resampling videos can only redraw it, so the overall interval collapses to the estimate
+    assert (summary["overall"]["ci_low"] == summary["overall"]["ci_high"]) == (unit == "video")
     assert summary["ED"]["estimate"] == pytest.approx(1.0)
     assert summary["ES"]["estimate"] == pytest.approx(16 / 24)
     assert summary["overall"]["estimate"] == pytest.approx(2 * (16 + 8) / (32 + 24))

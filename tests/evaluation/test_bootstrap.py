@@ -71,3 +71,25 @@ def test_bad_input() -> None:
         bootstrap_ci(lambda a: a.mean(1), np.ones(3), confidence_level=1.5)
     with pytest.raises(ValueError, match="one value per resample"):
         bootstrap_ci(lambda a: a.mean(), np.ones(3), n_resamples=10)
+
+
+def test_grouped_bootstrap_resamples_videos_as_units() -> None:
+    rng = np.random.default_rng(1)
+    n = 30
+    # per video an ED and an ES frame whose Dice go together (a good video is good at both phases)
+    quality = rng.uniform(0.5, 1.0, n)
+    true = np.repeat(rng.integers(800, 1200, n), 2).astype(float)
+    inter = np.round(true * np.repeat(quality, 2))
+    pred = true.copy()
+    video = np.repeat([f"v{i}" for i in range(n)], 2)
+    frames = bootstrap_pooled_dice(inter, pred, true, n_resamples=4000, seed=0)
+    videos = bootstrap_pooled_dice(inter, pred, true, n_resamples=4000, seed=0, groups=video)
+    assert videos.estimate == pytest.approx(frames.estimate)
+    # hand check: per-video summed counts bootstrapped as frames give the same distribution
+    summed = [np.add.reduceat(a, np.arange(0, 2 * n, 2)) for a in (inter, pred, true)]
+    by_hand = bootstrap_pooled_dice(*summed, n_resamples=4000, seed=0)
+    np.testing.assert_allclose(videos.distribution, by_hand.distribution)
+    # correlated pairs: treating them as independent frames understates the spread
+    assert (videos.ci[1] - videos.ci[0]) > 1.2 * (frames.ci[1] - frames.ci[0])
+    with pytest.raises(ValueError, match="groups"):
+        bootstrap_pooled_dice(inter, pred, true, groups=video[:-1])
