@@ -1,16 +1,16 @@
 """TVRL's linear probe: frozen encoder, re-initialised temporal CLS + linear head, dense test-time averaging.
 
-Reference ``finetune.py`` of Shen et al., TVRL (MICCAI 2024; methods.md section 1):
+Reference ``finetune.py`` of Shen et al., TVRL (MICCAI 2024):
 
 - the backbone is frozen; the temporal CLS token is re-initialised (xavier) and trained together with a linear
   head on it (the reference's name filter also leaves the per-frame ``cls_token`` trainable:
   ``train_frame_cls=True`` here);
-- AdamW (lr 1e-3 x bs/256, x5 for regression, wd 0.05), 10 warm-up epochs, cosine, 100 epochs, early stopping
+- AdamW (lr 1e-3 x bs/256, x5 for regression, wd 0.05), 10 warm-up epochs from lr/10, cosine, 100 epochs, early stopping
   (patience 15) on validation MAE / AUROC only;
 - MSE for regression (reported as MAE, RMSE, R2), cross entropy for classification (AUROC, AP);
 - test: dense sliding windows (the training clip: 8 frames, stride 2, step 1) over the whole video, logits
   averaged over windows;
-- several seeds reported as mean +- std (the README says 5, the code runs 2: quirk 1; 5 here) at label
+- several seeds reported as mean +- std (the README says 5, the code runs 2; 5 here) at label
   fractions 1% and 100%.
 
 The frozen encoder stays in eval mode (dropout off, BatchNorm statistics fixed), so neither its parameters nor

@@ -1,4 +1,4 @@
-"""TVRL's six pretraining frameworks on the spatio-temporal encoder, chosen by one key (methods.md section 1).
+"""TVRL's six pretraining frameworks on the spatio-temporal encoder, chosen by one key.
 
 Shen et al., "Spatio-temporal representation learning for medical image time series" (TVRL, MICCAI 2024,
 arXiv 2403.07513), reference ``pretrain.py`` / ``models/simclr.py`` / ``models/mae.py``:
@@ -8,24 +8,30 @@ arXiv 2403.07513), reference ``pretrain.py`` / ``models/simclr.py`` / ``models/m
 - ``csimclr_te``: ``csimclr`` with the encoder's time embedding of the real time steps.
 - ``ltn``: latent time navigation (Zeng et al.): the second view's embedding is moved along ``K`` = 64
   orthonormal directions (QR of a learnable ``K x D`` matrix, every forward) by coefficients from an MLP on
-  ``[z, TE(|dt|)]``, ``dt`` = the offset between the views' first time steps, before the projection head.
+  ``[z, TE(|dt|)]``, ``dt`` = the offset between the views' first time steps, before the projection head;
+  ``TE`` is a learnable time embedding of its own (sinusoid then Linear-SiLU-Linear, the reference's
+  ``TimeEmbedding(learnable=True)`` in ``SimCLR``).
 - ``mae``: VideoMAE-style tube masking (90% of the patch positions, the same in every frame), the visible
   patches through the encoder, a small decoder (192-d, 4 blocks), norm-pix MSE on the masked patches only.
-- ``tvrl``: clip contrastive plus masked frame-feature prediction:
-  ``L = (1 - w) InfoNCE + w NegCos(pred_masked, target_masked)`` averaged over the two views, ``w`` = 0.5 from
-  epoch ``mlm_start_epoch`` (100) on and 0 before; 15% of the valid frames masked (Bernoulli). ``mask_mode``
-  ``"v2"`` (default): masked frames are removed from the contrastive branch's attention; the prediction branch
-  sees a detached copy of the frame features with masked frames replaced by a learnable mask token.
+- ``tvrl``: clip contrastive plus masked frame-feature prediction, on an encoder *without* time embedding (the
+  reference's cardiac script runs it with ``use_time_embed=False``):
+  ``L = (1 - w) InfoNCE + w NegCos(pred_masked, target_masked)`` averaged over the two views, ``w`` = 0.5 once
+  the 0-based epoch exceeds 100 (the reference's ``current_epoch > 100``: ``mlm_start_epoch`` = 101) and 0
+  before; 15% of the valid frames masked (Bernoulli). ``mask_mode`` ``"v2"`` (default): masked frames are
+  removed from the contrastive branch's attention; the prediction branch sees a detached copy of the frame
+  features with masked frames replaced by a learnable mask token.
+- ``tvrl_te``: ``tvrl`` on an encoder with the time embedding (the variant the reference's configs switch on
+  with ``use_time_embed=True``).
 
 Differences from the reference, on purpose (say so in the bundle docs):
 
 - The prediction *target* is the true frame feature (the unmasked, detached ``mid_project`` output). The
   reference writes the mask token and the position embedding in place into the tensor it later reads the
-  target from, so its target is ``mask_token + pos_embed`` (methods.md quirk 4), and it adds the position
+  target from, so its target is ``mask_token + pos_embed``, and it adds the position
   embedding twice to the prediction input. ``mask_mode="v1"`` here only changes the contrastive branch (it
   sees every frame); its target is the same true, detached feature (the reference's v1 target is not detached).
 - LTN is trained on two clips from different times (CVRL's sampling): with the reference's identical clips
-  ``dt`` is always ~0 (quirk 5) and the navigation has nothing to learn.
+  ``dt`` is always ~0 and the navigation has nothing to learn.
 - MAE trains this project's factorised encoder (per-frame ViT with a linear patch stem, then the temporal
   transformer) rather than the reference's joint space-time ViT, so that every framework yields the same
   encoder for the probe: each frame encodes its visible patches; the decoder attends jointly over the
@@ -44,14 +50,15 @@ from medssl_monai.losses.contrastive import NTXentLoss, negative_cosine_similari
 from medssl_monai.networks.spatiotemporal import (
     AttentionBlock,
     SpatioTemporalEncoder,
+    TimeEmbedding,
     key_padding_mask,
-    sinusoidal_embedding,
 )
 from medssl_monai.transforms.intensity import normalize_clip
 
 __all__ = [
     "FRAMEWORKS",
     "TIME_AWARE_FRAMEWORKS",
+    "MASKED_PREDICTION_FRAMEWORKS",
     "projection_head",
     "LatentTimeNavigation",
     "VideoMAEDecoder",
@@ -63,8 +70,9 @@ __all__ = [
     "norm_pix_mse",
 ]
 
-FRAMEWORKS = ("cvrl", "ltn", "mae", "csimclr", "csimclr_te", "tvrl")
-TIME_AWARE_FRAMEWORKS = ("csimclr_te", "tvrl")  # the encoder uses the time embedding
+FRAMEWORKS = ("cvrl", "ltn", "mae", "csimclr", "csimclr_te", "tvrl", "tvrl_te")
+TIME_AWARE_FRAMEWORKS = ("csimclr_te", "tvrl_te")  # the encoder uses the time embedding
+MASKED_PREDICTION_FRAMEWORKS = ("tvrl", "tvrl_te")  # contrastive + masked frame-feature prediction
 TWO_CLIP_FRAMEWORKS = ("cvrl", "ltn")  # two clips from different times; the others duplicate one clip
 
 
@@ -137,6 +145,9 @@ def norm_pix_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, n
 class LatentTimeNavigation(nn.Module):
     """LTN (TVRL's ``use_ltn``): ``z + MLP([z, TE(|dt|)]) Q^T`` with ``Q`` the QR-orthonormalised directions.
 
+    ``TE`` is a learnable :class:`~medssl_monai.networks.spatiotemporal.TimeEmbedding` (sinusoid, then
+    Linear-SiLU-Linear), separate from the encoder's, as the reference's ``SimCLR.time_embed``.
+
     Args:
         hidden_size: embedding width ``D`` (384).
         num_directions: ``K`` (64).
@@ -152,6 +163,7 @@ class LatentTimeNavigation(nn.Module):
             raise ValueError(f"num_directions {num_directions} must not exceed hidden_size {hidden_size}")
         self.hidden_size, self.max_period = hidden_size, max_period
         self.directions = nn.Parameter(torch.randn(num_directions, hidden_size) / hidden_size**0.5)
+        self.time_embed = TimeEmbedding(hidden_size, max_period)
         self.mlp = nn.Sequential(
             nn.Linear(2 * hidden_size, mlp_hidden), nn.ReLU(inplace=True), nn.Linear(mlp_hidden, num_directions)
         )
@@ -162,7 +174,7 @@ class LatentTimeNavigation(nn.Module):
         return q
 
     def forward(self, z: torch.Tensor, dt: torch.Tensor) -> torch.Tensor:
-        te = sinusoidal_embedding(dt.abs(), self.hidden_size, self.max_period)
+        te = self.time_embed(dt.abs())
         a = self.mlp(torch.cat([z, te.to(z.dtype)], dim=-1))
         return z + a @ self.basis().T
 
@@ -227,12 +239,12 @@ class TVRLPretraining(nn.Module):
     Args:
         encoder: the bundle's ``network_def``.
         framework: one of :data:`FRAMEWORKS`.
-        proj_hidden, proj_out: SimCLR projection head (2048, 128); BatchNorm in it except for ``tvrl`` (as the
-            reference's ``SimCLRMaskLM``).
+        proj_hidden, proj_out: SimCLR projection head (2048, 128); BatchNorm in it except for ``tvrl`` /
+            ``tvrl_te`` (as the reference's ``SimCLRMaskLM``).
         temperature: NT-Xent temperature (0.1).
         mlm_weight: ``w`` of the masked-feature loss (0.5).
-        mlm_start_epoch: first (0-based) epoch with ``w > 0`` (100 of 200); set by
-            :class:`~medssl_monai.engines.ssl.SetEpochHandler`.
+        mlm_start_epoch: first (0-based) epoch with ``w > 0``: 101 of 200, the reference's ``current_epoch > 100``;
+            the epoch is set by :class:`~medssl_monai.engines.ssl.SetEpochHandler`.
         mask_ratio: TVRL frame masking probability (0.15).
         mask_mode: ``"v2"`` (masked frames hidden from the contrastive branch) or ``"v1"``.
         ltn_directions: LTN's ``K`` (64).
@@ -243,9 +255,10 @@ class TVRLPretraining(nn.Module):
         gather_distributed: NT-Xent negatives from every rank.
 
     Raises:
-        ValueError: an unknown framework, ``csimclr_te`` on an encoder without time embedding (or ``csimclr`` on
-            one with it: they would be the same method), or ``mae`` on a conv-stem encoder (the stem's receptive
-            field would leak masked pixels into visible tokens).
+        ValueError: an unknown framework, a time-aware framework (:data:`TIME_AWARE_FRAMEWORKS`) on an encoder
+            without time embedding or ``csimclr`` / ``tvrl`` on one with it (each pair would be the same method),
+            or ``mae`` on a conv-stem encoder (the stem's receptive field would leak masked pixels into visible
+            tokens).
     """
 
     def __init__(
@@ -256,7 +269,7 @@ class TVRLPretraining(nn.Module):
         proj_out: int = 128,
         temperature: float = 0.1,
         mlm_weight: float = 0.5,
-        mlm_start_epoch: int = 100,
+        mlm_start_epoch: int = 101,
         mask_ratio: float = 0.15,
         mask_mode: str = "v2",
         ltn_directions: int = 64,
@@ -274,10 +287,12 @@ class TVRLPretraining(nn.Module):
         if mask_mode not in ("v1", "v2"):
             raise ValueError(f"mask_mode must be 'v1' or 'v2', got {mask_mode!r}")
         te = encoder.temporal.use_time_embed
-        if framework == "csimclr_te" and not te:
-            raise ValueError("csimclr_te needs an encoder with use_time_embed=True")
-        if framework == "csimclr" and te:
-            raise ValueError("csimclr is cSimCLR without time embedding; use csimclr_te or use_time_embed=False")
+        if framework in TIME_AWARE_FRAMEWORKS and not te:
+            raise ValueError(f"{framework} needs an encoder with use_time_embed=True")
+        if framework in ("csimclr", "tvrl") and te:
+            raise ValueError(
+                f"{framework} runs without time embedding; use {framework}_te or an encoder with use_time_embed=False"
+            )
         self.encoder, self.framework = encoder, framework
         self.mlm_weight, self.mlm_start_epoch = mlm_weight, mlm_start_epoch
         self.mask_ratio, self.mask_mode = mask_ratio, mask_mode
@@ -300,10 +315,11 @@ class TVRLPretraining(nn.Module):
                 mae_decoder_heads,
             )
             return
-        self.head = projection_head(d, proj_hidden, proj_out, batch_norm=framework != "tvrl")
+        masked_prediction = framework in MASKED_PREDICTION_FRAMEWORKS
+        self.head = projection_head(d, proj_hidden, proj_out, batch_norm=not masked_prediction)
         if framework == "ltn":
             self.ltn = LatentTimeNavigation(d, ltn_directions, proj_hidden)
-        if framework == "tvrl":
+        if masked_prediction:
             self.mask_token = nn.Parameter(torch.zeros(1, 1, d))
             nn.init.normal_(self.mask_token, std=0.02)
             self.pred_norm = nn.LayerNorm(d)
@@ -380,7 +396,7 @@ class TVRLPretraining(nn.Module):
         if image_2 is None:
             raise ValueError(f"{self.framework} needs two views (image_2)")
         times_2, frame_mask_2 = self._defaults(image_2, times_2, frame_mask_2)
-        if self.framework == "tvrl":
+        if self.framework in MASKED_PREDICTION_FRAMEWORKS:
             z0, m0 = self._tvrl_view(x, times, frame_mask)
             z1, m1 = self._tvrl_view(image_2, times_2, frame_mask_2)
             contrastive = self.criterion(self.head(z0), self.head(z1))

@@ -1,7 +1,7 @@
 """TVRL's spatio-temporal encoder: a per-frame ViT with a conv stem, then a temporal transformer over frame tokens.
 
 Shen et al., "Spatio-temporal representation learning for medical image time series" (TVRL, MICCAI 2024,
-arXiv 2403.07513), reference ``models/spatiotemporal.py`` (``SpatioTemporalEncoder``), methods.md section 1:
+arXiv 2403.07513), reference ``models/spatiotemporal.py`` (``SpatioTemporalEncoder``):
 
 - spatial encoder: a ViT applied to every frame independently; tokens from a convolutional stem (``log2(patch)``
   stride-2 3x3 conv + BN + ReLU layers, channels ``D/8 -> D/4 -> D/2 -> D`` for ViT-S, then a 1x1 projection),
@@ -12,11 +12,16 @@ arXiv 2403.07513), reference ``models/spatiotemporal.py`` (``SpatioTemporalEncod
   *added* to the tokens), a key-padding mask (the temporal CLS is always attended), 3 transformer blocks and
   no final LayerNorm. The clip representation is the temporal CLS.
 
+As the reference, ``dropout_rate`` (0.1) acts on the frame ViT's projections and MLPs only (timm's ``drop_rate``):
+there is no dropout after the position embedding (the reference's ``VideoViT`` has no ``pos_drop``) and the
+temporal transformer runs without dropout (the reference builds it with ``ViT_Backbone``'s default
+``drop_rate=0``; ``temporal_dropout_rate`` switches it on).
+
 Differences from the reference, on purpose: the temporal position embedding is added out of place (the
-reference adds it in place, which corrupts its masked-prediction target, methods.md quirk 4) and has the
-temporal width (the reference sizes it with the spatial width, quirk 7). Attention is PyTorch's
+reference adds it in place, which corrupts its masked-prediction target) and has the temporal width (the
+reference sizes it with the spatial width, which works only because both are 384). Attention is PyTorch's
 ``scaled_dot_product_attention`` (:class:`AttentionBlock`); attention-weight dropout is off (timm's
-``attn_drop=0``) and ``dropout_rate`` acts on the projections and MLPs, as timm's ``drop_rate``.
+``attn_drop=0``).
 """
 
 from __future__ import annotations
@@ -158,7 +163,7 @@ class FrameViT(nn.Module):
         mlp_dim: MLP width (``4 * hidden_size``).
         num_layers: transformer blocks (12).
         num_heads: attention heads (6).
-        dropout_rate: projection / MLP / embedding dropout (TVRL: 0.1).
+        dropout_rate: projection / MLP dropout (TVRL: 0.1); none after the position embedding, as the reference.
         qkv_bias: bias in the qkv projection (TVRL: False).
         stem: ``"conv"`` (TVRL's ConvStem) or ``"patch"`` (linear patch embedding, the VideoMAE baseline: the
             receptive field of a token is its patch, so token masking leaks nothing).
@@ -198,7 +203,6 @@ class FrameViT(nn.Module):
             raise ValueError(f"stem must be 'conv' or 'patch', got {stem!r}")
         self.cls_token = nn.Parameter(torch.zeros(1, 1, hidden_size))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.num_patches, hidden_size))
-        self.pos_drop = nn.Dropout(dropout_rate)
         self.blocks = _blocks(hidden_size, mlp_dim or 4 * hidden_size, num_layers, num_heads, dropout_rate, qkv_bias)
         self.norm = nn.LayerNorm(hidden_size)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
@@ -211,7 +215,7 @@ class FrameViT(nn.Module):
     def forward_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """Prepend the CLS to ``N x P' x D`` (all or only visible) patch tokens, run the blocks; ``N x (1+P') x D``."""
         cls = (self.cls_token + self.pos_embed[:, :1]).expand(tokens.shape[0], -1, -1)
-        x = self.pos_drop(torch.cat([cls, tokens], dim=1))
+        x = torch.cat([cls, tokens], dim=1)
         for blk in self.blocks:
             x = blk(x)
         return self.norm(x)
@@ -242,7 +246,7 @@ class TemporalTransformer(nn.Module):
         num_layers: blocks (3).
         num_heads: heads (6).
         mlp_dim: MLP width (``4 * hidden_size``).
-        dropout_rate: projection / MLP dropout.
+        dropout_rate: projection / MLP dropout (TVRL: 0).
         qkv_bias: bias in the qkv projection.
         max_frames: the length of the learnable position embedding (TVRL: ``clip_frames`` = 8).
         use_time_embed: add :class:`TimeEmbedding` of the real time steps (the ``-TE`` variants, TVRL).
@@ -302,7 +306,9 @@ class SpatioTemporalEncoder(nn.Module):
 
     Args:
         in_channels, img_size, patch_size, hidden_size, num_layers, num_heads, mlp_dim, dropout_rate, qkv_bias,
-            stem: the per-frame :class:`FrameViT` (ViT-S: 384, 12, 6; 128 px, patch 16, ``"conv"`` stem).
+            stem: the per-frame :class:`FrameViT` (ViT-S: 384, 12, 6; 128 px, patch 16, dropout 0.1, ``"conv"``
+            stem).
+        temporal_dropout_rate: the temporal transformer's projection / MLP dropout (TVRL: 0).
         temporal_size: temporal width (``None``: ``hidden_size``; else a linear ``mid_project``).
         temporal_layers, temporal_heads: the :class:`TemporalTransformer` (3 blocks, 6 heads).
         max_frames: clip length the temporal position embedding covers (8).
@@ -328,6 +334,7 @@ class SpatioTemporalEncoder(nn.Module):
         max_frames: int = 8,
         use_time_embed: bool = False,
         time_max_period: float = 100.0,
+        temporal_dropout_rate: float = 0.0,
     ) -> None:
         super().__init__()
         temporal_size = temporal_size or hidden_size
@@ -340,7 +347,7 @@ class SpatioTemporalEncoder(nn.Module):
             temporal_layers,
             temporal_heads or num_heads,
             4 * temporal_size,
-            dropout_rate,
+            temporal_dropout_rate,
             qkv_bias,
             max_frames,
             use_time_embed,

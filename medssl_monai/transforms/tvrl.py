@@ -1,14 +1,14 @@
 """TVRL data pipelines: two views with their time steps, TVRL's strong augmentation, probe clips.
 
-Shen et al., TVRL (MICCAI 2024), reference ``datamodule/`` (methods.md section 1):
+Shen et al., TVRL (MICCAI 2024), reference ``datamodule/``:
 
 - clips of ``clip_frames`` = 8 frames with ``stride`` 2 from a random start; the time step of a frame is its
   index (videos) or its real acquisition time (timed series), optionally relative to the first frame
   (``relative_time``), optionally with Gaussian noise (``time_noise_std``, reference 0.01; the reference then
-  casts to ``long``, truncating about half the noisy steps by one, quirk 5: here times stay float).
+  casts to ``long``, truncating about half the noisy steps by one: here times stay float).
 - ``identical=True`` (``make_clips_identical``, every SSL config of the reference: cSimCLR, cSimCLR-TE, TVRL):
   one clip duplicated into two views that differ only by augmentation. ``identical=False`` draws two clips at
-  different times (CVRL, and LTN here so that its time offset is not always 0, quirk 5).
+  different times (CVRL, and LTN here so that its time offset is not always 0).
 - strong augmentation, one draw per clip for all its frames (torchvision v2 on a video tensor): rotation
   +-15 degrees, RandomResizedCrop(scale 0.08-1, ratio 1), h-flip 0.5, v-flip 0.5, colour jitter (brightness
   0.8, contrast 0.8) with p 0.8, Gaussian blur (3, sigma 0.1-2) with p 0.5. The two views draw independently.

@@ -51,13 +51,13 @@ def test_tvrl_bundles_run_on_arrays(arrays, tmp_path):
     common = {"dataset_dir": str(arrays), "cache_dir": str(tmp_path / "cache"), "epochs": 1, "num_workers": 0}
     ssl = tmp_path / "ssl"
     shutil.copytree(ROOT / "tvrl_echo_ssl_pretraining", ssl, ignore=shutil.ignore_patterns("models", "runs"))
-    _run("ssl", ["train.yaml", "small.yaml", "arrays.yaml"], "train", ssl, batch_size=2, **common)
+    _run("ssl", ["train.yaml", "small.yaml", "arrays.yaml"], "train", ssl, batch_size=2, framework="tvrl_te", **common)
     ckpt = ssl / "models" / "model.pt"
     assert ckpt.is_file() and load_state_dict(ckpt)
     probe = tmp_path / "probe"
     shutil.copytree(ROOT / "tvrl_echo_linear_probe", probe, ignore=shutil.ignore_patterns("models", "runs", "eval"))
     configs = ["train.yaml", "small.yaml", "arrays.yaml"]
-    # the pretrained TVRL encoder has the time embedding (framework tvrl); the probe builds it to match
+    # the pretrained encoder has the time embedding (framework tvrl_te); the probe builds it to match
     common.update(pretrained_ckpt=str(ckpt), use_time_embed=True)
     _run("probe", configs, "train", probe, batch_size=2, **common)
     assert (probe / "models" / "model.pt").is_file()

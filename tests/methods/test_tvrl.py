@@ -11,6 +11,7 @@ from medssl_monai.engines.ssl import SetEpochHandler
 from medssl_monai.losses.contrastive import nt_xent
 from medssl_monai.methods.tvrl import (
     FRAMEWORKS,
+    TIME_AWARE_FRAMEWORKS,
     LatentTimeNavigation,
     TVRLPretraining,
     TwoViewPrepareBatch,
@@ -19,7 +20,7 @@ from medssl_monai.methods.tvrl import (
     patchify,
     tube_mask,
 )
-from medssl_monai.networks.spatiotemporal import SpatioTemporalEncoder
+from medssl_monai.networks.spatiotemporal import SpatioTemporalEncoder, TimeEmbedding
 
 SMALL = dict(
     proj_hidden=16, proj_out=8, ltn_directions=4, mae_decoder_size=16, mae_decoder_layers=1, mae_decoder_heads=2
@@ -38,7 +39,7 @@ def _method(framework: str, **kw) -> TVRLPretraining:
         dropout_rate=0.0,
         temporal_layers=1,
         max_frames=4,
-        use_time_embed=framework in ("csimclr_te", "tvrl"),
+        use_time_embed=framework in TIME_AWARE_FRAMEWORKS,
         stem="patch" if framework == "mae" else "conv",
     )
     return TVRLPretraining(enc, framework, **{**SMALL, **kw})
@@ -68,8 +69,27 @@ def test_framework_and_encoder_must_agree():
         TVRLPretraining(enc, "csimclr_te", **SMALL)
     with pytest.raises(ValueError, match="patch"):
         TVRLPretraining(enc, "mae", **SMALL)
+    with pytest.raises(ValueError, match="use_time_embed"):
+        TVRLPretraining(enc, "tvrl_te", **SMALL)
     with pytest.raises(ValueError):
         TVRLPretraining(enc, "simclr", **SMALL)
+    te = SpatioTemporalEncoder(1, 16, 8, 16, 1, 2, temporal_layers=1, max_frames=4, use_time_embed=True)
+    for framework in ("csimclr", "tvrl"):
+        with pytest.raises(ValueError, match="_te"):
+            TVRLPretraining(te, framework, **SMALL)
+
+
+def test_tvrl_defaults_follow_the_reference_run():
+    # the reference's scripts/cardiac.sh: TVRL (mlm) with use_time_embed=False; the -TE variant is tvrl_te
+    assert TIME_AWARE_FRAMEWORKS == ("csimclr_te", "tvrl_te")
+    m = _method("tvrl")
+    assert m.framework == "tvrl" and not m.encoder.temporal.use_time_embed
+    assert _method("tvrl_te").encoder.temporal.use_time_embed
+    # w = 0.5 once the 0-based epoch exceeds 100 (``current_epoch > 100``), 0 up to epoch 100
+    m.set_epoch(100)
+    assert m.current_mlm_weight() == 0.0
+    m.set_epoch(101)
+    assert m.current_mlm_weight() == 0.5
 
 
 def test_tvrl_loss_weight_schedule():
@@ -131,6 +151,17 @@ def test_ltn_orthonormal_directions_and_hand_made_shift():
         ltn.mlp[2].bias.copy_(torch.tensor([1.0, 0.0, 0.0]))
     z = torch.randn(2, 8)
     torch.testing.assert_close(ltn(z, torch.tensor([0.0, 3.0])), z + q[:, 0])
+
+
+def test_ltn_embeds_the_offset_with_a_learnable_time_embedding():
+    # the reference's SimCLR LTN: TimeEmbedding(in_dim, learnable=True), sinusoid -> Linear-SiLU-Linear
+    ltn = LatentTimeNavigation(hidden_size=8, num_directions=3, mlp_hidden=16)
+    assert isinstance(ltn.time_embed, TimeEmbedding) and ltn.time_embed.max_period == 100.0
+    z, dt = torch.randn(2, 8), torch.tensor([1.0, -3.0])
+    a = ltn.mlp(torch.cat([z, ltn.time_embed(dt.abs())], -1))
+    torch.testing.assert_close(ltn(z, dt), z + a @ ltn.basis().T)
+    ltn(z, dt).sum().backward()
+    assert ltn.time_embed.mlp[0].weight.grad is not None
 
 
 def test_ltn_uses_the_time_offset():

@@ -44,6 +44,17 @@ def test_frame_vit_patch_stem_shapes():
     assert vit(torch.zeros(3, 1, 32, 32)).shape == (3, 32)
 
 
+def test_dropout_as_the_reference():
+    # VideoViT: drop_rate 0.1 in the frame blocks, no pos_drop; the temporal ViT_Backbone: drop_rate 0
+    net = SpatioTemporalEncoder(1, 32, 8, 32, 1, 4, max_frames=4)
+    assert not any(isinstance(m, torch.nn.Dropout) for m in net.frame_encoder.children())
+    frame = {m.p for m in net.frame_encoder.blocks.modules() if isinstance(m, torch.nn.Dropout)}
+    temporal = {m.p for m in net.temporal.modules() if isinstance(m, torch.nn.Dropout)}
+    assert frame == {0.1} and temporal == {0.0}
+    switched = SpatioTemporalEncoder(1, 32, 8, 32, 1, 4, max_frames=4, temporal_dropout_rate=0.1)
+    assert {m.p for m in switched.temporal.modules() if isinstance(m, torch.nn.Dropout)} == {0.1}
+
+
 def test_encoder_shapes_and_per_frame_features():
     net = _encoder()
     x = torch.rand(2, 1, 4, 32, 32)

@@ -1,0 +1,54 @@
+"""The TVRL bundles' defaults are the reference run's (Leooo-Shen/tvrl at commit 47f9e17); each test fails if a
+default drifts. Configs are parsed, not run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from monai.bundle import ConfigParser
+
+ROOT = Path(__file__).resolve().parents[2]
+PRETRAIN = ROOT / "bundles" / "tvrl_echo_ssl_pretraining" / "configs"
+PROBE = ROOT / "bundles" / "tvrl_echo_linear_probe" / "configs"
+
+
+def _parser(*paths: Path, **overrides) -> ConfigParser:
+    parser = ConfigParser()
+    parser.read_config([str(p) for p in paths])
+    for k, v in overrides.items():
+        parser[k] = v
+    return parser
+
+
+def test_tvrl_runs_without_time_embedding_and_tvrl_te_with_it():
+    # scripts/cardiac.sh: pretrain_framework=mlm ... use_time_embed=False (TVRL); cSimCLR-TE is the only -TE run
+    p = _parser(PRETRAIN / "train.yaml")
+    assert p["framework"] == "tvrl"
+    expected = {"cvrl": False, "ltn": False, "mae": False, "csimclr": False, "csimclr_te": True}
+    expected.update(tvrl=False, tvrl_te=True)
+    for framework, te in expected.items():
+        p = _parser(PRETRAIN / "train.yaml", framework=framework)
+        assert p.get_parsed_content("use_time_embed") is te, framework
+    assert _parser(PRETRAIN / "train.yaml").get_parsed_content("mlm_start_epoch") == 101  # current_epoch > 100
+
+
+def test_benchmark_lists_tvrl_with_and_without_time_embedding():
+    spec = yaml.safe_load((ROOT / "scripts" / "benchmark_representations.yaml").read_text())["encoders"]
+    frameworks = {n: e.get("overrides", {}).get("framework", "tvrl") for n, e in spec.items() if e["kind"] == "tvrl"}
+    assert frameworks.get("tvrl_ssl") == "tvrl" and frameworks.get("tvrl_te_ssl") == "tvrl_te"
+
+
+def test_probe_warm_up_starts_at_a_tenth_of_the_lr():
+    # models/scheduler.py: LinearWarmupCosineAnnealingLR(warmup_start_lr=lr / 10, eta_min=0), 10 of 100 epochs
+    p = _parser(PROBE / "train.yaml")
+    p["optimizer"] = "$torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)"
+    sched = p.get_parsed_content("train#lr_scheduler")
+    assert (sched.warmup_steps, sched.t_total) == (10, 100)
+    lrs = []
+    for _ in range(100):
+        lrs.append(sched.get_last_lr()[0])
+        sched.optimizer.step()
+        sched.step()
+    assert abs(lrs[0] - 0.1) < 1e-9 and abs(max(lrs) - 1.0) < 1e-9 and lrs[-1] < 1e-3
