@@ -1,7 +1,9 @@
 """``prepare_batch`` callables for MONAI's Ignite engines: host-to-device copy, then the late work on the device.
 
-Clips travel as ``uint8`` (4x less to copy than float32) and are normalised on the device, after the copy
-(DESIGN.md data contract). Nothing here synchronises the host with the device.
+Clips travel as ``uint8`` (4x less to copy than float32) and are normalised on the device, after the copy.
+With ``augment`` set (a :class:`~medssl_monai.transforms.device.DeviceAugmentation`), the training augmentation
+runs there too, on the ``uint8`` batch between the copy and the normalisation, so DataLoader workers only load.
+Nothing here synchronises the host with the device.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 import torch
 from monai.engines.utils import PrepareBatch
 
+from medssl_monai.transforms.device import DeviceAugmentation
 from medssl_monai.transforms.intensity import ECHONET_MEAN, ECHONET_STD, normalize_clip
 from medssl_monai.transforms.masking import mask_frames
 
@@ -38,6 +41,8 @@ class ClipPrepareBatch(PrepareBatch):
         mean: per-channel mean on the [0, 1] scale.
         std: per-channel std on the [0, 1] scale.
         channels_last: use ``torch.channels_last_3d`` memory format (helps cuDNN 3D convolutions on GPUs).
+        augment: training augmentation applied on the device to the ``uint8`` clip (and the label, with the same
+            draw) before normalisation; ``None`` (validation, inference): none.
     """
 
     def __init__(
@@ -48,6 +53,7 @@ class ClipPrepareBatch(PrepareBatch):
         mean: Sequence[float] = ECHONET_MEAN,
         std: Sequence[float] = ECHONET_STD,
         channels_last: bool = False,
+        augment: DeviceAugmentation | None = None,
     ) -> None:
         self.image_key = image_key
         self.label_key = label_key
@@ -55,21 +61,29 @@ class ClipPrepareBatch(PrepareBatch):
         self.mean = tuple(mean)
         self.std = tuple(std)
         self.channels_last = channels_last
+        self.augment = augment
 
-    def _image(self, batchdata: dict, device, non_blocking: bool) -> torch.Tensor:
+    def _copy(self, batchdata: dict, device, non_blocking: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The clip and label on the device, augmented there when ``augment`` is set (still ``uint8``)."""
         x = torch.as_tensor(batchdata[self.image_key]).to(device=device, non_blocking=non_blocking)
+        label = None
+        if self.label_key is not None and self.label_key in batchdata:
+            label = _to(torch.as_tensor(batchdata[self.label_key]), device, non_blocking)
+        if self.augment is not None:
+            x, label = self.augment(x, label)
+        return x, label
+
+    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
         x = normalize_clip(x, self.mean[: x.shape[1]], self.std[: x.shape[1]])
         if self.channels_last and x.ndim == 5:
             x = x.contiguous(memory_format=torch.channels_last_3d)
         return x
 
     def __call__(self, batchdata: dict, device=None, non_blocking: bool = False, **kwargs: Any):
-        inputs = self._image(batchdata, device, non_blocking)
-        targets = None
-        if self.label_key is not None and self.label_key in batchdata:
-            targets = _to(torch.as_tensor(batchdata[self.label_key]), device, non_blocking)
-            if targets.dtype == torch.uint8:
-                targets = targets.float()
+        x, targets = self._copy(batchdata, device, non_blocking)
+        inputs = self._normalize(x)
+        if targets is not None and targets.dtype == torch.uint8:
+            targets = targets.float()
         extra = {}
         if self.index_key is not None:
             extra["index"] = _to(torch.as_tensor(batchdata[self.index_key]), device, non_blocking).long()
@@ -96,8 +110,11 @@ class MaskedClipPrepareBatch(ClipPrepareBatch):
         std: Sequence[float] = ECHONET_STD,
         channels_last: bool = False,
         id_key: str = "video_id",
+        augment: DeviceAugmentation | None = None,
     ) -> None:
-        super().__init__(image_key=image_key, label_key=None, mean=mean, std=std, channels_last=channels_last)
+        super().__init__(
+            image_key=image_key, label_key=None, mean=mean, std=std, channels_last=channels_last, augment=augment
+        )
         self.mask_ratio = mask_ratio
         self.target_channels = target_channels
         self.seed = seed
@@ -115,7 +132,7 @@ class MaskedClipPrepareBatch(ClipPrepareBatch):
         return gen
 
     def __call__(self, batchdata: dict, device=None, non_blocking: bool = False, **kwargs: Any):
-        x = torch.as_tensor(batchdata[self.image_key]).to(device=device, non_blocking=non_blocking)
+        x, _ = self._copy(batchdata, device, non_blocking)  # augmented first, when `augment` is set
         gen = self._generator(batchdata, x.device)
         masked, _ = mask_frames(x, self.mask_ratio, generator=gen)
         c = x.shape[1]

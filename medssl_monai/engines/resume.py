@@ -19,9 +19,11 @@
    masks and dropout are the ones the uninterrupted run used.
 
 Exactness holds on the CPU with ``num_workers=0`` or non-persistent workers (workers are re-seeded per epoch
-from the reseeded torch RNG; the bundles' default is ``persistent_workers: false`` for this reason). With
-``persistent_workers=True`` the workers' transform RNGs carry over epochs and are not in the checkpoint: the data
-order is still exact, augmentation draws after a resume are not.
+from the reseeded torch RNG). With ``persistent_workers=True`` the workers' transform RNGs carry over epochs and
+are not in the checkpoint: the data order is still exact, augmentation draws after a resume are not, unless the
+workers hold no such state: per-sample seeded windows (:class:`~medssl_monai.data.seeded.SeededSamples`) and the
+augmentation on the device (:class:`~medssl_monai.transforms.device.DeviceAugmentation` in ``save_dict``), as
+the UniLVSeg bundles do.
 """
 
 from __future__ import annotations

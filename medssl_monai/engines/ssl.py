@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
@@ -84,10 +85,12 @@ class SetEpochHandler:
     """At every epoch start call ``method.set_epoch(engine.state.epoch - 1)`` (0-based; DDP unwrapped).
 
     Methods whose loss depends on the epoch use it: TVRL's masked-prediction weight schedule, DISCOVR's teacher
-    temperature warm-up.
+    temperature warm-up. Anything else with ``set_epoch`` works too, e.g. a
+    :class:`~medssl_monai.data.seeded.SeededSamples` training dataset (it runs before the epoch's DataLoader
+    iterator is created).
     """
 
-    def __init__(self, method: nn.Module) -> None:
+    def __init__(self, method: nn.Module | Any) -> None:
         self.method = method.module if hasattr(method, "module") else method
 
     def attach(self, engine: Engine) -> None:

@@ -346,6 +346,7 @@ def monailabel_train_transforms(
     augment: bool = True,
     jitter_prob: float = 0.5,
     clahe_prob: float = 0.5,
+    augment_on: str = "workers",
 ) -> Compose:
     """Training on MONAI Label's ``{"image", "label"}`` NIfTI pairs: the UniLVSeg traced-frame sample.
 
@@ -353,7 +354,10 @@ def monailabel_train_transforms(
     to ``spatial_size`` (the bundle's ``resize_to``) and applies SimLVSeg's augmentation as
     :func:`~medssl_monai.transforms.presets.unilvseg_train_transforms` does. Outputs what the bundle's
     ``train#prepare_batch`` expects: ``uint8`` clip, ``1 x crop x crop`` mask and ``target_index``.
+    ``augment_on="device"`` leaves the augmentation, pad and crop to the trainer's ``prepare_batch``.
     """
+    if augment_on not in ("workers", "device"):
+        raise ValueError(f"augment_on must be 'workers' or 'device', got {augment_on!r}")
     keys = [image_key, label_key]
     ts: list = [
         _load(keys),
@@ -361,9 +365,9 @@ def monailabel_train_transforms(
     ]
     if spatial_size is not None:
         ts.append(_resize(keys, spatial_size, image_key))
-    if augment:
+    if augment and augment_on == "workers":
         ts += simlvseg_augmentation(image_key, label_key, crop=crop, jitter_prob=jitter_prob, clahe_prob=clahe_prob)
-    else:
+    elif not augment:
         ts.append(ClipConsistentd(ResizeWithPadOrCropd(keys=keys, spatial_size=(crop, crop)), keys, (image_key,)))
     return Compose(ts)
 

@@ -8,9 +8,12 @@ SimLVSeg (``simlvseg/augmentation.py``) trains with, all frames and the tracing 
     A.PadIfNeeded(124, 124, border_mode=BORDER_CONSTANT, value=0)
     A.RandomCrop(112, 112)
 
-and evaluates on a window centred on the traced frame with no augmentation. The chains below end with the
-image still ``uint8`` ``C x T x H x W``: normalisation (:func:`~medssl_monai.transforms.intensity.normalize_clip`
-with ``ECHONET_MEAN``/``ECHONET_STD``) happens on the batch, on the device, in ``prepare_batch``.
+and evaluates on a window centred on the traced frame with no augmentation. With ``augment_on="device"`` the
+training chains only load (window, mask, optional resize) and leave the augmentation, pad and crop to
+:class:`~medssl_monai.transforms.device.DeviceAugmentation` on the batch in ``prepare_batch``. The chains below end
+with the image still ``uint8`` ``C x T x H x W``: normalisation
+(:func:`~medssl_monai.transforms.intensity.normalize_clip` with ``ECHONET_MEAN``/``ECHONET_STD``) happens on the
+batch, on the device, in ``prepare_batch``.
 
 Example (bundle YAML)::
 
@@ -53,6 +56,13 @@ def _resize(keys: list[str], spatial_size: int | Sequence[int], time_keys: tuple
 def _center_pad_or_crop(keys: list[str], crop: int, time_keys: tuple[str, ...]) -> ClipConsistentd:
     # the deterministic counterpart of pad + random crop: same output size, same pixel scale
     return ClipConsistentd(ResizeWithPadOrCropd(keys=keys, spatial_size=(crop, crop)), keys=keys, time_keys=time_keys)
+
+
+def _check_augment_on(augment_on: str) -> bool:
+    """``True`` when the augmentation runs in the workers (``"workers"``), ``False`` for ``"device"``."""
+    if augment_on not in ("workers", "device"):
+        raise ValueError(f"augment_on must be 'workers' or 'device', got {augment_on!r}")
+    return augment_on == "workers"
 
 
 def simlvseg_augmentation(
@@ -111,6 +121,7 @@ def unilvseg_train_transforms(
     clahe_prob: float = 0.5,
     spatial_size: int | Sequence[int] | None = None,
     augment: bool = True,
+    augment_on: str = "workers",
 ) -> Compose:
     """Weakly supervised training on traced items (SimLVSeg ``Seg3DDataset`` with ``test=False``).
 
@@ -130,7 +141,10 @@ def unilvseg_train_transforms(
         jitter_prob, clahe_prob: probabilities of colour jitter and CLAHE.
         spatial_size: resize frames and mask to this size right after loading (non-112 sources such as CAMUS).
         augment: ``False`` replaces the augmentation by a centre pad-or-crop to ``crop`` (ablations).
+        augment_on: ``"workers"`` augments here; ``"device"`` stops after loading (frames and mask at their loaded
+            size) for :class:`~medssl_monai.transforms.device.DeviceAugmentation` in ``prepare_batch``.
     """
+    in_workers = _check_augment_on(augment_on)
     ts: list = [
         LoadClipd(
             keys=image_key,
@@ -148,9 +162,9 @@ def unilvseg_train_transforms(
     keys = [image_key, label_key]
     if spatial_size is not None:
         ts.append(_resize(keys, spatial_size, (image_key,)))
-    if augment:
+    if augment and in_workers:
         ts += simlvseg_augmentation(image_key, label_key, rotate_degrees, pad, crop, jitter_prob, clahe_prob)
-    else:
+    elif not augment:
         ts.append(_center_pad_or_crop(keys, crop, (image_key,)))
     return Compose(ts)
 
@@ -215,14 +229,17 @@ def ssl_clip_transforms(
     clahe_prob: float = 0.5,
     spatial_size: int | Sequence[int] | None = None,
     augment: bool = True,
+    augment_on: str = "workers",
 ) -> Compose:
     """Self-supervised pretraining clips (SimLVSeg ``Seg3DSSLMaskingDataset``): a random window, the same
     augmentation as :func:`unilvseg_train_transforms`, no mask. Temporal masking follows separately (on the
     device, before normalisation).
 
     ``augment=False`` (validation) replaces the augmentation by a centre pad-or-crop to ``crop``; ``mode="start"``
-    makes the window deterministic too.
+    makes the window deterministic too. ``augment_on="device"`` stops after loading (and resizing): the
+    augmentation then runs in ``prepare_batch`` (:class:`~medssl_monai.transforms.device.DeviceAugmentation`).
     """
+    in_workers = _check_augment_on(augment_on)
     ts: list = [
         LoadClipd(
             keys=image_key,
@@ -237,9 +254,9 @@ def ssl_clip_transforms(
     ]
     if spatial_size is not None:
         ts.append(_resize([image_key], spatial_size, (image_key,)))
-    if augment:
+    if augment and in_workers:
         ts += simlvseg_augmentation(image_key, None, rotate_degrees, pad, crop, jitter_prob, clahe_prob)
-    else:
+    elif not augment:
         ts.append(_center_pad_or_crop([image_key], crop, (image_key,)))
     return Compose(ts)
 

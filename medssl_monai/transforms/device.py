@@ -1,0 +1,574 @@
+"""SimLVSeg's training augmentation, batched on the device (``prepare_batch``), with explicit random draws.
+
+The worker-side chain (:func:`~medssl_monai.transforms.presets.simlvseg_augmentation`: colour jitter, CLAHE,
+rotation, pad, random crop; one draw per clip for all frames and the mask) costs most of a DataLoader worker's time
+per sample. Here the same operations run on a ``uint8`` batch ``B x C x T x H x W`` already on the device, after the
+host-to-device copy and before normalisation:
+
+- :func:`sample_params` draws every random quantity of a batch from a CPU ``torch.Generator`` with the
+  distributions of the worker transforms (apply with probability ``p``; factors uniform in their ranges; a random
+  order of the four jitter operations; a CLAHE clip limit uniform in ``[1, 4]``; an angle uniform in
+  ``+-rotate_degrees``; crop offsets uniform over the padded frame);
+- :func:`color_jitter`, :func:`clahe` and :func:`rotate_pad_crop` apply explicitly given per-sample parameters, so
+  each can be checked against the worker path with the same draw;
+- :class:`DeviceAugmentation` chains them and owns the generator; its ``state_dict`` goes into ``resume.pt``.
+
+Nothing here reads a device value on the host: the draws are made on the host, copied once per batch
+(``non_blocking``), and the subset of clips that gets CLAHE is selected with host-side indices.
+
+Grey frames: echo clips are grey stored as RGB (equal channels). With ``grey=True`` (the default) channel 0 is
+taken as the grey value, so saturation and hue are identities (as in the worker path for grey clips) and CLAHE
+works on OpenCV's LAB lightness of the grey value through two exact lookup tables. ``grey=False`` jitters true
+colour clips (saturation and hue approximate OpenCV's 8-bit HSV to within a few grey levels); CLAHE then needs
+1-channel clips.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "AugmentParams",
+    "sample_params",
+    "color_jitter",
+    "clahe",
+    "rotate_pad_crop",
+    "pad_crop_geometry",
+    "DeviceAugmentation",
+]
+
+
+@dataclass
+class AugmentParams:
+    """Per-sample parameters of one batch (host tensors, leading dimension ``B``).
+
+    Attributes:
+        jitter: apply colour jitter (``bool``).
+        brightness, contrast, saturation: multiplicative factors (``float64``).
+        hue: hue shift as a fraction of the circle (``float64``).
+        order: ``B x 4`` permutation of brightness, contrast, saturation, hue (``int64``).
+        clahe: apply CLAHE (``bool``).
+        clip_limit: CLAHE clip limit (``float64``).
+        angle: rotation angle in radians (``float64``), MONAI ``Rotate``'s sign convention.
+        offset: ``B x 2`` crop start (row, column) in the padded frame (``int64``).
+    """
+
+    jitter: torch.Tensor
+    brightness: torch.Tensor
+    contrast: torch.Tensor
+    saturation: torch.Tensor
+    hue: torch.Tensor
+    order: torch.Tensor
+    clahe: torch.Tensor
+    clip_limit: torch.Tensor
+    angle: torch.Tensor
+    offset: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.angle.shape[0])
+
+    def select(self, index: Sequence[int] | torch.Tensor) -> AugmentParams:
+        """The parameters of the samples ``index`` (tests compare one clip at a time)."""
+        idx = torch.as_tensor(index, dtype=torch.long)
+        return AugmentParams(**{f.name: getattr(self, f.name)[idx] for f in fields(self)})
+
+
+def pad_crop_geometry(size: int, crop: int, pad: int) -> tuple[int, int]:
+    """``(pad_before, max_offset)`` of MONAI's ``SpatialPad`` to ``pad`` then ``RandSpatialCrop`` to ``crop``.
+
+    ``SpatialPad`` pads symmetrically (the extra pixel after) only when ``size < pad``; the crop start is then
+    uniform over ``0..max_offset``.
+    """
+    padded = max(size, pad)
+    if padded < crop:
+        raise ValueError(f"frame size {size} padded to {padded} is smaller than the crop {crop}")
+    return (padded - size) // 2, padded - crop
+
+
+def _uniform(n: int, lo: float, hi: float, gen: torch.Generator) -> torch.Tensor:
+    return lo + (hi - lo) * torch.rand(n, generator=gen, dtype=torch.float64)
+
+
+def sample_params(
+    batch_size: int,
+    frame_size: tuple[int, int],
+    generator: torch.Generator,
+    crop: int = 112,
+    pad: int | None = None,
+    rotate_degrees: float = 20.0,
+    brightness: tuple[float, float] = (0.8, 1.2),
+    contrast: tuple[float, float] = (0.8, 1.2),
+    saturation: tuple[float, float] = (0.8, 1.2),
+    hue: tuple[float, float] = (-0.2, 0.2),
+    jitter_prob: float = 0.5,
+    clip_limit: tuple[float, float] = (1.0, 4.0),
+    clahe_prob: float = 0.5,
+) -> AugmentParams:
+    """Draw one batch of augmentation parameters from ``generator`` (a CPU generator).
+
+    The distributions are those of the worker transforms (``RandClipColorJitterd``, ``RandClipCLAHEd``,
+    ``RandRotated``, ``SpatialPadd`` + ``RandSpatialCropd``); only the random stream differs.
+
+    Args:
+        batch_size: number of clips.
+        frame_size: ``(H, W)`` of the frames before augmentation.
+        generator: the source of randomness.
+        crop, pad: output size, and the size frames are padded to first (``None``: ``crop + 12``).
+        rotate_degrees: angles are uniform in ``+-rotate_degrees``.
+        brightness, contrast, saturation, hue: ``(min, max)`` of the uniform jitter factors.
+        jitter_prob, clahe_prob: probabilities of jitter and CLAHE.
+        clip_limit: ``(min, max)`` of the uniform CLAHE clip limit.
+    """
+    n, g = int(batch_size), generator
+    pad = crop + 12 if pad is None else pad
+    before_h, max_h = pad_crop_geometry(frame_size[0], crop, pad)
+    before_w, max_w = pad_crop_geometry(frame_size[1], crop, pad)
+    half = math.radians(rotate_degrees)
+    return AugmentParams(
+        jitter=torch.rand(n, generator=g, dtype=torch.float64) < jitter_prob,
+        brightness=_uniform(n, *brightness, g),
+        contrast=_uniform(n, *contrast, g),
+        saturation=_uniform(n, *saturation, g),
+        hue=_uniform(n, *hue, g),
+        order=torch.argsort(torch.rand(n, 4, generator=g), dim=1),
+        clahe=torch.rand(n, generator=g, dtype=torch.float64) < clahe_prob,
+        clip_limit=_uniform(n, *clip_limit, g),
+        angle=_uniform(n, -half, half, g),
+        offset=torch.stack(
+            [torch.randint(0, max_h + 1, (n,), generator=g), torch.randint(0, max_w + 1, (n,), generator=g)], 1
+        ),
+    )
+
+
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small host tensor on ``device`` without a host-device sync (pinned, asynchronous copy on CUDA)."""
+    if device.type == "cpu":
+        return t
+    if device.type == "cuda":
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
+
+
+# --------------------------------------------------------------------------------------------- colour jitter
+
+
+def _gray_u8(x: torch.Tensor) -> torch.Tensor:
+    """OpenCV ``RGB2GRAY`` of ``... x 3 x H x W`` integer values (fixed point, rounded), as ``int32``."""
+    r, g, b = (x[..., i, :, :].to(torch.int32) for i in range(3))
+    return (r * 4899 + g * 9617 + b * 1868 + 8192) >> 14
+
+
+def _grey_jitter_luts(x0: torch.Tensor, p: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """The composed per-frame lookup table of the jitter of grey frames ``x0`` (``B x T x H x W``).
+
+    Brightness and contrast are lookup tables of the current value (contrast's needs the frame mean, which the
+    frame histogram gives for any earlier table), saturation and hue leave grey unchanged, so the whole jitter is
+    one table per frame, computed in ``float64`` like albumentations' numpy tables.
+    """
+    b, t = x0.shape[:2]
+    hist = torch.zeros(b * t, 256, dtype=torch.float64, device=x0.device)
+    ones = torch.ones(1, dtype=torch.float64, device=x0.device).expand(b * t, x0[0, 0].numel())
+    hist.scatter_add_(1, x0.reshape(b * t, -1).long(), ones)
+    hist = hist.reshape(b, t, 256)
+    npix = float(x0[0, 0].numel())
+    lut = torch.arange(256, dtype=torch.float64, device=x0.device).expand(b, t, 256)
+    fb, fc = p["brightness"][:, None, None], p["contrast"][:, None, None]
+    for step in range(4):
+        op = p["order"][:, step][:, None, None]
+        bright = (lut * fb).clamp(0, 255).trunc()
+        mean = (hist * lut).sum(-1, keepdim=True) / npix
+        contr = (lut * fc + mean * (1 - fc)).clamp(0, 255).trunc()
+        lut = torch.where(op == 0, bright, torch.where(op == 1, contr, lut))
+    return lut
+
+
+def _saturation(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    """``cv2.addWeighted(frame, f, gray, 1 - f, 0)`` on ``B x 3 x T x H x W`` floats holding integers."""
+    gray = _gray_u8(x.transpose(1, 2))[:, None].float()  # B x 1 x T x H x W, rounded to uint8 as OpenCV
+    alpha, beta = f.float(), (1 - f).float()  # OpenCV takes both weights as doubles, converts each to float
+    # one fused multiply-add over the float32 product of the grey term, as OpenCV's SIMD loop
+    return (x.double() * alpha.double() + (gray * beta).double()).float().round().clamp(0, 255)
+
+
+def _hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Rotate hue by ``shift`` (fraction of the circle) on ``B x 3 x T x H x W`` floats holding integers.
+
+    OpenCV's 8-bit HSV: hue quantised to 180 steps and saturation to 256 before the shift (its fixed-point
+    tables), the way back in ``float32`` and truncated (OpenCV 5; OpenCV 4 rounds: within 1 level).
+    """
+    xi = x.to(torch.int64)
+    r, g, b = xi[:, 0], xi[:, 1], xi[:, 2]
+    v, vmin = xi.max(1).values, xi.min(1).values
+    diff = v - vmin
+    # OpenCV's fixed-point RGB2HSV (8-bit): reciprocal tables scaled by 2**12, rounded
+    i = torch.arange(256, dtype=torch.float64, device=x.device).clamp(min=1)
+    sdiv = torch.where(i > 0, (255 * 4096 / i).round(), i).long()
+    hdiv = (180 * 4096 / (6 * i)).round().long()
+    sdiv[0], hdiv[0] = 0, 0
+    s = (diff * sdiv[v] + 2048) >> 12
+    num = torch.where(v == r, g - b, torch.where(v == g, b - r + 2 * diff, r - g + 4 * diff))
+    h = (num * hdiv[diff] + 2048) >> 12
+    h = torch.where(h < 0, h + 180, h).float()
+    h = (h + (180 * shift.float())[:, None, None, None]).floor() % 180  # albumentations' uint8 hue table
+    # OpenCV's HSV2RGB (8-bit): floats on [0, 1], hue sector 0..5, truncated back to 8 bits
+    v, s = v.float() * (1.0 / 255), s.float() * (1.0 / 255)
+    hh = h * (6.0 / 180)
+    i = hh.floor()
+    fr = hh - i
+    p_ = v * (1 - s)
+    q = v * (1 - s * fr)
+    t = v * (1 - s * (1 - fr))
+    i = i.long() % 6
+    out_r = torch.stack([v, q, p_, p_, t, v], 0).gather(0, i[None]).squeeze(0)
+    out_g = torch.stack([t, v, v, q, p_, p_], 0).gather(0, i[None]).squeeze(0)
+    out_b = torch.stack([p_, p_, t, v, v, q], 0).gather(0, i[None]).squeeze(0)
+    return (torch.stack([out_r, out_g, out_b], 1) * 255).floor().clamp(0, 255)
+
+
+def color_jitter(
+    x: torch.Tensor, params: AugmentParams | Mapping[str, torch.Tensor], grey: bool = True
+) -> torch.Tensor:
+    """albumentations ``ColorJitter`` with one draw per clip, on a ``uint8`` batch ``B x C x T x H x W``.
+
+    Matches :class:`~medssl_monai.transforms.intensity.RandClipColorJitterd` for the same factors and order:
+    exactly for grey clips (``grey=True``: channel 0 is the grey value; 1-channel clips, or RGB with equal
+    channels), to within rounding for true colour (``grey=False``, 3 channels).
+
+    Args:
+        x: the batch on any device.
+        params: ``jitter``, ``brightness``, ``contrast``, ``saturation``, ``hue``, ``order`` (host or ``x``'s device).
+        grey: whether the clips are grey.
+    """
+    flags = torch.as_tensor(_get(params, "jitter")).cpu()
+    idx_host = torch.nonzero(flags).reshape(-1)
+    if idx_host.numel() == 0:
+        return x
+    c = x.shape[1]
+    if not grey and c != 3:
+        raise ValueError(f"colour jitter needs 1 or 3 channels, got {c}")
+    # only the jittered clips are computed, picked with host-side indices (no device read)
+    p = {k: _to_device(torch.as_tensor(_get(params, k)).cpu()[idx_host], x.device) for k in _JITTER_KEYS[1:]}
+    idx = _to_device(idx_host, x.device)
+    sub = x.index_select(0, idx)
+    b, _, t, h, w = sub.shape
+    if grey or c == 1:  # one table per frame, looked up once and shared by the (equal) channels
+        lut = _grey_jitter_luts(sub[:, 0], p).to(torch.uint8)
+        out = torch.gather(lut, 2, sub[:, 0].reshape(b, t, h * w).long()).reshape(b, 1, t, h, w)
+        return x.index_copy(0, idx, out.expand(b, c, t, h, w).contiguous())
+    out = sub.float()
+    fb, fc = (p[k][:, None, None, None, None] for k in ("brightness", "contrast"))
+    fs, fh = p["saturation"][:, None, None, None, None], p["hue"][:, None, None, None, None]
+    for step in range(4):
+        op = p["order"][:, step][:, None, None, None, None]
+        bright = (out.double() * fb).clamp(0, 255).trunc().float()
+        mean = _gray_u8(out.transpose(1, 2).to(torch.int32)).double().mean((-2, -1))[:, None, :, None, None]
+        contr = (out.double() * fc + mean * (1 - fc)).clamp(0, 255).trunc().float()
+        # albumentations skips the neutral factors (its round trips are not exact identities)
+        sat = torch.where(fs == 1, out, _saturation(out, fs))
+        hue = torch.where(fh == 0, out, _hue(out, p["hue"]))
+        out = torch.where(op == 0, bright, torch.where(op == 1, contr, torch.where(op == 2, sat, hue)))
+    return x.index_copy(0, idx, out.to(torch.uint8))
+
+
+_JITTER_KEYS = ("jitter", "brightness", "contrast", "saturation", "hue", "order")
+
+
+def _get(params: AugmentParams | Mapping[str, torch.Tensor], key: str) -> Any:
+    return params[key] if isinstance(params, Mapping) else getattr(params, key)
+
+
+# ------------------------------------------------------------------------------------------------------ CLAHE
+
+
+@functools.lru_cache(maxsize=1)
+def _grey_lab_tables() -> tuple[torch.Tensor, torch.Tensor]:
+    """OpenCV's 8-bit LAB lightness of each grey value (``256``) and the RGB of each neutral lightness (``256 x 3``)."""
+    from medssl_monai.transforms.intensity import _grey_lab_luts
+
+    luts = _grey_lab_luts()
+    if luts is None:  # an OpenCV whose LAB keeps grey off-neutral: fall back to the identity round trip
+        ident = np.arange(256, dtype=np.uint8)
+        return torch.from_numpy(ident), torch.from_numpy(np.repeat(ident[:, None], 3, 1))
+    to_l, from_l = luts
+    return torch.from_numpy(to_l.astype(np.uint8)), torch.from_numpy(np.ascontiguousarray(from_l))
+
+
+def _clahe_frames(frames: torch.Tensor, limits: torch.Tensor, tiles: tuple[int, int]) -> torch.Tensor:
+    """OpenCV ``CLAHE.apply`` on ``N x H x W`` integer frames, each with its own integer histogram clip limit.
+
+    ``limits`` are clip limits as given to ``cv2.createCLAHE`` (``N``, ``float64``). OpenCV's algorithm: frames
+    whose size is not a multiple of the tile grid are extended (reflect-101, bottom and right) for the
+    histograms; per tile a 256-bin histogram, clipped at ``max(int(limit * tile_area / 256), 1)``, the clipped
+    count spread evenly with the remainder on every ``256 // remainder``-th bin, its cumulative sum scaled by
+    ``255 / tile_area`` and rounded; each pixel interpolates bilinearly between the tables of its four nearest
+    tile centres (in ``float32``, as OpenCV).
+    """
+    n, h, w = frames.shape
+    ty_n, tx_n = tiles
+    dev = frames.device
+    src = frames.long()
+    if h % ty_n or w % tx_n:
+        ext = F.pad(src[:, None].float(), (0, tx_n - w % tx_n, 0, ty_n - h % ty_n), mode="reflect")[:, 0].long()
+    else:
+        ext = src
+    th, tw = ext.shape[1] // ty_n, ext.shape[2] // tx_n
+    ext = ext[:, : th * ty_n, : tw * tx_n]
+    area = th * tw
+    # histograms: one scatter-add over every pixel into N x tiles x 256 bins
+    tile_row = (torch.arange(th * ty_n, device=dev) // th)[:, None]
+    tile_col = (torch.arange(tw * tx_n, device=dev) // tw)[None, :]
+    bins = ((tile_row * tx_n + tile_col) * 256)[None] + ext
+    hist = torch.zeros(n, ty_n * tx_n * 256, dtype=torch.int32, device=dev)
+    hist.scatter_add_(1, bins.reshape(n, -1), torch.ones(1, dtype=torch.int32, device=dev).expand(n, bins[0].numel()))
+    hist = hist.reshape(n, ty_n * tx_n, 256)
+    # clip and redistribute (integer arithmetic as OpenCV)
+    limit = (limits * area / 256).to(torch.int64).clamp(min=1).to(torch.int32)[:, None, None]
+    clipped = (hist - limit).clamp(min=0).sum(-1, keepdim=True)
+    hist = hist.clamp(max=limit) + clipped // 256
+    residual = clipped % 256
+    step = (256 // residual.clamp(min=1)).clamp(min=1)
+    i = torch.arange(256, device=dev, dtype=torch.int32)
+    hist = hist + ((i % step == 0) & (i // step < residual)).to(torch.int32)
+    scale = float(np.float32(255) / np.float32(area))  # OpenCV's float lutScale, as a Python number: no copy
+    lut = (hist.cumsum(-1).float() * scale).round().clamp(0, 255).reshape(n, -1)
+    # bilinear interpolation between the four nearest tile tables (float32, OpenCV's expressions)
+
+    def axis(size: int, tile: int, count: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        inv = float(np.float32(1) / np.float32(tile))
+        pos = torch.arange(size, dtype=torch.float32, device=dev) * inv - 0.5
+        lo = pos.floor()
+        frac = pos - lo
+        lo = lo.long()
+        return lo.clamp(min=0), (lo + 1).clamp(max=count - 1), frac
+
+    y1, y2, ya = axis(h, th, ty_n)
+    x1, x2, xa = axis(w, tw, tx_n)
+    ya, xa = ya[:, None], xa[None, :]
+    ya1, xa1 = 1.0 - ya, 1.0 - xa
+    v = src.reshape(n, h, w)
+
+    def look(ty: torch.Tensor, tx: torch.Tensor) -> torch.Tensor:
+        idx = ((ty[:, None] * tx_n + tx[None, :]) * 256)[None] + v
+        return torch.gather(lut, 1, idx.reshape(n, -1)).reshape(n, h, w)
+
+    res = (look(y1, x1) * xa1 + look(y1, x2) * xa) * ya1 + (look(y2, x1) * xa1 + look(y2, x2) * xa) * ya
+    return res.round().clamp(0, 255).to(torch.uint8)
+
+
+def clahe(
+    x: torch.Tensor,
+    params: AugmentParams | Mapping[str, torch.Tensor],
+    tile_grid_size: tuple[int, int] = (8, 8),
+    grey: bool = True,
+) -> torch.Tensor:
+    """albumentations ``CLAHE`` with one clip limit per clip on the clips whose ``clahe`` flag is set.
+
+    Matches :class:`~medssl_monai.transforms.intensity.RandClipCLAHEd` (OpenCV CLAHE on every frame; RGB: on the
+    LAB lightness) to within a grey level at a few pixels. Only the flagged clips are computed; the flags must be
+    a host tensor (they pick the clips without reading the device).
+
+    Args:
+        x: ``uint8`` batch ``B x C x T x H x W``, ``C`` 1, or 3 with equal channels (``grey``).
+        params: ``clahe`` (host ``bool``) and ``clip_limit``.
+        tile_grid_size: tiles ``(rows, cols)``.
+        grey: 3-channel clips are grey stored as RGB (required for ``C == 3``).
+    """
+    flags = torch.as_tensor(_get(params, "clahe")).cpu()
+    idx_host = torch.nonzero(flags).reshape(-1)
+    if idx_host.numel() == 0:
+        return x
+    c = x.shape[1]
+    if c == 3 and not grey:
+        raise NotImplementedError("CLAHE on the device needs grey clips (1 channel, or 3 equal channels)")
+    if c not in (1, 3):
+        raise ValueError(f"CLAHE needs 1 or 3 channels, got {c}")
+    idx = _to_device(idx_host, x.device)
+    limits = _to_device(torch.as_tensor(_get(params, "clip_limit"), dtype=torch.float64).cpu()[idx_host], x.device)
+    sub = x.index_select(0, idx)
+    b, _, t, h, w = sub.shape
+    frames = sub[:, 0].reshape(b * t, h, w)
+    if c == 3:  # grey stored as RGB: CLAHE on OpenCV's LAB lightness, exact through two tables
+        to_l, from_l = (_to_device(tab, x.device) for tab in _grey_lab_tables())
+        frames = to_l[frames.long()]
+    out = _clahe_frames(frames, limits.repeat_interleave(t), tuple(tile_grid_size))
+    if c == 3:  # LAB -> RGB of a grey lightness is not always exactly grey: one table per channel
+        out = from_l[out.long()].reshape(b, t, h, w, 3).permute(0, 4, 1, 2, 3)
+    else:
+        out = out.reshape(b, 1, t, h, w)
+    return x.index_copy(0, idx, out.contiguous())
+
+
+# ---------------------------------------------------------------------------------- rotation, pad, random crop
+
+
+def rotate_pad_crop(
+    x: torch.Tensor,
+    params: AugmentParams | Mapping[str, torch.Tensor],
+    crop: int,
+    pad: int | None = None,
+    mode: str = "bilinear",
+) -> torch.Tensor:
+    """MONAI ``RandRotated`` (keep size, zero fill) + ``SpatialPadd`` to ``pad`` + ``RandSpatialCropd`` to ``crop``.
+
+    One ``grid_sample`` per call: each output pixel of the crop is traced back through the crop offset and the
+    padding to the rotated frame (zero outside it, as the padding), then through the rotation about the frame
+    centre ``(size - 1) / 2`` (MONAI ``Rotate``'s convention, ``align_corners=False``) into the input.
+
+    Args:
+        x: ``B x C x T x H x W`` clips or ``B x C x H x W`` masks, ``uint8`` or float, on any device.
+        params: ``angle`` (radians) and ``offset`` (``B x 2`` row, column in the padded frame).
+        crop: output size; ``pad``: padded size (``None``: ``crop + 12``).
+        mode: ``"bilinear"`` (frames) or ``"nearest"`` (masks).
+
+    Returns:
+        ``B x C [x T] x crop x crop`` in ``x``'s dtype (``uint8``: rounded and clipped, as the worker path).
+    """
+    pad = crop + 12 if pad is None else pad
+    shape = x.shape
+    b, h, w = shape[0], shape[-2], shape[-1]
+    before_h, _ = pad_crop_geometry(h, crop, pad)
+    before_w, _ = pad_crop_geometry(w, crop, pad)
+    dev = x.device
+    angle = _to_device(torch.as_tensor(_get(params, "angle"), dtype=torch.float64), dev).float()
+    offset = _to_device(torch.as_tensor(_get(params, "offset"), dtype=torch.int64), dev)
+    cos, sin = angle.cos()[:, None, None], angle.sin()[:, None, None]
+    # crop pixel -> rotated-frame pixel (row q_r, column q_c)
+    q_r = (torch.arange(crop, device=dev)[None, :, None] + offset[:, 0, None, None] - before_h).float()
+    q_c = (torch.arange(crop, device=dev)[None, None, :] + offset[:, 1, None, None] - before_w).float()
+    inside = (q_r >= 0) & (q_r <= h - 1) & (q_c >= 0) & (q_c <= w - 1)
+    cr, cc = (h - 1) / 2.0, (w - 1) / 2.0
+    dr, dc = q_r - cr, q_c - cc
+    # MONAI Rotate samples input (row, col) = R(angle) @ output offset from the centre, R = [[cos, -sin], [sin, cos]]
+    row_in = cos * dr - sin * dc + cr
+    col_in = sin * dr + cos * dc + cc
+    gx = (2 * col_in + 1) / w - 1
+    gy = (2 * row_in + 1) / h - 1
+    far = torch.full_like(gx, -4.0)  # outside the rotated frame: the zero padding
+    grid = torch.stack([torch.where(inside, gx, far), torch.where(inside, gy, far)], -1)
+    flat = x.reshape(b, -1, h, w)
+    src = flat if flat.is_floating_point() else flat.float()
+    out = F.grid_sample(src, grid.to(src.dtype), mode=mode, padding_mode="zeros", align_corners=False)
+    out = out.reshape(*shape[:-2], crop, crop)
+    if x.dtype == torch.uint8:
+        return out.round().clamp(0, 255).to(torch.uint8)
+    return out.to(x.dtype)
+
+
+# ------------------------------------------------------------------------------------------- the trainer part
+
+
+def _stream_seed(seed: int, step: int, rank: int) -> int:
+    return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(step), int(rank)]).generate_state(1)[0])
+
+
+class DeviceAugmentation:
+    """SimLVSeg's augmentation (colour jitter, CLAHE, rotation, pad, random crop) on a device batch.
+
+    Call it on the ``uint8`` batch after the host-to-device copy and before normalisation (a ``prepare_batch``
+    with ``augment`` set does). Every frame of a clip and its mask share one draw. The draws come from a CPU
+    ``torch.Generator`` that this object owns, seeded for each batch from ``(seed, step, rank)``: the state is the
+    step counter, which :meth:`state_dict` returns for ``resume.pt``, so a resumed run (on every DDP rank, each with
+    its own stream) continues with the draws of the uninterrupted run whatever the DataLoader workers did.
+
+    Args:
+        crop, pad: output size and pad-if-needed size (``None``: ``crop + 12``, SimLVSeg's 124 at 112).
+        rotate_degrees: rotation range (+-degrees).
+        brightness, contrast, saturation, hue: albumentations ``ColorJitter`` values (factors ``1 +- v``; hue
+            ``+- v``).
+        jitter_prob: probability of colour jitter.
+        clip_limit: CLAHE clip limit upper bound (drawn uniformly in ``[1, clip_limit]``).
+        tile_grid_size: CLAHE tiles.
+        clahe_prob: probability of CLAHE.
+        seed: the run's seed.
+        grey: clips are grey (1 channel, or RGB with equal channels: echo).
+    """
+
+    def __init__(
+        self,
+        crop: int = 112,
+        pad: int | None = None,
+        rotate_degrees: float = 20.0,
+        brightness: float = 0.2,
+        contrast: float = 0.2,
+        saturation: float = 0.2,
+        hue: float = 0.2,
+        jitter_prob: float = 0.5,
+        clip_limit: float = 4.0,
+        tile_grid_size: Sequence[int] = (8, 8),
+        clahe_prob: float = 0.5,
+        seed: int = 0,
+        grey: bool = True,
+    ) -> None:
+        from medssl_monai.transforms.intensity import _factor_range
+
+        inf = float("inf")
+        self.crop = int(crop)
+        self.pad = self.crop + 12 if pad is None else int(pad)
+        self.ranges = {
+            "brightness": _factor_range(brightness, "brightness", 1.0, (0.0, inf)),
+            "contrast": _factor_range(contrast, "contrast", 1.0, (0.0, inf)),
+            "saturation": _factor_range(saturation, "saturation", 1.0, (0.0, inf)),
+            "hue": _factor_range(hue, "hue", 0.0, (-0.5, 0.5)),
+            "clip_limit": (1.0, float(clip_limit)),
+        }
+        self.rotate_degrees = float(rotate_degrees)
+        self.jitter_prob = float(jitter_prob)
+        self.clahe_prob = float(clahe_prob)
+        self.tile_grid_size = tuple(int(s) for s in tile_grid_size)
+        self.seed = int(seed)
+        self.grey = bool(grey)
+        self.step = 0
+        self.generator = torch.Generator()
+
+    def sample(self, batch_size: int, frame_size: tuple[int, int]) -> AugmentParams:
+        """Draw the next batch's parameters (advances the step counter)."""
+        from medssl_monai.distributed import rank
+
+        self.generator.manual_seed(_stream_seed(self.seed, self.step, rank()))
+        self.step += 1
+        return sample_params(
+            batch_size,
+            frame_size,
+            self.generator,
+            crop=self.crop,
+            pad=self.pad,
+            rotate_degrees=self.rotate_degrees,
+            jitter_prob=self.jitter_prob,
+            clahe_prob=self.clahe_prob,
+            **self.ranges,
+        )
+
+    def apply(
+        self, image: torch.Tensor, label: torch.Tensor | None, params: AugmentParams
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Augment ``image`` (``uint8`` ``B x C x T x H x W``) and ``label`` (``B x 1 x H x W``) with ``params``."""
+        image = color_jitter(image, params, grey=self.grey)
+        image = clahe(image, params, self.tile_grid_size, grey=self.grey)
+        image = rotate_pad_crop(image, params, self.crop, self.pad, "bilinear")
+        if label is not None:
+            label = rotate_pad_crop(label, params, self.crop, self.pad, "nearest")
+        return image, label
+
+    def __call__(
+        self, image: torch.Tensor, label: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Draw and apply one batch's augmentation."""
+        if image.dtype != torch.uint8:
+            raise TypeError(f"DeviceAugmentation needs the uint8 batch (before normalisation), got {image.dtype}")
+        return self.apply(image, label, self.sample(image.shape[0], tuple(image.shape[-2:])))
+
+    def state_dict(self) -> dict[str, int]:
+        """``seed`` and ``step``: the generator's stream is a function of them (and the rank)."""
+        return {"seed": self.seed, "step": self.step}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue the stream at the saved step (the configured seed is kept)."""
+        self.step = int(state["step"])
