@@ -11,8 +11,12 @@ arXiv 2403.07513), reference ``pretrain.py`` / ``models/simclr.py`` / ``models/m
   ``[z, TE(|dt|)]``, ``dt`` = the offset between the views' first time steps, before the projection head;
   ``TE`` is a learnable time embedding of its own (sinusoid then Linear-SiLU-Linear, the reference's
   ``TimeEmbedding(learnable=True)`` in ``SimCLR``).
-- ``mae``: VideoMAE-style tube masking (90% of the patch positions, the same in every frame), the visible
-  patches through the encoder, a small decoder (192-d, 4 blocks), norm-pix MSE on the masked patches only.
+- ``mae``: VideoMAE: 90% of the clip's ``T x P`` patch tokens masked at random per sample (the reference's
+  ``mae_helper.py`` shuffles all space-time tokens and keeps ``round(T P (1 - 0.9))``; ``mae_mask_type="tube"``
+  masks the same patch positions in every frame instead), the visible patches through the encoder, a small
+  decoder (192-d, 4 blocks), norm-pix MSE on the masked patches only. One view, lightly augmented (the
+  reference's ``cardiac_aug_mae``: resize + horizontal flip; :func:`~medssl_monai.transforms.tvrl.tvrl_ssl_transforms`
+  with ``augmentation="mae"``, ``num_views=1``).
 - ``tvrl``: clip contrastive plus masked frame-feature prediction, on an encoder *without* time embedding (the
   reference's cardiac script runs it with ``use_time_embed=False``):
   ``L = (1 - w) InfoNCE + w NegCos(pred_masked, target_masked)`` averaged over the two views, ``w`` = 0.5 once
@@ -34,8 +38,9 @@ Differences from the reference, on purpose (say so in the bundle docs):
   ``dt`` is always ~0 and the navigation has nothing to learn.
 - MAE trains this project's factorised encoder (per-frame ViT with a linear patch stem, then the temporal
   transformer) rather than the reference's joint space-time ViT, so that every framework yields the same
-  encoder for the probe: each frame encodes its visible patches; the decoder attends jointly over the
-  temporal tokens and all space-time patch tokens, so the temporal transformer is trained too.
+  encoder for the probe: each frame encodes its visible patches (frames keep different numbers of them under
+  random masking: the shorter ones are padded and the padding hidden from the attention); the decoder attends
+  jointly over the temporal tokens and all space-time patch tokens, so the temporal transformer is trained too.
 """
 
 from __future__ import annotations
@@ -66,6 +71,7 @@ __all__ = [
     "TwoViewPrepareBatch",
     "bernoulli_frame_mask",
     "tube_mask",
+    "random_token_mask",
     "patchify",
     "norm_pix_mse",
 ]
@@ -117,6 +123,28 @@ def tube_mask(
     masked = torch.ones(batch, num_patches, dtype=torch.bool, device=device)
     masked.scatter_(1, visible, False)
     return visible, masked
+
+
+def random_token_mask(
+    batch: int,
+    num_frames: int,
+    num_patches: int,
+    mask_ratio: float,
+    device: torch.device,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """VideoMAE's random masking over all ``T x P`` space-time tokens (TVRL ``mae_helper.py``, ``masking_fn``).
+
+    Each sample keeps exactly ``round(T * P * (1 - mask_ratio))`` tokens (at least one), drawn uniformly, so a
+    frame may keep any number of its patches, none included. Returns ``masked`` ``B x T x P`` bool.
+    """
+    total = num_frames * num_patches
+    n_keep = min(max(1, round(total * (1.0 - mask_ratio))), total)
+    noise = torch.rand(batch, total, device=device, generator=generator)
+    keep = noise.argsort(dim=1)[:, :n_keep]
+    masked = torch.ones(batch, total, dtype=torch.bool, device=device)
+    masked.scatter_(1, keep, False)
+    return masked.reshape(batch, num_frames, num_patches)
 
 
 def patchify(x: torch.Tensor, patch_size: int) -> torch.Tensor:
@@ -215,15 +243,25 @@ class VideoMAEDecoder(nn.Module):
         nn.init.trunc_normal_(self.mask_token, std=0.02)
 
     def forward(
-        self, visible: torch.Tensor, visible_idx: torch.Tensor, temporal: torch.Tensor, frame_mask: torch.Tensor
+        self,
+        visible: torch.Tensor,
+        visible_idx: torch.Tensor,
+        temporal: torch.Tensor,
+        frame_mask: torch.Tensor,
+        visible_valid: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``visible`` ``B x T x P_vis x De``, ``visible_idx`` ``B x P_vis``, ``temporal`` ``B x (1+T) x Dt`` ->
-        ``B x T x P x patch_dim``."""
+        """``visible`` ``B x T x P_vis x De`` at patch positions ``visible_idx`` (``B x T x P_vis``, or ``B x P_vis``
+        for every frame), ``temporal`` ``B x (1+T) x Dt`` -> ``B x T x P x patch_dim``. Entries where
+        ``visible_valid`` (``B x T x P_vis`` bool) is ``False`` are padding and dropped."""
         b, t, n_vis, _ = visible.shape
         p = self.num_patches
-        grid = self.mask_token.expand(b * t, p, -1).clone()
-        idx = visible_idx[:, None].expand(b, t, n_vis).reshape(b * t, n_vis, 1).expand(-1, -1, grid.shape[-1])
-        grid = grid.scatter(1, idx, self.embed(visible).reshape(b * t, n_vis, -1))
+        if visible_idx.dim() == 2:
+            visible_idx = visible_idx[:, None].expand(b, t, n_vis)
+        if visible_valid is not None:  # padding goes to a spare slot P, cut off below
+            visible_idx = torch.where(visible_valid, visible_idx, torch.full_like(visible_idx, p))
+        grid = self.mask_token.expand(b * t, p + 1, -1).clone()
+        idx = visible_idx.reshape(b * t, n_vis, 1).expand(-1, -1, grid.shape[-1])
+        grid = grid.scatter(1, idx, self.embed(visible).reshape(b * t, n_vis, -1).to(grid.dtype))[:, :p]
         tokens = grid.reshape(b, t * p, -1) + self.pos_embed[:, : t * p]
         x = torch.cat([self.embed_temporal(temporal), tokens], dim=1)
         valid = torch.cat([frame_mask.bool(), frame_mask.bool().repeat_interleave(p, dim=1)], dim=1)
@@ -248,7 +286,9 @@ class TVRLPretraining(nn.Module):
         mask_ratio: TVRL frame masking probability (0.15).
         mask_mode: ``"v2"`` (masked frames hidden from the contrastive branch) or ``"v1"``.
         ltn_directions: LTN's ``K`` (64).
-        mae_mask_ratio: VideoMAE tube-mask ratio (0.9).
+        mae_mask_ratio: VideoMAE mask ratio (0.9).
+        mae_mask_type: ``"random"`` (the reference: any ``T x P`` tokens) or ``"tube"`` (the same patch positions
+            in every frame, VideoMAE's own tube masking).
         mae_decoder_size, mae_decoder_layers, mae_decoder_heads: VideoMAE decoder (192, 4, 6).
         norm_pix_loss: VideoMAE's per-patch target normalisation.
         num_frames: clip length (MAE decoder position embedding; default the encoder's ``max_frames``).
@@ -274,6 +314,7 @@ class TVRLPretraining(nn.Module):
         mask_mode: str = "v2",
         ltn_directions: int = 64,
         mae_mask_ratio: float = 0.9,
+        mae_mask_type: str = "random",
         mae_decoder_size: int = 192,
         mae_decoder_layers: int = 4,
         mae_decoder_heads: int = 6,
@@ -286,6 +327,8 @@ class TVRLPretraining(nn.Module):
             raise ValueError(f"framework must be one of {FRAMEWORKS}, got {framework!r}")
         if mask_mode not in ("v1", "v2"):
             raise ValueError(f"mask_mode must be 'v1' or 'v2', got {mask_mode!r}")
+        if mae_mask_type not in ("random", "tube"):
+            raise ValueError(f"mae_mask_type must be 'random' or 'tube', got {mae_mask_type!r}")
         te = encoder.temporal.use_time_embed
         if framework in TIME_AWARE_FRAMEWORKS and not te:
             raise ValueError(f"{framework} needs an encoder with use_time_embed=True")
@@ -296,7 +339,7 @@ class TVRLPretraining(nn.Module):
         self.encoder, self.framework = encoder, framework
         self.mlm_weight, self.mlm_start_epoch = mlm_weight, mlm_start_epoch
         self.mask_ratio, self.mask_mode = mask_ratio, mask_mode
-        self.mae_mask_ratio, self.norm_pix_loss = mae_mask_ratio, norm_pix_loss
+        self.mae_mask_ratio, self.mae_mask_type, self.norm_pix_loss = mae_mask_ratio, mae_mask_type, norm_pix_loss
         self.epoch = 0
         d = encoder.out_features
         self.criterion = NTXentLoss(temperature, gather_distributed)
@@ -367,15 +410,30 @@ class TVRLPretraining(nn.Module):
     def _mae(self, x: torch.Tensor, frame_mask: torch.Tensor, times: torch.Tensor) -> dict[str, torch.Tensor]:
         fe = self.encoder.frame_encoder
         b, c, t, h, w = x.shape
+        p = fe.num_patches
         tokens = fe.patch_tokens(x.transpose(1, 2).reshape(b * t, c, h, w))  # (B*T) x P x D, with positions
-        visible_idx, masked = tube_mask(b, fe.num_patches, self.mae_mask_ratio, x.device)
-        n_vis = visible_idx.shape[1]
-        gather = visible_idx[:, None].expand(b, t, n_vis).reshape(b * t, n_vis, 1).expand(-1, -1, tokens.shape[-1])
-        enc = fe.forward_tokens(torch.gather(tokens, 1, gather))  # (B*T) x (1 + P_vis) x D
+        if self.mae_mask_type == "tube":
+            masked = tube_mask(b, p, self.mae_mask_ratio, x.device)[1][:, None].expand(b, t, p)
+        else:
+            masked = random_token_mask(b, t, p, self.mae_mask_ratio, x.device)
+        flat = masked.reshape(b * t, p)
+        counts = (~flat).sum(1)
+        n_vis = max(int(counts.max()), 1)
+        # each frame's visible positions first, in patch order (a stable sort of the mask), padded to n_vis
+        visible_idx = torch.sort(flat.to(torch.uint8), dim=1, stable=True).indices[:, :n_vis]
+        valid = torch.arange(n_vis, device=x.device) < counts[:, None]
+        gather = visible_idx[..., None].expand(-1, -1, tokens.shape[-1])
+        enc = fe.forward_tokens(torch.gather(tokens, 1, gather), valid)  # (B*T) x (1 + n_vis) x D
         frame_feats = self.encoder.mid_project(enc[:, 0]).reshape(b, t, -1)
         temporal = self.encoder.encode_temporal(frame_feats, times, frame_mask)
-        pred = self.decoder(enc[:, 1:].reshape(b, t, n_vis, -1), visible_idx, temporal, frame_mask)
-        loss_mask = masked[:, None, :] & frame_mask[:, :, None]
+        pred = self.decoder(
+            enc[:, 1:].reshape(b, t, n_vis, -1),
+            visible_idx.reshape(b, t, n_vis),
+            temporal,
+            frame_mask,
+            valid.reshape(b, t, n_vis),
+        )
+        loss_mask = masked & frame_mask[:, :, None]
         loss = norm_pix_mse(pred, patchify(x, fe.patch_size), loss_mask, self.norm_pix_loss)
         return {"loss": loss, "reconstruction": loss.detach()}
 

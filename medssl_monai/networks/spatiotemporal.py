@@ -212,12 +212,17 @@ class FrameViT(nn.Module):
         """``N x C x H x W`` frames -> ``N x P x D`` patch tokens with their position embedding (no CLS)."""
         return self.stem(x) + self.pos_embed[:, 1:]
 
-    def forward_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Prepend the CLS to ``N x P' x D`` (all or only visible) patch tokens, run the blocks; ``N x (1+P') x D``."""
+    def forward_tokens(self, tokens: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Prepend the CLS to ``N x P' x D`` (all or only visible) patch tokens, run the blocks; ``N x (1+P') x D``.
+
+        ``token_mask`` (``N x P'`` bool, ``True`` = a real token) hides padding from the attention, for frames that
+        keep different numbers of visible tokens (VideoMAE's random masking); the CLS is always attended.
+        """
         cls = (self.cls_token + self.pos_embed[:, :1]).expand(tokens.shape[0], -1, -1)
         x = torch.cat([cls, tokens], dim=1)
+        mask = None if token_mask is None else key_padding_mask(token_mask)
         for blk in self.blocks:
-            x = blk(x)
+            x = blk(x, attn_mask=mask)
         return self.norm(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -9,9 +9,15 @@ Shen et al., TVRL (MICCAI 2024), reference ``datamodule/``:
 - ``identical=True`` (``make_clips_identical``, every SSL config of the reference: cSimCLR, cSimCLR-TE, TVRL):
   one clip duplicated into two views that differ only by augmentation. ``identical=False`` draws two clips at
   different times (CVRL, and LTN here so that its time offset is not always 0).
-- strong augmentation, one draw per clip for all its frames (torchvision v2 on a video tensor): rotation
-  +-15 degrees, RandomResizedCrop(scale 0.08-1, ratio 1), h-flip 0.5, v-flip 0.5, colour jitter (brightness
-  0.8, contrast 0.8) with p 0.8, Gaussian blur (3, sigma 0.1-2) with p 0.5. The two views draw independently.
+- strong augmentation, one draw per clip for all its frames (torchvision v2 on a video tensor), the two views
+  drawn independently; ``augmentation`` picks the reference's recipe (``datamodule/transforms.py``):
+  ``"strong"`` (``cardiac_aug_strong``): rotation +-15 degrees, RandomResizedCrop(scale 0.08-1, ratio 1), h-flip
+  0.5, v-flip 0.5, colour jitter (brightness 0.8, contrast 0.8) with p 0.8, Gaussian blur (3, sigma 0.1-2) with
+  p 0.5; ``"oct"`` (``oct_aug_strong``, the timed-series setting): rotation +-5 degrees, scale 0.10-1, no v-flip,
+  brightness 0.6, blur sigma 0.1-1, the rest as ``"strong"``; ``"mae"`` (``cardiac_aug_mae``, VideoMAE's one
+  view): resize and h-flip 0.5 only.
+- timed series (``oct_datasets.py``): the view is the latest ``clip_frames`` visits (``sample_scan_history``),
+  times in years with N(0, 0.1) noise per view; ``window="random"`` takes a random run of visits instead.
 - probe (finetune) augmentation: RandomResizedCrop(scale 0.9-1), h-flip 0.3, colour jitter 0.2 / 0.2;
   validation and test frames are only resized.
 
@@ -29,7 +35,16 @@ from typing import Any
 import numpy as np
 import torch
 from monai.config import KeysCollection
-from monai.transforms import Compose, MapTransform, RandFlipd, Randomizable, RandomizableTransform, RandRotated, Resized
+from monai.transforms import (
+    Compose,
+    DeleteItemsd,
+    MapTransform,
+    RandFlipd,
+    Randomizable,
+    RandomizableTransform,
+    RandRotated,
+    Resized,
+)
 from torch.nn import functional as F
 
 from medssl_monai.data.cache import ClipCache
@@ -44,7 +59,9 @@ __all__ = [
     "TwoSeriesWindowsd",
     "ClipTimesd",
     "RelativeTimesd",
+    "AUGMENTATIONS",
     "tvrl_strong_augmentation",
+    "tvrl_mae_augmentation",
     "tvrl_probe_augmentation",
     "tvrl_ssl_transforms",
     "tvrl_probe_transforms",
@@ -214,14 +231,16 @@ class TwoClipsd(Randomizable, MapTransform):
 class TwoSeriesWindowsd(Randomizable, MapTransform):
     """Two views of a timed image series (loaded by :class:`LoadSeriesd` with ``num_frames=None``).
 
-    A view is ``num_frames`` consecutive visits from a random start (the whole series, left-padded with zero
-    images and ``frame_mask`` ``False``, when it is shorter), with the real acquisition times. ``identical``
-    duplicates one window; otherwise each view has its own window.
+    A view is ``num_frames`` consecutive visits (the whole series, left-padded with zero images and
+    ``frame_mask`` ``False``, when it is shorter), with the real acquisition times: the latest ones
+    (``window="latest"``, the reference's ``sample_scan_history``) or from a random start (``"random"``).
+    ``identical`` duplicates one window; otherwise the second view has a random window of its own.
 
     Args:
         keys: the series key (one).
         num_frames: visits per view.
         identical: one window for both views or two.
+        window: ``"latest"`` or ``"random"`` (the first view's window).
         relative_time: subtract the first valid time of view 1 (years since that visit).
         time_noise_std: Gaussian noise on valid times.
         second_suffix, times_key, mask_key: as :class:`TwoClipsd`.
@@ -238,15 +257,18 @@ class TwoSeriesWindowsd(Randomizable, MapTransform):
         times_key: str = "times",
         mask_key: str = "frame_mask",
         allow_missing_keys: bool = False,
+        window: str = "latest",
     ) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
-        self.num_frames, self.identical = num_frames, identical
+        if window not in ("latest", "random"):
+            raise ValueError(f"window must be 'latest' or 'random', got {window!r}")
+        self.num_frames, self.identical, self.window = num_frames, identical, window
         self.relative_time, self.time_noise_std = relative_time, time_noise_std
         self.second_suffix, self.times_key, self.mask_key = second_suffix, times_key, mask_key
 
     def randomize(self, length: int) -> list[int]:
         n_starts = max(1, length - self.num_frames + 1)
-        first = int(self.R.randint(n_starts))
+        first = n_starts - 1 if self.window == "latest" else int(self.R.randint(n_starts))
         return [first, first if self.identical else int(self.R.randint(n_starts))]
 
     def _window(
@@ -341,8 +363,12 @@ def tvrl_strong_augmentation(
     contrast: float = 0.8,
     jitter_prob: float = 0.8,
     blur_prob: float = 0.5,
+    blur_sigma: Sequence[float] = (0.1, 2.0),
 ) -> list:
-    """TVRL's SSL augmentation of one view (rotate, RandomResizedCrop, flips, jitter, blur), one draw per clip."""
+    """TVRL's SSL augmentation of one view (rotate, RandomResizedCrop, flips, jitter, blur), one draw per clip.
+
+    The defaults are the cardiac recipe (``cardiac_aug_strong``); ``AUGMENTATIONS["oct"]`` holds the timed-series one.
+    """
     return [
         ClipConsistentd(
             RandRotated(keys=key, range_x=math.radians(rotate_degrees), prob=1.0, keep_size=True, padding_mode="zeros"),
@@ -363,8 +389,31 @@ def tvrl_strong_augmentation(
         RandClipColorJitterd(
             keys=key, brightness=brightness, contrast=contrast, saturation=0.0, hue=0.0, prob=jitter_prob
         ),
-        RandClipGaussianBlurd(keys=key, kernel_size=3, sigma=(0.1, 2.0), prob=blur_prob),
+        RandClipGaussianBlurd(keys=key, kernel_size=3, sigma=tuple(blur_sigma), prob=blur_prob),
     ]
+
+
+def tvrl_mae_augmentation(key: str = "image", spatial_size: int | Sequence[int] = 128, hflip_prob: float = 0.5) -> list:
+    """TVRL's VideoMAE augmentation (``cardiac_aug_mae``): resize, then a horizontal flip of the whole clip."""
+    return [
+        _resize(key, spatial_size),
+        ClipConsistentd(RandFlipd(keys=key, prob=hflip_prob, spatial_axis=1), keys=key, time_keys=key),
+    ]
+
+
+# the reference's SSL augmentations by name (datamodule/transforms.py): keyword arguments of
+# tvrl_strong_augmentation, or "mae" for tvrl_mae_augmentation
+AUGMENTATIONS: dict[str, dict[str, Any]] = {
+    "strong": {},  # cardiac_aug_strong
+    "oct": {  # oct_aug_strong
+        "rotate_degrees": 5.0,
+        "crop_scale": (0.10, 1.0),
+        "vflip_prob": 0.0,
+        "brightness": 0.6,
+        "blur_sigma": (0.1, 1.0),
+    },
+    "mae": {},  # cardiac_aug_mae
+}
 
 
 def tvrl_probe_augmentation(key: str = "image", spatial_size: int | Sequence[int] = 128) -> list:
@@ -393,8 +442,11 @@ def tvrl_ssl_transforms(
     time_noise_std: float = 0.0,
     augment: bool = True,
     second_suffix: str = "_2",
+    augmentation: str = "strong",
+    num_views: int = 2,
+    window: str = "latest",
 ) -> Compose:
-    """Two augmented views with time steps and frame masks, for every TVRL framework.
+    """Augmented views with time steps and frame masks, for every TVRL framework.
 
     Args:
         source: ``"video"`` (EchoNet-style videos; frame index as time) or ``"series"`` (a datalist item from
@@ -403,8 +455,16 @@ def tvrl_ssl_transforms(
         identical: one window for both views (cSimCLR, cSimCLR-TE, TVRL, MAE) or two (CVRL, LTN).
         spatial_size: output frame size (TVRL: 128).
         augment: ``False`` resizes only (validation).
+        augmentation: a key of :data:`AUGMENTATIONS`: ``"strong"`` (cardiac), ``"oct"`` (timed series) or
+            ``"mae"`` (resize + h-flip, VideoMAE).
+        num_views: 2, or 1 for VideoMAE (the second view's keys are dropped).
+        window: series only: the first view's visits, ``"latest"`` (the reference) or ``"random"``.
         Others: see :class:`TwoClipsd`.
     """
+    if augmentation not in AUGMENTATIONS:
+        raise ValueError(f"augmentation must be one of {tuple(AUGMENTATIONS)}, got {augmentation!r}")
+    if num_views not in (1, 2):
+        raise ValueError(f"num_views must be 1 or 2, got {num_views}")
     second = f"{image_key}{second_suffix}"
     if source == "video":
         ts: list = [
@@ -423,12 +483,23 @@ def tvrl_ssl_transforms(
     elif source == "series":
         ts = [
             LoadSeriesd(keys=image_key, times_key="times", num_frames=None),
-            TwoSeriesWindowsd(image_key, num_frames, identical, relative_time, time_noise_std, second_suffix),
+            TwoSeriesWindowsd(
+                image_key, num_frames, identical, relative_time, time_noise_std, second_suffix, window=window
+            ),
         ]
     else:
         raise ValueError(f"source must be 'video' or 'series', got {source!r}")
-    for key in (image_key, second):
-        ts += tvrl_strong_augmentation(key, spatial_size) if augment else [_resize(key, spatial_size)]
+    keys = [image_key, second]
+    if num_views == 1:
+        ts.append(DeleteItemsd(keys=[second, f"times{second_suffix}", f"frame_mask{second_suffix}"]))
+        keys = [image_key]
+    for key in keys:
+        if not augment:
+            ts.append(_resize(key, spatial_size))
+        elif augmentation == "mae":
+            ts += tvrl_mae_augmentation(key, spatial_size)
+        else:
+            ts += tvrl_strong_augmentation(key, spatial_size, **AUGMENTATIONS[augmentation])
     return Compose(ts)
 
 

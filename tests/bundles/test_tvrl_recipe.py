@@ -52,3 +52,13 @@ def test_probe_warm_up_starts_at_a_tenth_of_the_lr():
         sched.optimizer.step()
         sched.step()
     assert abs(lrs[0] - 0.1) < 1e-9 and abs(max(lrs) - 1.0) < 1e-9 and lrs[-1] < 1e-3
+
+
+def test_mae_recipe_one_light_view_random_tokens():
+    # scripts/cardiac.sh VideoMAE: cardiac_aug_mae (resize + h-flip), one clip, mae_helper.py random masking
+    p = _parser(PRETRAIN / "train.yaml", framework="mae")
+    values = {k: p.get_parsed_content(k) for k in ("augmentation", "num_views", "mae_mask_type", "mae_mask_ratio")}
+    assert values == {"augmentation": "mae", "num_views": 1, "mae_mask_type": "random", "mae_mask_ratio": 0.9}
+    assert p["train#preprocessing#augmentation"] == "@augmentation" and p["method#mae_mask_type"] == "@mae_mask_type"
+    p = _parser(PRETRAIN / "train.yaml")
+    assert (p.get_parsed_content("augmentation"), p.get_parsed_content("num_views")) == ("strong", 2)

@@ -18,6 +18,7 @@ from medssl_monai.methods.tvrl import (
     bernoulli_frame_mask,
     norm_pix_mse,
     patchify,
+    random_token_mask,
     tube_mask,
 )
 from medssl_monai.networks.spatiotemporal import SpatioTemporalEncoder, TimeEmbedding
@@ -202,3 +203,38 @@ def test_two_view_prepare_batch():
     assert x.dtype == torch.float32 and x.max().item() == 1.0 and kw["image_2"].max().item() == 0.0
     assert sorted(kw) == ["frame_mask", "frame_mask_2", "image_2", "times", "times_2"]
     torch.testing.assert_close(kw["times_2"], torch.ones(2, 4))
+
+
+def test_mae_random_token_mask_is_the_reference_masking():
+    # mae_helper.py masking_fn: shuffle all T*P tokens, keep round(L * (1 - 0.9)) per sample
+    g = torch.Generator().manual_seed(0)
+    masked = random_token_mask(64, 8, 64, 0.9, torch.device("cpu"), g)
+    assert masked.shape == (64, 8, 64)
+    assert ((~masked).flatten(1).sum(1) == round(8 * 64 * 0.1)).all()  # 51 of 512 visible
+    per_frame = (~masked).sum(2)
+    assert per_frame.min() < per_frame.max()  # not a tube: frames keep different numbers of patches
+    assert not (masked == masked[:, :1]).all()
+    assert (~random_token_mask(2, 2, 4, 0.99, torch.device("cpu"))).flatten(1).sum(1).tolist() == [1, 1]
+
+
+def test_mae_default_is_random_masking_and_masked_pixels_do_not_leak():
+    m = _method("mae").eval()
+    assert m.mae_mask_type == "random"
+    x = torch.rand(2, 1, 4, 16, 16)
+    preds = []
+    m.decoder.register_forward_hook(lambda mod, args, out: preds.append(out.detach()))
+    torch.manual_seed(3)
+    masked = random_token_mask(2, 4, 4, 0.9, torch.device("cpu"))  # the draw _mae makes after manual_seed(3)
+    assert ((~masked).sum(2) == 0).any()  # some frame keeps no patch at all: the CLS alone
+    torch.manual_seed(3)
+    loss = m(x)["loss"]
+    assert torch.isfinite(loss)
+    # change only the masked patches' pixels: with the same mask the prediction is unchanged
+    pix = masked.reshape(2, 4, 2, 2).repeat_interleave(8, 2).repeat_interleave(8, 3)[:, None]
+    x2 = torch.where(pix, torch.rand_like(x), x)
+    torch.manual_seed(3)
+    m(x2)
+    torch.testing.assert_close(preds[0], preds[1])
+    tube = _method("mae", mae_mask_type="tube")
+    tube(x)["loss"].backward()
+    assert tube.encoder.frame_encoder.cls_token.grad is not None

@@ -11,6 +11,7 @@ from medssl_monai.transforms.tvrl import (
     RelativeTimesd,
     TwoClipsd,
     TwoSeriesWindowsd,
+    tvrl_mae_augmentation,
     tvrl_probe_transforms,
     tvrl_ssl_transforms,
 )
@@ -92,3 +93,18 @@ def test_pipelines_on_tiny_data(tiny_data, tmp_path):
     assert d["image"].dtype == torch.uint8 and d["times"].dtype == torch.float32
     p = tvrl_probe_transforms("series", "eval", num_frames=4, spatial_size=16)(item)
     assert p["image"].shape == (1, 4, 16, 16) and p["frame_mask"].sum() == len(item["times"][-4:])
+
+
+def test_mae_view_is_one_lightly_augmented_clip(tiny_data):
+    # the reference's cardiac_aug_mae: Resize + RandomHorizontalFlip(0.5); one clip, no second view
+    from medssl_monai.data.timed_series import load_timed_series_datalist
+
+    names = [type(t).__name__ for t in tvrl_mae_augmentation("image", 16)]
+    assert names == ["ClipConsistentd", "ClipConsistentd"]
+    item = load_timed_series_datalist(tiny_data["timed_series"] / "series.csv", split="TRAIN")[0]
+    tf = tvrl_ssl_transforms("series", num_frames=4, spatial_size=16, augmentation="mae", num_views=1)
+    d = tf(item)
+    assert d["image"].shape == (1, 4, 16, 16) and "image_2" not in d and "times_2" not in d
+    # no crop, rotation or intensity change: each frame is the resized image or its mirror
+    plain = tvrl_ssl_transforms("series", num_frames=4, spatial_size=16, augment=False, num_views=1)(item)["image"]
+    assert torch.equal(d["image"], plain) or torch.equal(d["image"], plain.flip(-1))
