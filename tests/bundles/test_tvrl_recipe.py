@@ -6,8 +6,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 import yaml
 from monai.bundle import ConfigParser
+
+from medssl_monai.transforms.tvrl import AUGMENTATIONS, TwoSeriesWindowsd
 
 ROOT = Path(__file__).resolve().parents[2]
 PRETRAIN = ROOT / "bundles" / "tvrl_echo_ssl_pretraining" / "configs"
@@ -62,3 +65,30 @@ def test_mae_recipe_one_light_view_random_tokens():
     assert p["train#preprocessing#augmentation"] == "@augmentation" and p["method#mae_mask_type"] == "@mae_mask_type"
     p = _parser(PRETRAIN / "train.yaml")
     assert (p.get_parsed_content("augmentation"), p.get_parsed_content("num_views")) == ("strong", 2)
+
+
+def test_timed_series_recipe_is_the_reference_oct_setting():
+    # oct_1c8f_ssl.yaml / oct_datasets.py / oct_aug_strong: 8 visits, the latest ones, time noise 0.1 years
+    p = _parser(PRETRAIN / "train.yaml", PRETRAIN / "timed_series.yaml")
+    assert p.get_parsed_content("augmentation") == "oct"
+    assert (
+        _parser(PRETRAIN / "train.yaml", PRETRAIN / "timed_series.yaml", framework="mae").get_parsed_content(
+            "augmentation"
+        )
+        == "mae"
+    )
+    oct_aug = AUGMENTATIONS["oct"]
+    assert oct_aug == {
+        "rotate_degrees": 5.0,
+        "crop_scale": (0.10, 1.0),
+        "vflip_prob": 0.0,
+        "brightness": 0.6,
+        "blur_sigma": (0.1, 1.0),
+    }
+    (windows,) = [t for t in p.get_parsed_content("train#preprocessing").transforms if isinstance(t, TwoSeriesWindowsd)]
+    assert (windows.num_frames, windows.window, windows.time_noise_std, windows.identical) == (8, "latest", 0.1, True)
+    probe = _parser(PROBE / "train.yaml", PROBE / "timed_series.yaml")
+    assert probe.get_parsed_content("num_frames") == 8
+    item = {"image": torch.arange(10, dtype=torch.uint8).reshape(1, 10, 1, 1), "times": [float(i) for i in range(10)]}
+    out = windows(item)  # the latest 8 visits
+    assert out["image"].flatten().tolist() == list(range(2, 10))
