@@ -58,9 +58,18 @@ CASES = {
     for c in [
         Case("unilvseg_echo_ssl_pretraining", {"batch_size": 1}),  # [4]
         Case("unilvseg_echo_lv_segmentation", {"batch_size": 2}, pretrained="network_def"),  # [4]
+        # the UniLVSeg bundles' default loader: persistent workers (windows seeded per sample, augmentation on
+        # the device from a stream saved in resume.pt)
+        Case("unilvseg_echo_ssl_pretraining", {"batch_size": 1, "num_workers": 2}, suffix="-2workers"),  # [4]
+        Case(
+            "unilvseg_echo_lv_segmentation",
+            {"batch_size": 2, "num_workers": 2},
+            pretrained="network_def",
+            suffix="-2workers",
+        ),  # [4]
         Case("ucl_us_ssl_pretraining", {"batch_size": 2}),  # [2]
         Case("ucl_us_classification", {"batch_size": 4}, pretrained="network_def.encoder"),  # [4]
-        # the bundles' default loader: worker processes (restarted every epoch, `persistent_workers: false`)
+        # the other bundles' default loader: worker processes (restarted every epoch, `persistent_workers: false`)
         Case(
             "ucl_us_classification",
             {"batch_size": 4, "num_workers": 2},
@@ -181,16 +190,27 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(name: str, tiny_dat
     _assert_same(_state(best_ref), _state(best_out), "model.pt")
 
 
-def test_bundles_restart_their_training_workers_every_epoch():
+# bundles whose workers hold no random state (per-sample seeded windows, augmentation on the device): their
+# workers persist and resume stays exact (their ``-2workers`` cases)
+PERSISTENT = {"unilvseg_echo_ssl_pretraining", "unilvseg_echo_lv_segmentation"}
+
+
+def test_training_workers_persist_only_where_resume_stays_exact():
     """Persistent workers keep their transform RNGs across epochs, which a resume cannot repeat (measured: the
-    ``-2workers`` case differs with ``persistent_workers: true``); the bundles default to restarting them."""
+    UCL ``-2workers`` case differs with ``persistent_workers: true``); bundles whose workers draw nothing random
+    across epochs keep them, the others restart them every epoch."""
     for bundle in find_bundles(ROOT / "bundles"):
         if config_path(bundle, "train") is None:
             continue
         parser = ConfigParser()
         parser.read_config(train_configs(bundle))
         parser["num_workers"] = 2
-        assert parser.get_parsed_content("train#dataloader#persistent_workers") is False, bundle.name
+        persistent = parser.get_parsed_content("train#dataloader#persistent_workers")
+        if bundle.name in PERSISTENT:
+            assert persistent is True, bundle.name
+            assert parser.get_parsed_content("augment_on") == "device", bundle.name
+        elif persistent:  # the other bundles are converted later: they may not persist before they are exact
+            raise AssertionError(f"{bundle.name}: persistent workers without per-sample seeding")
 
 
 def test_every_training_bundle_has_a_resume_case():
