@@ -170,13 +170,24 @@ class CLI:
         out_dir: str = "runs/demo",
         ssl_epochs: int | None = None,
         seg_epochs: int | None = None,
+        seg_lr: float | None = None,
+        compare_random_init: bool = True,
         log_level: str = "WARNING",
     ) -> None:
         """The README's main job on the synthetic data (see :mod:`medssl_monai.demo`)."""
         from medssl_monai.demo import run_demo
 
         _setup_logging(log_level)
-        run_demo(root=root, seed=seed, size=size, out_dir=out_dir, ssl_epochs=ssl_epochs, seg_epochs=seg_epochs)
+        run_demo(
+            root=root,
+            seed=seed,
+            size=size,
+            out_dir=out_dir,
+            ssl_epochs=ssl_epochs,
+            seg_epochs=seg_epochs,
+            seg_lr=seg_lr,
+            compare_random_init=compare_random_init,
+        )
 
     def package(
         self,
