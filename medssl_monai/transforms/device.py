@@ -301,6 +301,16 @@ def _grey_lab_tables() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(to_l.astype(np.uint8)), torch.from_numpy(np.ascontiguousarray(from_l))
 
 
+@functools.lru_cache(maxsize=8)
+def _residual_table(device: torch.device) -> torch.Tensor:
+    """``256 x 256`` ``int32``: row ``r`` has a 1 at the bins where OpenCV's CLAHE puts ``r`` remaining counts."""
+    r = torch.arange(256, dtype=torch.int32)[:, None]
+    i = torch.arange(256, dtype=torch.int32)[None, :]
+    step = (256 // r.clamp(min=1)).clamp(min=1)
+    table = ((i % step == 0) & (i // step < r)).to(torch.int32)
+    return _to_device(table, device)
+
+
 def _clahe_frames(frames: torch.Tensor, limits: torch.Tensor, tiles: tuple[int, int]) -> torch.Tensor:
     """OpenCV ``CLAHE.apply`` on ``N x H x W`` integer frames, each with its own integer histogram clip limit.
 
@@ -331,12 +341,9 @@ def _clahe_frames(frames: torch.Tensor, limits: torch.Tensor, tiles: tuple[int, 
     hist = hist.reshape(n, ty_n * tx_n, 256)
     # clip and redistribute (integer arithmetic as OpenCV)
     limit = (limits * area / 256).to(torch.int64).clamp(min=1).to(torch.int32)[:, None, None]
-    clipped = (hist - limit).clamp(min=0).sum(-1, keepdim=True)
-    hist = hist.clamp(max=limit) + clipped // 256
-    residual = clipped % 256
-    step = (256 // residual.clamp(min=1)).clamp(min=1)
-    i = torch.arange(256, device=dev, dtype=torch.int32)
-    hist = hist + ((i % step == 0) & (i // step < residual)).to(torch.int32)
+    clipped = (hist - limit).clamp(min=0).sum(-1, dtype=torch.int32)
+    # the remainder's bins (every 256 // r-th, r of them) as one table row per remainder r
+    hist = hist.clamp(max=limit) + (clipped // 256)[..., None] + _residual_table(dev)[clipped % 256]
     scale = float(np.float32(255) / np.float32(area))  # OpenCV's float lutScale, as a Python number: no copy
     lut = (hist.cumsum(-1).float() * scale).round().clamp(0, 255).reshape(n, -1)
     # bilinear interpolation between the four nearest tile tables (float32, OpenCV's expressions)
