@@ -62,7 +62,7 @@ def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 100.0) -
 def key_padding_mask(valid: torch.Tensor, num_prefix: int = 1) -> torch.Tensor:
     """``B x T`` bool (``True`` = attend) -> ``B x 1 x 1 x (num_prefix + T)`` SDPA mask; prefix tokens attended."""
     prefix = torch.ones(valid.shape[0], num_prefix, dtype=torch.bool, device=valid.device)
-    return torch.cat([prefix, valid.bool()], dim=1)[:, None, None, :]
+    return torch.cat([prefix, valid.to(torch.bool)], dim=1)[:, None, None, :]
 
 
 class AttentionBlock(nn.Module):

@@ -126,15 +126,15 @@ class UniLVSegUNet(nn.Module):
     def _check_input(self, x: torch.Tensor) -> None:
         if x.ndim != self.spatial_dims + 2:
             layout = "B x C x T x H x W" if self.spatial_dims == 3 else "B x C x H x W"
-            raise ValueError(f"UniLVSegUNet expects a {layout} tensor, got shape {tuple(x.shape)}.")
+            raise ValueError(f"UniLVSegUNet expects a {layout} tensor, got shape {x.shape}.")
         if x.shape[1] != self.in_channels:
-            raise ValueError(f"UniLVSegUNet expects {self.in_channels} input channels, got shape {tuple(x.shape)}.")
-        bad = [s for s in x.shape[2:] if s % self.divisor]
-        if bad:
-            raise ValueError(
-                f"UniLVSegUNet needs every spatial size divisible by {self.divisor} "
-                f"(2 ** (number of stages - 1)), got shape {tuple(x.shape)}."
-            )
+            raise ValueError(f"UniLVSegUNet expects {self.in_channels} input channels, got shape {x.shape}.")
+        for size in x.shape[2:]:  # a plain loop (not a comprehension) so that the network can be scripted
+            if size % self.divisor != 0:
+                raise ValueError(
+                    f"UniLVSegUNet needs every spatial size divisible by {self.divisor} "
+                    f"(2 ** (number of stages - 1)), got shape {x.shape}."
+                )
 
     def _encode(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         self._check_input(x)
@@ -157,6 +157,8 @@ class UniLVSegUNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits with the input's spatial size: ``B x out_channels x T x H x W`` (3D) or ``B x out x H x W`` (2D)."""
         skips, x = self._encode(x)
-        for upconv, decoder, skip in zip(self.upconvs, self.decoders, reversed(skips)):
-            x = decoder(torch.cat([upconv(x), skip], dim=1))
+        level = len(skips)
+        for upconv, decoder in zip(self.upconvs, self.decoders):  # deepest skip first
+            level -= 1
+            x = decoder(torch.cat([upconv(x), skips[level]], dim=1))
         return x

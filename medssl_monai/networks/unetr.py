@@ -84,17 +84,17 @@ class VideoUNETR(nn.Module):
         )
         self.out = UnetOutBlock(spatial_dims=3, in_channels=f, out_channels=out_channels)
 
-    def _grid(self, tok: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
-        b, _, d = tok.shape
-        t, h, w = shape
-        return tok.transpose(1, 2).reshape(b, d, t, h, w)
+    def _grid(self, tok: torch.Tensor, t: int, h: int, w: int) -> torch.Tensor:
+        return tok.transpose(1, 2).reshape(tok.shape[0], tok.shape[2], t, h, w)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``B x out_channels x T x H x W`` for a clip ``B x C x T x H x W``."""
         p, tub = self.encoder.patch_size, self.encoder.tubelet_size
-        grid = (x.shape[2] // tub, x.shape[3] // p, x.shape[4] // p)
+        t, h, w = x.shape[2] // tub, x.shape[3] // p, x.shape[4] // p
         hidden = self.encoder.hidden_states(x)
-        z1, z2, z3, z4 = (self._grid(hidden[i - 1], grid) for i in self.skip_layers)
+        i1, i2, i3, i4 = self.skip_layers  # explicit (no generator) so that the network can be scripted
+        z1, z2 = self._grid(hidden[i1 - 1], t, h, w), self._grid(hidden[i2 - 1], t, h, w)
+        z3, z4 = self._grid(hidden[i3 - 1], t, h, w), self._grid(hidden[i4 - 1], t, h, w)
         enc1 = self.encoder1(x)
         enc2 = self.encoder2(z1)
         enc3 = self.encoder3(z2)
