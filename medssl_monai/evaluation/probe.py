@@ -3,10 +3,14 @@
 Reference ``finetune.py`` of Shen et al., TVRL (MICCAI 2024):
 
 - the backbone is frozen; the temporal CLS token is re-initialised (xavier) and trained together with a linear
-  head on it (the reference's name filter also leaves the per-frame ``cls_token`` trainable:
-  ``train_frame_cls=True`` here);
-- AdamW (lr 1e-3 x bs/256, x5 for regression, wd 0.05), 10 warm-up epochs from lr/10, cosine, 100 epochs, early stopping
-  (patience 15) on validation MAE / AUROC only;
+  head on it. The reference's filter compares full parameter names with ``["cls_token",
+  "downstream_cls_token"]``, so the per-frame ``spatio_encoder.cls_token`` stays frozen, as here (the trainable
+  ``downstream_cls_token`` is never used in its forward pass); ``train_frame_cls=True`` trains it anyway;
+- ``finetune=True`` trains the whole encoder instead (the reference's ``freeze_backbone=False``: its supervised
+  baseline from random init, and fine-tuning a pretrained encoder), optionally at its own learning rate
+  (:meth:`LinearProbe.param_groups`);
+- AdamW (lr 1e-3 x bs/256, x5 for regression, wd 0.05), 10 warm-up epochs from lr/10, cosine, 100 epochs, early
+  stopping (patience 15) on validation MAE / AUROC only;
 - MSE for regression (reported as MAE, RMSE, R2), cross entropy for classification (AUROC, AP);
 - test: dense sliding windows (the training clip: 8 frames, stride 2, step 1) over the whole video, logits
   averaged over windows;
@@ -14,7 +18,9 @@ Reference ``finetune.py`` of Shen et al., TVRL (MICCAI 2024):
   fractions 1% and 100%.
 
 The frozen encoder stays in eval mode (dropout off, BatchNorm statistics fixed), so neither its parameters nor
-its buffers change; only ``requires_grad`` parameters reach the optimiser.
+its buffers change; only ``requires_grad`` parameters reach the optimiser. The reference instead leaves the
+frozen encoder in train mode (Lightning's ``model.train()``): its dropout (0.1) is on while the probe trains and
+its conv-stem BatchNorm statistics keep moving with the probe's data.
 """
 
 from __future__ import annotations
@@ -79,7 +85,7 @@ def load_encoder_weights(encoder: nn.Module, path: str | Path) -> None:
 
 
 class LinearProbe(nn.Module):
-    """Frozen encoder -> re-initialised temporal CLS -> linear head (TVRL's linear probing).
+    """Frozen encoder -> re-initialised temporal CLS -> linear head (TVRL's linear probing), or fine-tuning.
 
     Args:
         encoder: a :class:`~medssl_monai.networks.spatiotemporal.SpatioTemporalEncoder` (anything with
@@ -88,8 +94,11 @@ class LinearProbe(nn.Module):
         pretrained_ckpt: encoder weights to load first (``None``: keep the encoder as built, e.g. random init).
         bias_init: initial head bias (e.g. the mean training label of a regression target, so the head does
             not spend its first epochs learning the offset).
-        train_frame_cls: also train the per-frame CLS token (the reference's name filter does).
+        train_frame_cls: also train the per-frame CLS token (the reference keeps it frozen).
         reset_cls: re-initialise the temporal CLS (the reference does).
+        finetune: train every encoder parameter, the encoder in train mode (dropout on, BatchNorm statistics
+            updated): the reference's ``freeze_backbone=False``; with ``pretrained_ckpt=None`` the supervised
+            baseline from random init.
     """
 
     def __init__(
@@ -100,27 +109,41 @@ class LinearProbe(nn.Module):
         bias_init: float | None = None,
         train_frame_cls: bool = False,
         reset_cls: bool = True,
+        finetune: bool = False,
     ) -> None:
         super().__init__()
         if pretrained_ckpt:
             load_encoder_weights(encoder, pretrained_ckpt)
         if reset_cls:
             encoder.temporal.reset_cls_token()
+        self.finetune = bool(finetune)
         for p in encoder.parameters():
-            p.requires_grad_(False)
+            p.requires_grad_(self.finetune)
         encoder.temporal.cls_token.requires_grad_(True)
         if train_frame_cls:
             encoder.frame_encoder.cls_token.requires_grad_(True)
-        self.encoder = encoder.eval()
+        self.encoder = encoder if self.finetune else encoder.eval()
         self.head = nn.Linear(encoder.out_features, out_channels)
         if bias_init is not None:
             nn.init.constant_(self.head.bias, float(bias_init))
 
     def train(self, mode: bool = True) -> LinearProbe:
-        """Train the head; the frozen encoder always stays in eval mode (no dropout, fixed BatchNorm statistics)."""
+        """Train the head; a frozen encoder always stays in eval mode (no dropout, fixed BatchNorm statistics)."""
         super().train(mode)
-        self.encoder.eval()
+        if not self.finetune:
+            self.encoder.eval()
         return self
+
+    def param_groups(self, encoder_lr: float | None = None) -> list[dict[str, Any]]:
+        """The trainable parameters as optimiser groups: the head and the temporal CLS (the optimiser's lr), then,
+        when fine-tuning, the rest of the encoder (at ``encoder_lr`` if given, else the optimiser's lr)."""
+        probe = [*self.head.parameters(), self.encoder.temporal.cls_token]
+        ids = {id(p) for p in probe}
+        rest = [p for p in self.encoder.parameters() if p.requires_grad and id(p) not in ids]
+        groups: list[dict[str, Any]] = [{"params": probe}]
+        if rest:
+            groups.append({"params": rest} if encoder_lr is None else {"params": rest, "lr": float(encoder_lr)})
+        return groups
 
     def forward(
         self, x: torch.Tensor, times: torch.Tensor | None = None, frame_mask: torch.Tensor | None = None

@@ -4,8 +4,10 @@ default drifts. Configs are parsed, not run.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 from monai.bundle import ConfigParser
@@ -92,3 +94,40 @@ def test_timed_series_recipe_is_the_reference_oct_setting():
     item = {"image": torch.arange(10, dtype=torch.uint8).reshape(1, 10, 1, 1), "times": [float(i) for i in range(10)]}
     out = windows(item)  # the latest 8 visits
     assert out["image"].flatten().tolist() == list(range(2, 10))
+
+
+def test_finetune_config_switches_the_encoder_on():
+    # scripts/cardiac.sh "supervised": finetune.py freeze_backbone=False (random init); the lr is the head's
+    p = _parser(PROBE / "train.yaml", PROBE / "small.yaml")
+    assert p["finetune"] is False
+    p = _parser(PROBE / "train.yaml", PROBE / "small.yaml", PROBE / "finetune.yaml", encoder_lr=1e-4)
+    groups = p.get_parsed_content("optimizer").param_groups
+    assert [g["lr"] for g in groups] == [p.get_parsed_content("learning_rate"), 1e-4]
+    net = p.get_parsed_content("network_def")
+    assert net.finetune and all(q.requires_grad for q in net.parameters())
+
+
+@pytest.mark.slow
+def test_supervised_baseline_and_finetuning_run_on_tiny_data(tiny_data, tmp_path):
+    from monai.bundle import ConfigWorkflow
+
+    from medssl_monai.bundle_tools import load_state_dict
+
+    states = {}
+    for name, extra in (("probe", []), ("supervised", ["finetune.yaml"])):
+        root = tmp_path / name
+        shutil.copytree(PROBE.parent, root, ignore=shutil.ignore_patterns("models", "runs", "eval"))
+        files = [str(root / "configs" / c) for c in ("train.yaml", "small.yaml", *extra)]
+        kw = dict(bundle_root=str(root), dataset_dir=str(tiny_data["echonet"]), cache_dir=str(tmp_path / "cache"))
+        kw.update(epochs=1, num_workers=0, batch_size=2, seed=0)
+        for wf_files, kind in ((files, "train"), ([*files, str(root / "configs" / "evaluate.yaml")], "eval")):
+            wf = ConfigWorkflow(config_file=wf_files, workflow_type=kind, **kw)
+            wf.initialize()
+            wf.run()
+            wf.finalize()
+        states[name] = load_state_dict(root / "models" / "model.pt")
+        assert (root / "eval" / "metrics.json").is_file()
+    # BatchNorm statistics start at 0: the frozen probe's encoder (eval mode) never moves them, fine-tuning does
+    stats = [k for k in states["probe"] if k.startswith("encoder.") and k.endswith("running_mean")]
+    assert stats and all(not states["probe"][k].any() for k in stats)
+    assert all(states["supervised"][k].any() for k in stats)

@@ -37,6 +37,7 @@ def test_probe_cannot_update_frozen_weights(tmp_path):
     assert torch.equal(frozen["frame_encoder.pos_embed"], pre.state_dict()["frame_encoder.pos_embed"])
     assert not torch.equal(frozen["temporal.cls_token"], pre.state_dict()["temporal.cls_token"])
     trainable = sorted(n for n, p in probe.named_parameters() if p.requires_grad)
+    # the reference's filter compares full names: the per-frame cls_token stays frozen, the temporal one trains
     assert trainable == ["encoder.temporal.cls_token", "head.bias", "head.weight"]
     # even an optimiser given every parameter (with weight decay) changes only the trainable ones
     opt = torch.optim.AdamW(probe.parameters(), lr=0.1, weight_decay=0.05)
@@ -49,6 +50,35 @@ def test_probe_cannot_update_frozen_weights(tmp_path):
     after = probe.encoder.state_dict()
     changed = sorted(k for k in frozen if not torch.equal(frozen[k], after[k]))
     assert changed == ["temporal.cls_token"]
+
+
+def test_finetune_trains_the_whole_encoder_at_its_own_lr(tmp_path):
+    # the reference's freeze_backbone=False: every encoder parameter trains, the encoder in train mode
+    torch.manual_seed(0)
+    torch.save(_encoder().state_dict(), tmp_path / "model.pt")
+    probe = LinearProbe(_encoder(), out_channels=1, pretrained_ckpt=tmp_path / "model.pt", finetune=True)
+    assert all(p.requires_grad for p in probe.parameters())
+    groups = probe.param_groups(encoder_lr=1e-4)
+    assert len(groups) == 2 and groups[1]["lr"] == 1e-4 and "lr" not in groups[0]
+    assert {id(p) for g in groups for p in g["params"]} == {id(p) for p in probe.parameters()}
+    assert {id(p) for p in groups[0]["params"]} == {id(p) for p in probe.head.parameters()} | {
+        id(probe.encoder.temporal.cls_token)
+    }
+    before = {k: v.clone() for k, v in probe.encoder.state_dict().items()}
+    opt = torch.optim.AdamW(probe.param_groups(encoder_lr=1e-2), lr=0.1)
+    probe.train()
+    assert probe.encoder.training and probe.encoder.frame_encoder.stem.training  # dropout on, BN statistics move
+    for _ in range(2):
+        opt.zero_grad()
+        ProbeLoss("regression")(probe(torch.rand(4, 1, 4, 16, 16)), torch.rand(4)).backward()
+        opt.step()
+    after = probe.encoder.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert "frame_encoder.pos_embed" in changed and any("running_mean" in k for k in changed)
+    probe.eval()
+    assert not probe.encoder.training
+    frozen = LinearProbe(_encoder(), out_channels=1)
+    assert len(frozen.param_groups(encoder_lr=1e-4)) == 1  # nothing else to train in a linear probe
 
 
 def test_load_encoder_weights_from_a_method_state_dict(tmp_path):
