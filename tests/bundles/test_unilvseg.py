@@ -76,3 +76,23 @@ def test_pretraining_initialises_segmentation(variant, tiny_data, tmp_path):
         **common,
     )
     assert (seg / "models" / "model.pt").is_file()
+
+
+def test_superimage_flexibleunet_backbone_builds_and_transfers() -> None:
+    """The super-image variant with an encoder-backbone UNet (SimLVSeg's kind of 2D model): clips in, clips out, and
+    the pretraining network's weights load into the segmentation network unchanged."""
+    from monai.bundle import ConfigParser
+
+    nets = {}
+    for name in ("unilvseg_echo_ssl_pretraining", "unilvseg_echo_lv_segmentation"):
+        parser = ConfigParser()
+        parser.read_config(
+            [str(ROOT / name / "configs" / c) for c in ("train.yaml", "superimage.yaml", "superimage_flexibleunet.yaml")]
+        )
+        parser.update({"si_backbone": "resnet18"})
+        nets[name] = parser.get_parsed_content("network_def")
+        assert type(nets[name].network).__name__ == "FlexibleUNet"
+    seg = nets["unilvseg_echo_lv_segmentation"]
+    seg.load_state_dict(nets["unilvseg_echo_ssl_pretraining"].state_dict())
+    out = seg(torch.randn(1, 3, 16, 64, 64))
+    assert out.shape == (1, 1, 16, 64, 64)
