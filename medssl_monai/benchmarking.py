@@ -64,6 +64,7 @@ __all__ = [
     "format_table",
     "machine_info",
     "random_like_batch",
+    "step_host_syncs",
     "time_steps",
     "training_bundles",
 ]
@@ -391,6 +392,40 @@ def count_step_flops(trainer: Any, batch: Any) -> float:
     finally:
         trainer.network = network
     return float(counter.get_total_flops())
+
+
+#: source files whose host reads are of host tensors by design, so no sync on a GPU either: the device
+#: augmentation's draws (made on the host) and MONAI DiceLoss's reduction axes (``torch.arange(...).tolist()``)
+HOST_SIDE_SOURCES = ("medssl_monai/transforms/device.py", "monai/losses/dice.py")
+
+
+def step_host_syncs(
+    bundle: str | Path,
+    sizes: str = "small",
+    device: str | None = "cpu",
+    overrides: dict[str, Any] | None = None,
+    warmup: int = 1,
+) -> list[Any]:
+    """The host-device syncs of one training step of a bundle (``HostSync`` records, see ``engines.sync_guard``).
+
+    ``train#trainer`` is built with ``log_every`` beyond the run (the loss-logging handlers read the loss, a
+    sync by design, only every ``log_every`` iterations) and the fused optimizer the bundles use on a GPU
+    (the plain one keeps its step counters on the host). ``warmup`` unguarded steps come first (one-off
+    initialisation), then one step (handlers included) runs under the guard in recording mode.
+    """
+    from medssl_monai.engines.sync_guard import no_host_sync
+
+    values = {"log_every": 10**9, "fused_optimizer": True, "num_workers": 0}
+    values.update(overrides or {})
+    parser, trainer = build_trainer(bundle, sizes=sizes, device=device, overrides=values)
+    dev = torch.device(trainer.state.device)
+    _start(trainer)
+    batch = random_like_batch(_template_batch(parser), dev)
+    for _ in range(warmup):
+        _step(trainer, batch)
+    with no_host_sync(raise_on_sync=False, allow=HOST_SIDE_SOURCES) as guard:
+        _step(trainer, batch)
+    return guard.syncs
 
 
 def time_steps(trainer: Any, batches: Iterator[Any], device: torch.device, steps: int, warmup: int) -> dict[str, float]:

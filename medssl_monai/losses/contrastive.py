@@ -36,7 +36,8 @@ def nt_xent(
     else:
         a0, a1, offset = z0, z1, 0
     labels = torch.arange(n, device=z0.device) + offset
-    self_mask = F.one_hot(labels, a0.shape[0]).bool()  # an anchor is not its own negative
+    # an anchor is not its own negative (a comparison, not one_hot: one_hot range-checks labels on the host)
+    self_mask = labels[:, None] == torch.arange(a0.shape[0], device=z0.device)[None, :]
     l00 = (z0 @ a0.T / temperature).masked_fill(self_mask, float("-inf"))
     l11 = (z1 @ a1.T / temperature).masked_fill(self_mask, float("-inf"))
     l01, l10 = z0 @ a1.T / temperature, z1 @ a0.T / temperature
@@ -80,7 +81,8 @@ def negative_cosine_similarity(
     cos = F.cosine_similarity(pred, target, dim=-1, eps=eps)
     if mask is None:
         return -cos.mean()
+    # a masked sum over a count instead of cos[mask] and `if mask.any()`: both read the mask on the host (a
+    # host-device sync every step on a GPU); an empty mask gives 0 / 1 = 0 with zero gradients, as before
     mask = mask.bool()
-    if not mask.any():
-        return pred.sum() * 0.0
-    return -cos[mask].mean()
+    count = mask.sum().clamp_min(1).to(cos.dtype)
+    return -torch.where(mask, cos, torch.zeros_like(cos)).sum() / count

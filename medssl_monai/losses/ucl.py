@@ -31,6 +31,7 @@ def mixed_negative(
     support_size: int = 4,
     temperature: float = 0.07,
     exclude: torch.Tensor | None = None,
+    num_eligible: int | None = None,
 ) -> torch.Tensor:
     """Soft nearest neighbour of each query among its ``support_size`` most similar bank negatives.
 
@@ -40,6 +41,9 @@ def mixed_negative(
         support_size: top-k size (``single-loss-ncap-support-size``); clamped to the eligible bank size.
         temperature: ``soft-nn-t``.
         exclude: optional ``B x M`` bool mask of bank entries a query may not use (its own video).
+        num_eligible: the fewest entries any query may use, when the caller knows it from the shapes (each
+            query excludes its own video's ``K`` rows: ``M - K``); skips reading ``exclude`` on the host (two
+            host-device syncs per step on a GPU). ``None`` counts them from ``exclude``.
 
     Returns:
         ``B x D`` mixed negatives ``sum_i w_i n_i``, ``w = softmax(top-k similarities / temperature)``.
@@ -49,11 +53,12 @@ def mixed_negative(
     """
     sim = q @ bank.t()
     if exclude is not None:
-        eligible = (~exclude).sum(1)
-        if bool((eligible == 0).any()):
+        if num_eligible is None:
+            num_eligible = int((~exclude).sum(1).min())
+        if num_eligible < 1:
             raise ValueError("a query has no cross-video negatives: put at least 2 videos in every step's batch")
         sim = sim.masked_fill(exclude, float("-inf"))
-        k = min(int(support_size), int(eligible.min()))
+        k = min(int(support_size), int(num_eligible))
     else:
         k = min(int(support_size), bank.shape[0])
     top, idx = sim.topk(k, dim=1)

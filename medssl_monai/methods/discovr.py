@@ -47,8 +47,8 @@ from torch import nn
 from medssl_monai.engines.ssl import ema_update
 from medssl_monai.losses.dino import DINOHead, DINOLoss
 from medssl_monai.losses.sinkhorn import Prototypes, swapped_prediction_loss
-from medssl_monai.networks.videovit import ImageViT, VideoMAEDecoder, VideoViT
-from medssl_monai.transforms.tube_masking import multi_local_tube_masks, tube_mask
+from medssl_monai.networks.videovit import ImageViT, VideoMAEDecoder, VideoViT, gather_tokens, token_order
+from medssl_monai.transforms.tube_masking import multi_local_tube_masks, num_visible_tokens, tube_mask
 
 __all__ = ["DISCOVR", "VideoMAE", "patchify_clip", "standardize_tokens", "tubelet_targets"]
 
@@ -276,13 +276,16 @@ class DISCOVR(nn.Module):
             targets = self.cluster_targets(t_image_tokens[:, 1:], b)
 
         # video student: global view -> decoder (cluster distillation); local views -> video DINO
+        # visible-token counts follow from the grid and the ratios: the encoders gather without a host sync
+        grid = self.encoder.grid_size
         tok = self.encoder.tokens(x)
-        enc = self.encoder.encode(tok, global_mask)
+        enc = self.encoder.encode(tok, global_mask, num_visible_tokens(grid, self.global_mask_ratio))
         pred = self.decoder(enc[:, 1:], global_mask)  # B x N x D_img, natural token order
         v = local_masks.shape[0]
         loss_video = x.new_zeros(())
         if v > 0:
-            local = self.encoder.encode(tok.repeat(v, 1, 1), local_masks.reshape(v * b, -1))[:, 0]
+            n_local = num_visible_tokens(grid, self.local_mask_ratio)
+            local = self.encoder.encode(tok.repeat(v, 1, 1), local_masks.reshape(v * b, -1), n_local)[:, 0]
             s_video = self.video_head(local).reshape(v, b, -1)
             loss_video = self.video_dino_loss(s_video, t_video, self.epoch)
 
@@ -292,7 +295,8 @@ class DISCOVR(nn.Module):
             img_tok = self.image_student.tokens(frames)
             n_views = self.num_image_views
             img_masks = tube_mask(n_views * b * t, self.image_student.grid_size, self.image_mask_ratio, gen, x.device)
-            s_image = self.image_head(self.image_student.encode(img_tok.repeat(n_views, 1, 1), img_masks)[:, 0])
+            n_img = num_visible_tokens(self.image_student.grid_size, self.image_mask_ratio)
+            s_image = self.image_head(self.image_student.encode(img_tok.repeat(n_views, 1, 1), img_masks, n_img)[:, 0])
             loss_image = self.image_dino_loss(s_image.reshape(n_views, b * t, -1), t_image, self.epoch)
             loss_image = loss_image * self.image_dino_factor(b * t)
 
@@ -372,12 +376,16 @@ class VideoMAE(nn.Module):
         b = x.shape[0]
         gen = None if self.training else torch.Generator(device=x.device).manual_seed(self.eval_seed)
         mask = tube_mask(b, self.encoder.grid_size, self.mask_ratio, gen, x.device)
-        enc = self.encoder.encode(self.encoder.tokens(x), mask)
-        pred = self.decoder(enc[:, 1:], mask)[mask].reshape(b, -1, self.patch_dim)
+        # gathers with counts fixed by the ratio instead of boolean indexing (a host-device sync on a GPU);
+        # the masked tokens keep their increasing order, as x[mask] takes them
+        n_vis = num_visible_tokens(self.encoder.grid_size, self.mask_ratio)
+        masked = token_order(mask)[:, n_vis:]
+        enc = self.encoder.encode(self.encoder.tokens(x), mask, n_vis)
+        pred = gather_tokens(self.decoder(enc[:, 1:], mask), masked)
         with torch.no_grad():
             patches = patchify_clip(x.float(), self.encoder.tubelet_size, self.encoder.patch_size)
             if self.norm_pix_loss:
                 patches = standardize_tokens(patches, dim=-2)
-            target = patches.flatten(2)[mask].reshape(b, -1, self.patch_dim)
+            target = gather_tokens(patches.flatten(2), masked)
         loss = F.mse_loss(pred.float(), target)
         return {"loss": loss, "loss_mse": loss.detach()}

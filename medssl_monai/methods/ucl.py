@@ -183,8 +183,14 @@ class UCL(nn.Module):
         if self.mixed_negative:
             if bank is None:
                 raise ValueError("the mixed negative needs intra-video negatives (num_negatives > 0)")
+            # every query excludes exactly its own video's k rows of the bank: the count needs no device read
             mixed = mixed_negative(
-                q, bank, self.support_size, self.soft_nn_t, exclude if self.cross_video_only else None
+                q,
+                bank,
+                self.support_size,
+                self.soft_nn_t,
+                exclude if self.cross_video_only else None,
+                num_eligible=bank.shape[0] - k if self.cross_video_only else None,
             )
         loss = self.loss(
             q,

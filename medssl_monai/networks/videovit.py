@@ -26,6 +26,8 @@ from torch import nn
 
 __all__ = [
     "sinusoid_table",
+    "gather_tokens",
+    "token_order",
     "visible_tokens",
     "vit_block",
     "VideoViT",
@@ -71,9 +73,30 @@ def sinusoid_table(num_positions: int, dim: int) -> torch.Tensor:
     return torch.as_tensor(table, dtype=torch.float32)[None]
 
 
-def visible_tokens(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``x[~mask]`` as ``B x N_visible x D`` (every sample must mask the same number of tokens, as tube masks do)."""
+def token_order(mask: torch.Tensor) -> torch.Tensor:
+    """Token indices ``B x N``, each row's visible (False) tokens first, then its masked ones, both increasing.
+
+    ``[:, :N_visible]`` and ``[:, N_visible:]`` select what ``x[~mask]`` and ``x[mask]`` select, in the same
+    order, but as a gather with a known size: boolean indexing sizes its output from the mask's values, a
+    host-device sync on a GPU. The count comes from the caller (tube masks fix it by the ratio).
+    """
+    return torch.argsort(mask.to(torch.uint8), dim=1, stable=True)
+
+
+def gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``x[b, index[b, i]]``: ``B x N x D`` tokens and ``B x M`` indices -> ``B x M x D``."""
+    return torch.gather(x, 1, index[..., None].expand(-1, -1, x.shape[-1]))
+
+
+def visible_tokens(x: torch.Tensor, mask: torch.Tensor, num_visible: int | None = None) -> torch.Tensor:
+    """``x[~mask]`` as ``B x N_visible x D`` (every sample must mask the same number of tokens, as tube masks do).
+
+    With ``num_visible`` (the visible tokens per sample) the tokens are gathered without a host-device sync;
+    ``None`` uses boolean indexing (any mask with equal counts, one sync on a GPU).
+    """
     b, _, d = x.shape
+    if num_visible is not None:
+        return gather_tokens(x, token_order(mask)[:, :num_visible])
     return x[~mask].reshape(b, -1, d)
 
 
@@ -143,19 +166,24 @@ class VideoViT(nn.Module):
         pos = self.pos_embed[:, 1:] if n == self.num_patches else sinusoid_table(n, self.hidden_size).to(x.device)
         return tok + pos.to(tok.dtype)
 
-    def forward_features(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward_features(
+        self, x: torch.Tensor, mask: torch.Tensor | None = None, num_visible: int | None = None
+    ) -> torch.Tensor:
         """Normalised ``[CLS, visible tokens...]``, ``B x (1 + N_visible) x D``.
 
         Args:
             x: ``B x C x T x H x W`` clip.
             mask: ``B x N`` bool, True = masked (dropped before the blocks); ``None`` encodes every token.
+            num_visible: unmasked tokens per sample, if known (no host-device sync, see :func:`visible_tokens`).
         """
-        return self.encode(self.tokens(x), mask)
+        return self.encode(self.tokens(x), mask, num_visible)
 
-    def encode(self, tok: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def encode(
+        self, tok: torch.Tensor, mask: torch.Tensor | None = None, num_visible: int | None = None
+    ) -> torch.Tensor:
         """:meth:`forward_features` from precomputed :meth:`tokens` (several masked views share one embedding)."""
         if mask is not None:
-            tok = visible_tokens(tok, mask)
+            tok = visible_tokens(tok, mask, num_visible)
         cls = (self.cls_token + self.pos_embed[:, :1]).expand(tok.shape[0], -1, -1).to(tok.dtype)
         tok = torch.cat([cls, tok], dim=1)
         for blk in self.blocks:
@@ -258,8 +286,10 @@ class VideoMAEDecoder(nn.Module):
         """
         vis = self.encoder_to_decoder(visible)
         b, n = mask.shape
-        full = self.mask_token.to(vis.dtype).expand(b, n, -1).clone()
-        full[~mask] = vis.reshape(-1, vis.shape[-1])  # boolean indexing is row-major: the visible tokens in order
+        # scatter to the visible positions (in increasing order, as visible_tokens took them): the count is
+        # visible's length, so no boolean index_put (a host-device sync on a GPU)
+        index = token_order(mask)[:, : vis.shape[1], None].expand(-1, -1, vis.shape[-1])
+        full = self.mask_token.to(vis.dtype).expand(b, n, -1).scatter(1, index, vis)
         full = full + self.pos_embed.to(vis.dtype)
         for blk in self.blocks:
             full = blk(full)

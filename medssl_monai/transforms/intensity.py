@@ -64,13 +64,15 @@ def normalize_clip(
     if x.ndim < 4:
         raise ValueError(f"expected a C x T x H x W clip or B x C x T x H x W batch, got shape {tuple(x.shape)}")
     c = x.shape[-4]
-    mean_t = torch.as_tensor(mean, dtype=torch.float64).reshape(-1)
-    std_t = torch.as_tensor(std, dtype=torch.float64).reshape(-1)
-    for name, t in (("mean", mean_t), ("std", std_t)):
-        if t.numel() not in (1, c):
-            raise ValueError(f"{name} has {t.numel()} values but the clip has {c} channels")
-    if (std_t <= 0).any():
-        raise ValueError(f"std must be positive, got {std_t.tolist()}")
+    # checked in numpy: a tensor comparison read back in `if` counts as a device read for a sync check
+    mean_np = np.asarray(mean, dtype=np.float64).reshape(-1)
+    std_np = np.asarray(std, dtype=np.float64).reshape(-1)
+    for name, t in (("mean", mean_np), ("std", std_np)):
+        if t.size not in (1, c):
+            raise ValueError(f"{name} has {t.size} values but the clip has {c} channels")
+    if (std_np <= 0).any():
+        raise ValueError(f"std must be positive, got {std_np.tolist()}")
+    mean_t, std_t = torch.from_numpy(mean_np), torch.from_numpy(std_np)
     # one fused multiply-add on the device: x * (scale / std) + (-mean / std), constants folded in float64
     a = (scale / std_t).to(dtype=dtype, device=x.device).expand(c).reshape(c, 1, 1, 1)
     b = (-mean_t / std_t).to(dtype=dtype, device=x.device).expand(c).reshape(c, 1, 1, 1)

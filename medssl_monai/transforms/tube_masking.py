@@ -16,7 +16,13 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["num_masked_patches", "tube_mask", "multi_local_tube_masks", "MultiLocalTubeMaskGenerator"]
+__all__ = [
+    "num_masked_patches",
+    "num_visible_tokens",
+    "tube_mask",
+    "multi_local_tube_masks",
+    "MultiLocalTubeMaskGenerator",
+]
 
 
 def num_masked_patches(num_spatial: int, mask_ratio: float) -> int:
@@ -24,6 +30,15 @@ def num_masked_patches(num_spatial: int, mask_ratio: float) -> int:
     if not 0.0 <= mask_ratio < 1.0:
         raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
     return int(num_spatial * mask_ratio)
+
+
+def num_visible_tokens(grid_size: Sequence[int], mask_ratio: float) -> int:
+    """Unmasked tokens per sample of a :func:`tube_mask`: ``T' * (H' * W' - int(H' * W' * mask_ratio))``.
+
+    Fixed by the grid and the ratio, so encoders can gather the visible tokens without reading the mask.
+    """
+    t, h, w = (int(s) for s in grid_size)
+    return t * (h * w - num_masked_patches(h * w, mask_ratio))
 
 
 def tube_mask(
