@@ -87,7 +87,10 @@ def test_superimage_flexibleunet_backbone_builds_and_transfers() -> None:
     for name in ("unilvseg_echo_ssl_pretraining", "unilvseg_echo_lv_segmentation"):
         parser = ConfigParser()
         parser.read_config(
-            [str(ROOT / name / "configs" / c) for c in ("train.yaml", "superimage.yaml", "superimage_flexibleunet.yaml")]
+            [
+                str(ROOT / name / "configs" / c)
+                for c in ("train.yaml", "superimage.yaml", "superimage_flexibleunet.yaml")
+            ]
         )
         parser.update({"si_backbone": "resnet18"})
         nets[name] = parser.get_parsed_content("network_def")
@@ -96,3 +99,24 @@ def test_superimage_flexibleunet_backbone_builds_and_transfers() -> None:
     seg.load_state_dict(nets["unilvseg_echo_ssl_pretraining"].state_dict())
     out = seg(torch.randn(1, 3, 16, 64, 64))
     assert out.shape == (1, 1, 16, 64, 64)
+
+
+@pytest.mark.parametrize("batch_size", [3, 100])
+def test_segmentation_drops_the_last_partial_batch_as_the_reference(batch_size, tiny_data, tmp_path) -> None:
+    """Full batches only (the reference's drop_last), except a training set smaller than one batch keeps it."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(ROOT / "unilvseg_echo_lv_segmentation" / "configs" / "train.yaml"))
+    parser.update(
+        {
+            "bundle_root": str(tmp_path),
+            "dataset_dir": str(tiny_data["echonet"]),
+            "num_workers": 0,
+            "batch_size": batch_size,
+        }
+    )
+    n = len(parser.get_parsed_content("train#datalist"))
+    loader = parser.get_parsed_content("train#dataloader")
+    assert n % 3 != 0  # the tiny set leaves a partial batch at batch size 3
+    assert len(loader) == (n // batch_size if n >= batch_size else 1)
