@@ -75,13 +75,30 @@ def test_clip_times_and_relative_times():
     assert r["times"].tolist() == [0.0, 0.0, 1.5]
 
 
-def test_random_resized_crop_one_draw_for_all_frames():
-    clip = torch.randint(0, 255, (1, 3, 20, 20), dtype=torch.uint8)
-    t = RandClipResizedCropd(spatial_size=8, scale=(0.2, 0.5))
+def test_random_resized_crop_one_draw_for_all_frames() -> None:
+    """One box per clip: identical frames stay identical, frames offset by a constant stay offset by it (within the
+    uint8 rounding), the box honours the scale range, and two draws crop different boxes."""
+    image = torch.randint(0, 200, (1, 1, 20, 20), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    same = image.expand(1, 5, 20, 20).contiguous()  # C x T x H x W: five copies of one frame
+    shifted = same + (10 * torch.arange(5, dtype=torch.uint8)).reshape(1, 5, 1, 1)  # frame t = frame 0 + 10 t
+    t = RandClipResizedCropd(keys=["image", "shifted"], spatial_size=8, scale=(0.2, 0.5))
     t.set_random_state(0)
-    out = t({"image": clip})["image"]
-    top, left, h, w = t.box
-    assert out.shape == (1, 3, 8, 8) and out.dtype == torch.uint8 and h == w and 0.2 * 400 <= h * w <= 0.5 * 400 + 40
+    d = t({"image": same, "shifted": shifted})
+    out, box = d["image"], t.box
+    top, left, h, w = box
+    assert out.shape == (1, 5, 8, 8) and out.dtype == torch.uint8 and h == w and 0.2 * 400 <= h * w <= 0.5 * 400 + 40
+    for k in range(1, 5):
+        assert torch.equal(out[:, k], out[:, 0])  # a different box per frame would change the content
+        diff = d["shifted"][:, k].int() - d["shifted"][:, 0].int()
+        assert diff.min() >= 10 * k - 1 and diff.max() <= 10 * k + 1
+    assert torch.equal(d["shifted"][:, 0], out[:, 0])  # the second key got the same box as the first
+    # the box was really cropped: not the whole frame resized
+    whole = RandClipResizedCropd(spatial_size=8, prob=0.0)({"image": same})["image"]
+    assert not torch.equal(out, whole)
+    # a second draw crops another box, again one for all frames
+    out2 = t({"image": same, "shifted": shifted})["image"]
+    assert t.box != box and not torch.equal(out2, out)
+    assert all(torch.equal(out2[:, k], out2[:, 0]) for k in range(5))
 
 
 def test_pipelines_on_tiny_data(tiny_data, tmp_path):
