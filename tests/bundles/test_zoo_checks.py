@@ -36,6 +36,24 @@ def _large_files(bundle: Path) -> list[dict]:
     return []
 
 
+#: public datasets with terms of use -> their official page, which docs/data_license.txt must point to
+DATA_TERMS = {"EchoNet-Dynamic": "https://echonet.github.io/dynamic/", "CAMUS": "https://www.creatis.insa-lyon.fr/"}
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=IDS)
+def test_data_license(bundle: Path):
+    """A bundle whose metadata names a dataset with terms of use states them in docs/data_license.txt."""
+    meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+    used = [name for name in DATA_TERMS if name in meta.get("data_source", "")]
+    if (bundle / "configs" / "evaluate_camus.yaml").is_file():
+        used.append("CAMUS")
+    if not used:
+        pytest.skip("no dataset with terms of use")
+    text = (bundle / "docs" / "data_license.txt").read_text()
+    for name in used:
+        assert name in text and DATA_TERMS[name] in text, name
+
+
 @pytest.fixture(params=BUNDLES, ids=IDS)
 def zoo_bundle(request, tmp_path: Path) -> Path:
     """A copy of the bundle with the zoo's fake weights in ``models/model.pt``."""
