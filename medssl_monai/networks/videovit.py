@@ -65,12 +65,13 @@ def vit_block(
 
 def sinusoid_table(num_positions: int, dim: int) -> torch.Tensor:
     """VideoMAE's ``get_sinusoid_encoding_table``: ``1 x num_positions x dim``, sin on even, cos on odd channels."""
-    pos = np.arange(num_positions, dtype=np.float64)[:, None]
-    div = np.power(10000.0, 2 * (np.arange(dim) // 2) / dim)[None, :]
-    table = pos / div
-    table[:, 0::2] = np.sin(table[:, 0::2])
-    table[:, 1::2] = np.cos(table[:, 1::2])
-    return torch.as_tensor(table, dtype=torch.float32)[None]
+    pos = torch.arange(num_positions, dtype=torch.float64)[:, None]
+    half = torch.div(torch.arange(dim), 2, rounding_mode="floor").to(torch.float64)
+    div = torch.pow(torch.full_like(half, 10000.0), 2 * half / dim)[None, :]
+    table = pos / div  # in float64 like the reference's numpy table, then float32
+    table[:, 0::2] = torch.sin(table[:, 0::2])
+    table[:, 1::2] = torch.cos(table[:, 1::2])
+    return table.to(torch.float32)[None]
 
 
 def token_order(mask: torch.Tensor) -> torch.Tensor:
