@@ -45,6 +45,27 @@ def test_every_bundle_has_an_inference_config():
     assert [b.name for b in BUNDLES if config_path(b, "inference") is None] == []
 
 
+def _weight_shapes(files: list[str], bundle: Path) -> dict[str, tuple[int, ...]]:
+    parser = ConfigParser()
+    parser.read_config(files)
+    parser["bundle_root"] = str(bundle)
+    for key in ("pretrained_ckpt", "network_def#pretrained_ckpt"):  # no weights are read here
+        if parser.get(key, "absent") != "absent":
+            parser[key] = None
+    return {k: tuple(v.shape) for k, v in parser.get_parsed_content("network_def").state_dict().items()}
+
+
+@pytest.mark.parametrize("small", [True, False], ids=["small", "paper"])
+@pytest.mark.parametrize("bundle", BUNDLES, ids=[b.name for b in BUNDLES])
+def test_inference_network_matches_training(bundle: Path, small: bool):
+    """models/model.pt written by train.yaml (+ small.yaml) loads into inference.yaml's (+ small_inference.yaml)."""
+    train = [str(config_path(bundle, "train"))] + ([str(config_path(bundle, "small"))] if small else [])
+    infer = [str(config_path(bundle, "inference"))]
+    if small and config_path(bundle, "small_inference"):
+        infer.append(str(config_path(bundle, "small_inference")))
+    assert _weight_shapes(infer, bundle) == _weight_shapes(train, bundle)
+
+
 def _files(work: Path, extra: tuple[str, ...]) -> list[str]:
     files = [config_path(work, "inference"), config_path(work, "small_inference")]
     return [str(f) for f in files if f is not None] + [str(work / "configs" / e) for e in extra]
