@@ -21,6 +21,8 @@ Usage::
     python scripts/benchmark.py --device cuda --anchors --bundles none
     # CPU cost per sample and per transform, one core, recipe sizes (docs/performance.md)
     python scripts/benchmark.py --modes loader --sizes recipe --samples 32 --out runs/bench_loader.json
+    # torch.profiler of each bundle's model step (op and module tables, precision census, Chrome trace)
+    python scripts/benchmark.py --device cuda --sizes recipe --modes none --profile runs/profile_h100
 
 Prints a markdown table and writes every number, the options and the machine to ``--out`` as JSON.
 """
@@ -57,6 +59,7 @@ from medssl_monai.benchmarking import (  # noqa: E402
     training_bundles,
 )
 from medssl_monai.config_checks import parse_overrides  # noqa: E402
+from medssl_monai.profiling import profile_bundle  # noqa: E402
 
 __all__ = ["main"]
 
@@ -144,6 +147,9 @@ def main(
     samples: int = 32,
     passes: int = 1,
     data_size: str | None = None,
+    profile: str | None = None,
+    profile_steps: int = 3,
+    profile_depth: int = 2,
 ) -> None:
     """Benchmark the training bundles (and optionally the issue's anchors); print a table, write JSON.
 
@@ -171,6 +177,11 @@ def main(
         passes: ``loader`` mode: untimed passes over them first (builds the clip cache, warms the page cache).
         data_size: size of the built-in synthetic data (``tiny``/``small``/``bench``); default ``bench`` for the
             ``pipeline`` mode at the recipe sizes (an epoch then spans many steps), else the bundles' default.
+        profile: a folder: also run ``torch.profiler`` over each bundle's model step (``--warmup`` steps first,
+            then ``--profile_steps``) and write its op, module and precision tables and a Chrome trace there
+            (:mod:`medssl_monai.profiling`); ``--modes none`` profiles only.
+        profile_steps: profiled steps per bundle.
+        profile_depth: module depth of the module table (1: the method's parts; 2: their blocks).
     """
     try:  # fire leaves '{dataset_dir: /data/x}' a string (a path is no python literal)
         overrides = parse_overrides(overrides)
@@ -181,7 +192,7 @@ def main(
             torch.set_num_threads(int(threads))
         names = _as_list(bundles)
         selected = [] if names == ["none"] else training_bundles(root, names)
-        mode_list = _as_list(modes) or []
+        mode_list = [m for m in _as_list(modes) or [] if m != "none"]
         unknown = sorted(set(mode_list) - {"pipeline", "model", "loader"})
         if unknown:
             sys.exit(f"benchmark.py: unknown mode(s) {unknown}; expected pipeline, model, loader")
@@ -205,6 +216,26 @@ def main(
                 except Exception as err:  # one failing bundle must not hide the others' numbers
                     traceback.print_exc()
                     loader_results.append(_loader_error_row(bundle.name, sizes, err))
+            if profile:
+                try:
+                    summary = profile_bundle(
+                        bundle,
+                        profile,
+                        sizes=sizes,
+                        steps=profile_steps,
+                        warmup=warmup,
+                        device=device,
+                        amp=amp,
+                        compile=compile,
+                        channels_last=channels_last,
+                        overrides=overrides,
+                        module_depth=profile_depth,
+                        data_size=data_size,
+                    )
+                    print(f"[benchmark] profile of {bundle.name}: {summary['files']['ops']}", file=sys.stderr)
+                except Exception as err:  # one failing bundle must not hide the others' profiles
+                    traceback.print_exc()
+                    results.append(_error_row(bundle.name, "profile", sizes, device, err))
             if not step_modes:
                 continue
             try:
@@ -271,6 +302,8 @@ def main(
                 "anchors": anchors,
                 "anchor_scale": anchor_scale,
                 "overrides": overrides,
+                "profile": profile,
+                "profile_steps": profile_steps,
             }
             payload = {
                 "machine": machine_info(),

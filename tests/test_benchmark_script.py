@@ -171,3 +171,35 @@ def test_data_size_sets_the_synthetic_default_only():
     assert parser.get()["dataset_dir"]["size"] == "bench"  # not parsed here: nothing is written
     parser = build_parser(bundle, sizes="recipe", device="cpu", data_size="bench", overrides={"dataset_dir": "/d/x"})
     assert parser.get()["dataset_dir"] == "/d/x"  # a user's dataset is never resized
+
+
+def test_benchmark_script_profile_writes_tables_and_trace(tmp_path, monkeypatch):
+    """``--profile DIR`` writes, per bundle, the op and module tables, the precision census and a Chrome trace."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    threads = torch.get_num_threads()
+    try:
+        _load_script().main(
+            device="cpu",
+            bundles="discovr_echo_ssl_pretraining",
+            modes="none",
+            warmup=1,
+            profile=str(tmp_path),
+            profile_steps=1,
+            threads=1,
+        )
+    finally:
+        torch.set_num_threads(threads)
+    name = "discovr_echo_ssl_pretraining"
+    summary = json.loads((tmp_path / f"{name}.json").read_text())
+    assert summary["sort_by"] == "self_cpu_time_total" and summary["precision_error"] is None
+    assert 0 < len(summary["ops"]) <= 20 and summary["ops"][0]["self_cpu_ms"] > 0
+    modules = {r["name"] for r in summary["modules"]}
+    assert {"DISCOVR", "DISCOVR.encoder.blocks", "DISCOVR.decoder"} <= modules  # blocks the method calls directly
+    assert "Self CPU" in (tmp_path / f"{name}.ops.txt").read_text()
+    assert (tmp_path / f"{name}.modules.md").read_text().count("\n") > 3
+    # the census under CPU bf16 autocast: the fp32 islands are the prototype scores and the DINO last layers
+    fp32 = {r["module"] for r in summary["precision"] if r["dtype"] == "float32" and r["pass"] == "forward"}
+    assert "DISCOVR.prototypes" in fp32 and "DISCOVR.video_head" in fp32
+    assert any(r["dtype"] == "bfloat16" for r in summary["precision"])
+    trace = json.loads((tmp_path / f"{name}.trace.json").read_text())
+    assert any(e.get("name") == "train_step_0" for e in trace["traceEvents"])
