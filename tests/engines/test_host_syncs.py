@@ -269,3 +269,14 @@ def test_nt_xent_and_masked_cosine_match_the_previous_code():
         (g_old,) = torch.autograd.grad(old, pred)
         torch.testing.assert_close(new, old)
         torch.testing.assert_close(g_new, g_old)
+
+
+def test_local_view_masks_in_one_draw_match_the_loop_over_views():
+    from medssl_monai.transforms.tube_masking import multi_local_tube_masks
+
+    grid = (2, 4, 4)
+    glob, local = multi_local_tube_masks(3, grid, 0.75, 0.5, 4, torch.Generator().manual_seed(5))
+    gen = torch.Generator().manual_seed(5)  # the previous code: the global mask, then one draw per view
+    old_glob = tube_mask(3, grid, 0.75, gen)
+    old_local = torch.stack([tube_mask(3, grid, 0.5, gen) for _ in range(4)])
+    assert torch.equal(glob, old_glob) and torch.equal(local, old_local)
