@@ -55,6 +55,8 @@ def check_layout(bundle: str | Path) -> list[str]:
     """Missing conventional files and version/changelog problems, as readable lines (empty = fine)."""
     bundle = Path(bundle)
     problems = [f"missing {rel}" for rel in REQUIRED_FILES if not (bundle / rel).is_file()]
+    if config_path(bundle, "inference") is None:  # the model zoo's CI looks for one in every bundle
+        problems.append("missing configs/inference.yaml")
     if config_path(bundle, "train") and not config_path(bundle, "multi_gpu_train"):
         problems.append("has a train config but no multi_gpu_train config")
     meta = json.loads((bundle / "configs" / "metadata.json").read_text())
