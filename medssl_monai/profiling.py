@@ -141,9 +141,14 @@ def precision_census(
             policy, approximately); ``None`` runs it as the trainer does.
     """
     device = torch.device(trainer.state.device)
-    ctx: Any = contextlib.nullcontext()
+    ctx = contextlib.ExitStack()
     if device.type == "cpu" and cpu_autocast:
-        ctx = torch.autocast("cpu", dtype=getattr(torch, cpu_autocast))
+        ctx.enter_context(torch.autocast("cpu", dtype=getattr(torch, cpu_autocast)))
+        # the eval-mode fast path of nn.TransformerEncoderLayer (frozen probe encoders) checks CUDA autocast only
+        # and fails on CPU autocast's mixed dtypes; under CUDA autocast it is off anyway
+        fastpath = torch.backends.mha.get_fastpath_enabled()
+        torch.backends.mha.set_fastpath_enabled(False)
+        ctx.callback(torch.backends.mha.set_fastpath_enabled, fastpath)
     tracker = ModuleTracker()
     network = _network(trainer)
     root = type(network).__name__
