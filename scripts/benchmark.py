@@ -150,6 +150,8 @@ def main(
     profile: str | None = None,
     profile_steps: int = 3,
     profile_depth: int = 2,
+    cudnn_benchmark: bool | None = None,
+    matmul_precision: str | None = None,
 ) -> None:
     """Benchmark the training bundles (and optionally the issue's anchors); print a table, write JSON.
 
@@ -182,6 +184,10 @@ def main(
             (:mod:`medssl_monai.profiling`); ``--modes none`` profiles only.
         profile_steps: profiled steps per bundle.
         profile_depth: module depth of the module table (1: the method's parts; 2: their blocks).
+        cudnn_benchmark: set ``torch.backends.cudnn.benchmark`` (cuDNN autotuning of the 3D convolutions; the
+            warm-up steps absorb the search); default: torch's (off).
+        matmul_precision: ``torch.set_float32_matmul_precision`` (``high``: TF32 for the fp32 matmuls left under
+            autocast, e.g. DISCOVR's prototype scores and DINO last layers); default: torch's (``highest``).
     """
     try:  # fire leaves '{dataset_dir: /data/x}' a string (a path is no python literal)
         overrides = parse_overrides(overrides)
@@ -190,6 +196,10 @@ def main(
     with _quiet_logging():  # the bundles' StatsHandler would log every step
         if threads:
             torch.set_num_threads(int(threads))
+        if cudnn_benchmark is not None:
+            torch.backends.cudnn.benchmark = bool(cudnn_benchmark)
+        if matmul_precision is not None:
+            torch.set_float32_matmul_precision(str(matmul_precision))
         names = _as_list(bundles)
         selected = [] if names == ["none"] else training_bundles(root, names)
         mode_list = [m for m in _as_list(modes) or [] if m != "none"]
@@ -304,6 +314,8 @@ def main(
                 "overrides": overrides,
                 "profile": profile,
                 "profile_steps": profile_steps,
+                "cudnn_benchmark": cudnn_benchmark,
+                "matmul_precision": matmul_precision,
             }
             payload = {
                 "machine": machine_info(),
