@@ -9,8 +9,8 @@ random batch of the loader's shapes, already on the device), runs ``warmup`` unt
 - ``<bundle>.modules.md``: the same window by module: a ``record_function`` range around the forward of every
   module down to ``module_depth`` below the network (``DISCOVR.encoder``, ``DISCOVR.encoder.blocks``; rows of
   depth 2 nest inside their depth-1 parent), inclusive times; the backward shows up as autograd ops in the op table;
-- ``<bundle>.precision.md``: matmul/convolution/attention FLOPs of one step (forward and backward) by module, op
-  and input dtype: what runs in fp32 under autocast. On a CPU the step runs under
+- ``<bundle>.precision.md``: matmul/convolution/attention FLOPs of one step by module (forward; the backward in
+  one ``(backward)`` group), op and input dtype: what runs in fp32 under autocast. On a CPU the step runs under
   ``torch.autocast("cpu", dtype=bfloat16)`` (MONAI's trainer autocasts on CUDA only) so the census shows which
   ops autocast would leave in fp32; on CUDA the trainer's own AMP setting is used;
 - ``<bundle>.trace.json``: the Chrome trace (``chrome://tracing`` or https://ui.perfetto.dev);
@@ -107,6 +107,8 @@ class _Census(TorchDispatchMode):
         self.rows: dict[tuple[str, str, str, str], list[float]] = defaultdict(lambda: [0, 0.0])
 
     def _module(self) -> str:
+        if self.tracker.is_bw:  # ModuleTracker can leave a module active for later backward ops: no attribution
+            return "(backward)"
         names = [p for p in self.tracker.parents if p != "Global"]
         if not names:
             return "(outside modules)"
