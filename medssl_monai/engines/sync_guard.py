@@ -96,7 +96,7 @@ class HostSyncGuard(TorchDispatchMode):
         self.raise_on_sync = raise_on_sync
         self.allow = tuple(allow)
         self.syncs: list[HostSync] = []
-        self._saved: dict[str, Callable] = {}
+        self._saved: dict[str, Callable | None] = {}
 
     def _hit(self, op: str) -> None:
         where = _caller()
@@ -116,7 +116,7 @@ class HostSyncGuard(TorchDispatchMode):
     def _patch(self) -> None:
         for name in _METHODS:
             original = getattr(torch.Tensor, name)
-            self._saved[name] = original
+            self._saved[name] = torch.Tensor.__dict__.get(name)  # None: inherited from the C base class
 
             def method(t: torch.Tensor, *a: Any, _name: str = name, _orig: Callable = original, **kw: Any) -> Any:
                 self._hit(f"Tensor.{_name}")
@@ -126,7 +126,10 @@ class HostSyncGuard(TorchDispatchMode):
 
     def _unpatch(self) -> None:
         for name, original in self._saved.items():
-            setattr(torch.Tensor, name, original)
+            if original is None:
+                delattr(torch.Tensor, name)
+            else:
+                setattr(torch.Tensor, name, original)
         self._saved.clear()
 
     def __enter__(self) -> HostSyncGuard:
