@@ -268,16 +268,17 @@ def profile_bundle(
         for i in range(steps):
             with record_function(f"train_step_{i}"):
                 _step(trainer, batch)
+        if on_cuda:  # before the closing synchronize, which would count as a sync itself
+            torch.cuda.set_sync_debug_mode("default")
         _sync(dev)
         if on_cuda:
-            torch.cuda.set_sync_debug_mode("default")
             syncs = [
                 f"{w.filename}:{w.lineno}: {str(w.message).splitlines()[0]}"
                 for w in caught
                 if "synchroniz" in str(w.message).lower()
             ]
     name = bundle.name
-    sort_by = "self_cuda_time_total" if on_cuda else "self_cpu_time_total"
+    sort_by = "self_device_time_total" if on_cuda else "self_cpu_time_total"
     events = prof.key_averages()
     files = {
         "ops": out / f"{name}.ops.txt",
