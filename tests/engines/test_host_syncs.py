@@ -280,3 +280,24 @@ def test_local_view_masks_in_one_draw_match_the_loop_over_views():
     old_glob = tube_mask(3, grid, 0.75, gen)
     old_local = torch.stack([tube_mask(3, grid, 0.5, gen) for _ in range(4)])
     assert torch.equal(glob, old_glob) and torch.equal(local, old_local)
+
+
+def test_ema_update_copies_buffers_like_the_loop():
+    from medssl_monai.engines.ssl import ema_update
+
+    def net() -> torch.nn.Module:
+        return torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3), torch.nn.BatchNorm2d(3), torch.nn.Linear(4, 4))
+
+    torch.manual_seed(0)
+    student, teacher = net(), net()
+    student.train()(torch.randn(4, 2, 6, 6))  # moves the running statistics and num_batches_tracked (int64)
+    reference = net()
+    reference.load_state_dict(teacher.state_dict())
+    ema_update(teacher, student, 0.9)
+    with torch.no_grad():  # the previous code: foreach EMA of the parameters, then one copy per buffer
+        for pr, ps in zip(reference.parameters(), student.parameters()):
+            pr.mul_(0.9).add_(ps, alpha=0.1)
+        for br, bs in zip(reference.buffers(), student.buffers()):
+            br.copy_(bs)
+    for (k, a), b in zip(teacher.state_dict().items(), reference.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)
