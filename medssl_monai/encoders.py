@@ -1,4 +1,4 @@
-"""One encoder interface (DESIGN.md "One encoder interface"): any pretrained encoder as ``B x C x T x H x W -> B x D``.
+"""One encoder interface: any pretrained encoder as ``B x C x T x H x W -> B x D``.
 
 :func:`build_encoder` builds, from a pretraining bundle's configs (its ``network_def``) and optionally its
 ``models/model.pt``, a :class:`ClipEncoder` that

@@ -1,4 +1,4 @@
-"""The representation benchmark (issue 10): pretrain or take every encoder, probe it frozen, one table, one chart.
+"""The representation benchmark: pretrain or take every encoder, probe it frozen, one table, one chart.
 
 Usage::
 

@@ -1,6 +1,6 @@
 """Embedding projections in TensorBoard: the clip embeddings of a fixed set of videos, every few epochs.
 
-Issue 7 item 4 ("embedding projections"). :class:`TensorBoardEmbeddingHandler` embeds a small fixed datalist
+:class:`TensorBoardEmbeddingHandler` embeds a small fixed datalist
 (e.g. the validation videos) with the encoder being trained, through the common encoder interface
 (:func:`medssl_monai.encoders.wrap_backbone`, the same ``B x C x T x H x W -> B x D`` view the representation
 benchmark probes), and writes it with ``SummaryWriter.add_embedding``: TensorBoard's *Projector* tab then shows

@@ -19,7 +19,7 @@ class TracedFrameInferer(Inferer):
     """Run the network on a clip and keep only the traced frame of each sample.
 
     With the prediction reduced to ``B x C x H x W`` at the traced position, any MONAI 2D loss or metric on
-    ``(pred, mask)`` *is* UniLVSeg's sparse supervision (methods.md section 2): the untraced frames get no
+    ``(pred, mask)`` *is* UniLVSeg's sparse supervision (SimLVSeg, arXiv 2310.00454): the untraced frames get no
     gradient because they never reach the loss.
     """
 

@@ -1,6 +1,6 @@
 """The representation benchmark: every encoder, one frozen-feature protocol, every task, one table and one chart.
 
-Protocol (issue 10; DESIGN.md "One encoder interface"):
+Protocol (every encoder through the one encoder interface, :mod:`medssl_monai.encoders`):
 
 - features come from :class:`~medssl_monai.encoders.ClipEncoder` (frozen, eval mode);
 - every probe is *fit* on the TRAIN features and their labels only, then *scores* the evaluation features without

@@ -1,10 +1,10 @@
 """Sparse Dice loss for weakly supervised LV segmentation from ED/ES tracings only (UniLVSeg/SimLVSeg).
 
-Reference: ``simlvseg/seg_3d/pl_module.py`` (BioMedIA-MBZUAI/SimLVSeg, arXiv 2310.00454; section 2 of
-``reference/methods.md``): each training sample is a clip with one traced frame at ``rel_trace_index``; the loss is
-``smp.losses.DiceLoss("binary", from_logits=True)`` on that prediction slice only, which aggregates intersection and
-cardinality over the whole batch. Here that is :class:`monai.losses.DiceLoss` with ``sigmoid=True, batch=True`` on
-the gathered slice. Every other frame gets no gradient, which is what makes the supervision "sparse".
+Reference: ``simlvseg/seg_3d/pl_module.py`` (BioMedIA-MBZUAI/SimLVSeg, arXiv 2310.00454): each training sample is a clip
+with one traced frame at ``rel_trace_index``; the loss is ``smp.losses.DiceLoss("binary", from_logits=True)`` on that
+prediction slice only, which aggregates intersection and cardinality over the whole batch. Here that is
+:class:`monai.losses.DiceLoss` with ``sigmoid=True, batch=True`` on the gathered slice. Every other frame gets no
+gradient, which is what makes the supervision "sparse".
 """
 
 from __future__ import annotations

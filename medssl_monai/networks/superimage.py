@@ -1,4 +1,4 @@
-"""The 2D super-image variant of UniLVSeg as a clip network (methods.md section 2, "Super-image (SI) variant")."""
+"""The 2D super-image variant of UniLVSeg as a clip network (SimLVSeg, arXiv 2310.00454)."""
 
 from __future__ import annotations
 

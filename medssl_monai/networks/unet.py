@@ -1,9 +1,9 @@
 """The UniLVSeg / SimLVSeg "3d_unet": a residual UNet built from MONAI blocks.
 
-Reproduces ``simlvseg/model/unet_3d.py::UNet3D`` of BioMedIA-MBZUAI/SimLVSeg (arXiv 2310.00454, section 2 of
-``reference/methods.md``): encoder stages of MONAI ``ResidualUnit`` s (kernel 3, 2 subunits, PReLU, InstanceNorm,
-ordering "NDA") separated by ``MaxPool(2)``; a decoder of stride-2 transposed convolutions, concatenated skips and one
-``ResidualUnit`` per level, the top one ``last_conv_only`` so the network returns logits.
+Reproduces ``simlvseg/model/unet_3d.py::UNet3D`` of BioMedIA-MBZUAI/SimLVSeg (arXiv 2310.00454): encoder stages of MONAI
+``ResidualUnit`` s (kernel 3, 2 subunits, PReLU, InstanceNorm, ordering "NDA") separated by ``MaxPool(2)``; a decoder of
+stride-2 transposed convolutions, concatenated skips and one ``ResidualUnit`` per level, the top one ``last_conv_only``
+so the network returns logits.
 
 The reference takes ``B x 3 x H x W x T`` (time as the last spatial axis); this library's clip contract is
 ``B x C x T x H x W``, so time is the first spatial axis here. Convolutions are isotropic (3x3x3, pooling 2x2x2),

@@ -1,12 +1,12 @@
 """Segmentation transfer of a pretrained :class:`~medssl_monai.networks.videovit.VideoViT`: a UNETR-style decoder.
 
-DISCOVR (methods.md section 3) reports segmentation transfer of its encoder; the scripts are not in the reference
-snapshot. This follows UNETR (Hatamizadeh et al., WACV 2022) with MONAI's blocks: the patch tokens after four
-evenly spaced blocks (3, 6, 9, 12 of ViT-B) are reshaped to the token grid ``(T/tubelet, H/p, W/p)`` and brought
-up by ``UnetrPrUpBlock`` s, then merged by ``UnetrUpBlock`` s with a full-resolution ``UnetrBasicBlock`` branch
-on the clip. Tubelets are 2 frames while patches are 16 pixels, so every upsampling is ``(1, 2, 2)`` except the
-last, ``(tubelet, 2, 2)``: the output is ``B x out_channels x T x H x W``, one mask per frame, which is what
-UniLVSeg's traced-frame machinery (``engines.inferers.TracedFrameInferer``) consumes.
+DISCOVR (Mishra et al., arXiv 2506.11777) reports segmentation transfer of its encoder; the scripts are not in the
+reference snapshot. This follows UNETR (Hatamizadeh et al., WACV 2022) with MONAI's blocks: the patch tokens after four
+evenly spaced blocks (3, 6, 9, 12 of ViT-B) are reshaped to the token grid ``(T/tubelet, H/p, W/p)`` and brought up by
+``UnetrPrUpBlock`` s, then merged by ``UnetrUpBlock`` s with a full-resolution ``UnetrBasicBlock`` branch on the clip.
+Tubelets are 2 frames while patches are 16 pixels, so every upsampling is ``(1, 2, 2)`` except the last, ``(tubelet, 2,
+2)``: the output is ``B x out_channels x T x H x W``, one mask per frame, which is what UniLVSeg's traced-frame
+machinery (``engines.inferers.TracedFrameInferer``) consumes.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Whole-frame temporal masking for UniLVSeg/SimLVSeg self-supervised pretraining.
 
-Reference: ``simlvseg/seg_3d_ssl_masking/dataset.py`` (BioMedIA-MBZUAI/SimLVSeg, arXiv 2310.00454; section 2 of
-``reference/methods.md``): after augmentation, ``int(T * mask_ratio + 0.5)`` random whole frames (19 of 32 at 0.6)
-are set to zero *before* normalisation, so after ``(x - mean) / std`` they read ``-mean / std``; the network
-reconstructs the normalised unmasked clip with an MSE over all voxels.
+Reference: ``simlvseg/seg_3d_ssl_masking/dataset.py`` (BioMedIA-MBZUAI/SimLVSeg, arXiv 2310.00454): after augmentation,
+``int(T * mask_ratio + 0.5)`` random whole frames (19 of 32 at 0.6) are set to zero *before* normalisation, so after
+``(x - mean) / std`` they read ``-mean / std``; the network reconstructs the normalised unmasked clip with an MSE over
+all voxels.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ for some frames only (the others all zero), like the ED/ES tracings of EchoNet.
   and axis order), so MONAI Label writes a mask NIfTI of the image's shape.
 - :class:`LabelledFrameClipd` picks a labelled frame of an image/label pair and the window around it: the
   traced-frame sample of :func:`~medssl_monai.transforms.presets.unilvseg_train_transforms` (the loss sees
-  only that frame, methods.md section 2), so the bundle's traced-frame trainer runs unchanged.
+  only that frame, as SimLVSeg's sparse supervision), so the bundle's traced-frame trainer runs unchanged.
 - :func:`monailabel_train_transforms`, :func:`monailabel_eval_transforms`, :func:`monailabel_infer_transforms`
   and :func:`monailabel_post_transforms` are the chains the bundle's ``configs/monailabel_*.yaml`` use.
 
