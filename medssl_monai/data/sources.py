@@ -2,7 +2,9 @@
 
 Sources: video files (``.avi``, ``.mp4``, ...), frame folders (``00000.jpg``, ``00001.jpg``, ...), still images
 (one frame: GBCU's ``img,label`` lists name single images), arrays (``.npy``, ``T x H x W`` or ``T x H x W x C``
-``uint8``) and NIfTI sequences (``.nii``/``.nii.gz``, stored ``W x H x T`` as CAMUS does, or ``W x H x 1 x T``).
+``uint8``) and medical image sequences: NIfTI (``.nii``/``.nii.gz``, stored ``W x H x T`` as CAMUS does, or
+``W x H x 1 x T``; read with nibabel) and ITK MetaImage (``.mhd`` + ``.raw`` or ``.mha``, the original CAMUS release;
+read with ITK).
 """
 
 from __future__ import annotations
@@ -15,14 +17,90 @@ import numpy as np
 from medssl_monai.data.video import VIDEO_EXTENSIONS, read_video
 from medssl_monai.errors import DataError, VideoReadError
 
-__all__ = ["decode_frames", "frame_files", "IMAGE_EXTENSIONS", "is_nifti"]
+__all__ = [
+    "decode_frames",
+    "frame_files",
+    "header_shape",
+    "IMAGE_EXTENSIONS",
+    "is_medical_image",
+    "is_metaimage",
+    "is_nifti",
+    "METAIMAGE_EXTENSIONS",
+    "read_medical_image",
+]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+METAIMAGE_EXTENSIONS = (".mhd", ".mha")
 
 
 def is_nifti(path: str | Path) -> bool:
+    """``.nii`` or ``.nii.gz``."""
     name = str(path).lower()
     return name.endswith(".nii") or name.endswith(".nii.gz")
+
+
+def is_metaimage(path: str | Path) -> bool:
+    """``.mhd`` (header beside a ``.raw``) or ``.mha`` (one file): ITK MetaImage."""
+    return Path(path).suffix.lower() in METAIMAGE_EXTENSIONS
+
+
+def is_medical_image(path: str | Path) -> bool:
+    """NIfTI or MetaImage."""
+    return is_nifti(path) or is_metaimage(path)
+
+
+def header_shape(path: str | Path) -> tuple[int, ...]:
+    """Image size from the header only, fastest axis first (``W x H x T`` for a CAMUS sequence), both formats.
+
+    Raises:
+        DataError: the file cannot be read as NIfTI / MetaImage.
+    """
+    path = Path(path)
+    if is_metaimage(path):
+        import itk
+
+        try:
+            io = itk.ImageIOFactory.CreateImageIO(str(path), itk.CommonEnums.IOFileMode_ReadMode)
+            if io is None:
+                raise RuntimeError("no ITK reader for this file")
+            io.SetFileName(str(path))
+            io.ReadImageInformation()
+            return tuple(int(io.GetDimensions(i)) for i in range(io.GetNumberOfDimensions()))
+        except RuntimeError as e:  # ITK wraps every C++ exception as RuntimeError
+            raise DataError(path, f"cannot be read as MetaImage ({e})") from e
+    import nibabel as nib
+
+    try:
+        return tuple(int(s) for s in nib.load(str(path)).shape)  # nib.load reads the header only
+    except Exception as e:  # nibabel raises several types for corrupt files
+        raise DataError(path, f"cannot be read as NIfTI ({e})") from e
+
+
+def read_medical_image(path: str | Path) -> np.ndarray:
+    """Pixels of a NIfTI or MetaImage file, slowest axis first: a CAMUS sequence ``T x H x W``, a mask ``H x W``.
+
+    ITK returns numpy arrays slowest axis first (``z, y, x``) and nibabel fastest first (``x, y, z``), so the NIfTI
+    array is transposed: the same image in either format gives the same array. Orientation matrices are not
+    applied (CAMUS stores the pixel grid as acquired in both releases).
+
+    Raises:
+        DataError: the file cannot be read.
+    """
+    path = Path(path)
+    if is_metaimage(path):
+        import itk
+
+        try:
+            return np.asarray(itk.array_from_image(itk.imread(str(path))))
+        except RuntimeError as e:  # ITK wraps every C++ exception as RuntimeError
+            raise DataError(path, f"cannot be read as MetaImage ({e})") from e
+    import nibabel as nib
+
+    try:
+        data = np.asanyarray(nib.load(str(path)).dataobj)
+    except Exception as e:  # nibabel raises several types for corrupt files
+        raise DataError(path, f"cannot be read as NIfTI ({e})") from e
+    return data.T
 
 
 def _frame_key(p: Path):
@@ -77,22 +155,17 @@ def _decode_npy(path: Path) -> np.ndarray:
     raise DataError(path, f"expected T x H x W or T x H x W x C (C in 1, 3), got shape {arr.shape}")
 
 
-def _decode_nifti(path: Path) -> np.ndarray:
-    import nibabel as nib
-
-    try:
-        data = np.asanyarray(nib.load(str(path)).dataobj)
-    except Exception as e:  # nibabel raises several types for corrupt files
-        raise DataError(path, f"cannot be read as NIfTI ({e})") from e
-    if data.ndim == 4 and data.shape[2] == 1:
-        data = data[:, :, 0]
+def _decode_sequence(path: Path) -> np.ndarray:
+    data = read_medical_image(path)  # T x H x W (or T x 1 x H x W: NIfTI W x H x 1 x T)
+    if data.ndim == 4 and data.shape[1] == 1:
+        data = data[:, 0]
     if data.ndim != 3:
-        raise DataError(path, f"expected a W x H x T sequence, got shape {data.shape}")
+        raise DataError(path, f"expected a W x H x T sequence, got shape {data.shape[::-1]} (W first)")
     if data.dtype != np.uint8:
         if data.min() < 0 or data.max() > 255:
             raise DataError(path, f"intensities outside 0..255 ({data.min()}..{data.max()}); expected 8-bit frames")
         data = data.astype(np.uint8)
-    return np.ascontiguousarray(np.transpose(data, (2, 1, 0))[..., None])  # W x H x T -> T x H x W x 1
+    return np.ascontiguousarray(data[..., None])  # T x H x W x 1
 
 
 def decode_frames(path: str | Path, min_frames: int = 1) -> np.ndarray:
@@ -112,10 +185,10 @@ def decode_frames(path: str | Path, min_frames: int = 1) -> np.ndarray:
         frames = _read_image(path)[None]
     elif path.suffix.lower() == ".npy":
         frames = _decode_npy(path)
-    elif is_nifti(path):
-        frames = _decode_nifti(path)
+    elif is_medical_image(path):
+        frames = _decode_sequence(path)
     else:
-        expected = f"a video {VIDEO_EXTENSIONS}, a frame folder, an image {IMAGE_EXTENSIONS}, .npy or NIfTI"
+        expected = f"a video {VIDEO_EXTENSIONS}, a frame folder, an image {IMAGE_EXTENSIONS}, .npy, NIfTI or .mhd"
         raise DataError(path, f"unsupported clip source (expected {expected})")
     if frames.shape[0] < min_frames:
         raise VideoReadError(path, f"too few frames: {frames.shape[0]}, at least {min_frames} needed")

@@ -16,7 +16,7 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, Randomizable
 
 from medssl_monai.data.cache import ClipCache
-from medssl_monai.data.sources import is_nifti
+from medssl_monai.data.sources import is_medical_image, read_medical_image
 from medssl_monai.data.tracings import MIN_TRACING_ROWS, tracing_mask
 from medssl_monai.errors import DataError, TracingError, VideoReadError
 from medssl_monai.transforms.sampling import clip_indices
@@ -74,7 +74,7 @@ def _as_cache(cache: ClipCache | bool | None, cache_dir: str | Path | None) -> C
 
 
 class LoadClipd(MapTransform, Randomizable):
-    """Load a clip of ``num_frames`` frames from a video, frame folder, ``.npy`` or NIfTI sequence.
+    """Load a clip of ``num_frames`` frames from a video, frame folder, ``.npy``, NIfTI or MetaImage sequence.
 
     Frames come from a :class:`~medssl_monai.data.cache.ClipCache` (decoded once, then memory-mapped; the
     memmap is opened per call, so the transform pickles into DataLoader workers), the window from
@@ -307,8 +307,8 @@ class LoadTracingMaskd(MapTransform):
     - EchoNet tracing rows ``[[x1, y1, x2, y2], ...]`` (row 0 the long axis): rasterised with
       :func:`~medssl_monai.data.tracings.tracing_mask` (the EchoNet / SimLVSeg polygon rule) on the ``H x W``
       of the clip already loaded in ``d[ref_key]`` (``C x T x H x W``);
-    - a mask file: NIfTI stored ``W x H`` (CAMUS; transposed to ``H x W``) or an image (PNG, ...), binarised
-      as ``== label_value`` (CAMUS: 1 = LV endocardium).
+    - a mask file: NIfTI or MetaImage (``.mhd``) stored ``W x H`` (CAMUS; read as ``H x W``) or an image (PNG,
+      ...), binarised as ``== label_value`` (CAMUS: 1 = LV endocardium).
 
     Args:
         keys: keys of the labels.
@@ -348,17 +348,11 @@ class LoadTracingMaskd(MapTransform):
     def _read_mask_file(self, path: Path) -> np.ndarray:
         if not path.is_file():
             raise DataError(path, "mask file not found")
-        if is_nifti(path):
-            import nibabel as nib
-
-            try:
-                arr = np.asanyarray(nib.load(str(path)).dataobj)
-            except Exception as e:  # nibabel raises several types for corrupt files
-                raise DataError(path, f"cannot be read as NIfTI ({e})") from e
-            arr = np.squeeze(arr)
+        if is_medical_image(path):
+            arr = np.squeeze(read_medical_image(path))  # H x W from NIfTI and MetaImage alike
             if arr.ndim != 2:
-                raise DataError(path, f"expected a 2D W x H mask, got shape {arr.shape}")
-            return arr.T  # NIfTI stores W x H (CAMUS)
+                raise DataError(path, f"expected a 2D W x H mask, got shape {arr.shape[::-1]} (W first)")
+            return arr
         import cv2
 
         arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)

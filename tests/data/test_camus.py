@@ -7,6 +7,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 from medssl_monai.data.camus import load_camus_datalist, read_camus_cfg
 from medssl_monai.data.sources import decode_frames
@@ -89,3 +90,58 @@ def test_database_nifti_subfolder_and_two_views(tmp_path: Path) -> None:
     make_patient(tmp_path / "database_nifti", "patient0001", view="2CH")
     items = load_camus_datalist(tmp_path, view=["2CH", "4CH"])
     assert [i["video_id"] for i in items] == ["patient0001_2CH", "patient0001_4CH"]
+
+
+def _mhd(path: Path, array_slowest_first: np.ndarray) -> None:
+    """ITK writes numpy's slowest axis last in ``DimSize``: ``T x H x W`` becomes ``W H T``, the NIfTI layout."""
+    import itk
+
+    itk.imwrite(itk.image_from_array(np.ascontiguousarray(array_slowest_first)), str(path))
+
+
+def make_mhd_patient(root: Path, pid: str, view: str = "4CH") -> Path:
+    """The original release's files for :func:`make_patient`'s patient: ``_sequence.mhd`` + ``.raw``, ``LVef``."""
+    d = root / pid
+    d.mkdir(parents=True, exist_ok=True)
+    seq = np.zeros((T, H, W), np.uint8)
+    for t in range(T):
+        seq[t] = 10 * t
+    seq[:, 0, 5] = 255  # the same marked pixel as the NIfTI copy: x = 5, y = 0
+    _mhd(d / f"{pid}_{view}_sequence.mhd", seq)
+    _mhd(d / f"{pid}_{view}_sequence_gt.mhd", (seq > 0).astype(np.uint8))
+    _mhd(d / f"{pid}_{view}_ED_gt.mhd", np.ones((H, W), np.uint8))  # 2D header
+    _mhd(d / f"{pid}_{view}_ES_gt.mhd", np.ones((1, H, W), np.uint8))  # 3D header with one slice
+    (d / f"Info_{view}.cfg").write_text(f"ED: 1\nES: {T}\nNbFrame: {T}\nSex: F\nAge: 61\nLVef: 52\n")
+    return d
+
+
+def test_metaimage_release_reads_like_the_nifti_one(tmp_path: Path) -> None:
+    from medssl_monai.transforms.camus import LoadCamusSequenced
+    from medssl_monai.transforms.io import LoadTracingMaskd
+
+    d = make_mhd_patient(tmp_path / "mhd" / "training", "patient0001")
+    assert (d / "patient0001_4CH_sequence.raw").is_file()
+    nii_dir = make_patient(tmp_path / "nii", "patient0001")
+    seq = np.zeros((W, H, T), np.uint8)  # the NIfTI copy of the per-frame ground truth
+    for t in range(T):
+        seq[:, :, t] = 10 * t
+    seq[5, 0, :] = 255
+    _nii(nii_dir / "patient0001_4CH_half_sequence_gt.nii.gz", (seq > 0).astype(np.uint8))
+    [m] = load_camus_datalist(tmp_path / "mhd")  # finds training/
+    [n] = load_camus_datalist(tmp_path / "nii")
+    assert m["image"].endswith("patient0001_4CH_sequence.mhd") and m["sequence_label"].endswith("_sequence_gt.mhd")
+    assert m["labels"]["ED"].endswith("patient0001_4CH_ED_gt.mhd")
+    same = ("video_id", "traced_frames", "ef", "num_frames", "label_value")
+    assert {k: m[k] for k in same} == {k: n[k] for k in same}
+    frames = decode_frames(m["image"])
+    assert frames.shape == (T, H, W, 1) and frames[:, 0, 5, 0].tolist() == [255] * T
+    np.testing.assert_array_equal(frames, decode_frames(n["image"]))
+    np.testing.assert_array_equal(decode_frames(m["sequence_label"]), decode_frames(n["sequence_label"]))
+    clip = np.zeros((1, T, H, W), np.uint8)
+    for phase in ("ED", "ES"):
+        mask = LoadTracingMaskd()({"image": clip, "label": m["labels"][phase]})["label"]
+        assert mask.shape == (1, H, W) and mask.sum() == H * W
+    a = LoadCamusSequenced(max_frames=4, spatial_size=(4, 6))(m)
+    b = LoadCamusSequenced(max_frames=4, spatial_size=(4, 6))(n)
+    for key in ("image", "label", "label_valid", "phase_code", "frame_indices"):
+        assert torch.equal(a[key], b[key]), key
