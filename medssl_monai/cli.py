@@ -197,17 +197,35 @@ class CLI:
         onnx: bool = True,
         max_file_mb: float = 25.0,
         url_prefix: str = "",
+        weights_url: str = "",
+        config_file: str | list[str] | None = None,
+        wheel: bool | str = True,
         log_level: str = "INFO",
     ) -> dict:
-        """Check a bundle and write ``<out>/<name>_v<version>.zip`` with TorchScript/ONNX exports (docs/zoo.md)."""
+        """Check a bundle and write ``<out>/<name>_v<version>.zip`` with TorchScript/ONNX exports (docs/zoo.md).
+
+        The zip carries the ``medssl_monai`` wheel (``--wheel False``: none; ``--wheel <file>``: that one) and an
+        ``INSTALL.md`` with its ``pip install`` line. ``--weights_url``: the URL of ``models/model.pt`` in
+        ``large_files.yml``; ``--config_file``: the configs defining ``network_def`` for a model trained with
+        ``small.yaml`` (``"['configs/inference.yaml','configs/small_inference.yaml']"``).
+        """
         from medssl_monai.zoo import package_bundle
 
         _setup_logging(log_level)
         r = package_bundle(
-            bundle, out, allow_untrained=allow_untrained, onnx=onnx, max_file_mb=max_file_mb, url_prefix=url_prefix
+            bundle,
+            out,
+            allow_untrained=allow_untrained,
+            onnx=onnx,
+            max_file_mb=max_file_mb,
+            url_prefix=url_prefix,
+            weights_url=weights_url,
+            config_files=[config_file] if isinstance(config_file, str) else config_file,
+            wheel=wheel,
         )
         return {
             "zip": str(r.zip_path),
+            "wheel": r.wheel,
             "trained": r.trained,
             "exports": r.exports,
             "onnx_exporter": r.onnx_exporter,
