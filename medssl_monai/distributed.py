@@ -5,6 +5,8 @@ With one process every function is the identity, so single-GPU/CPU runs pay noth
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.distributed as dist
 
@@ -31,31 +33,21 @@ def rank() -> int:
     return dist.get_rank() if is_dist() else 0
 
 
-class _GatherWithGrad(torch.autograd.Function):
-    """All-gather whose backward sends each rank the gradient of its own slice, summed over ranks.
-
-    Summing (not averaging) matches DDP's gradient averaging: the loss of every rank depends on every
-    rank's embeddings, and DDP divides by the world size afterwards.
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        out = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-        dist.all_gather(out, x.contiguous())
-        return tuple(out)
-
-    @staticmethod
-    def backward(ctx, *grads: torch.Tensor) -> torch.Tensor:
-        g = torch.stack(grads)
-        dist.all_reduce(g)
-        return g[dist.get_rank()]
-
-
 def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate ``x`` from every rank along dim 0, differentiably (identity without DDP)."""
+    """Concatenate ``x`` from every rank along dim 0, differentiably (identity without DDP).
+
+    PyTorch's ``torch.distributed.nn.functional.all_gather``: its backward sends each rank the gradient of its own
+    slice summed over ranks (reduce-scatter; all-to-all on gloo), which matches DDP's gradient averaging since the
+    loss of every rank depends on every rank's embeddings.
+    """
     if not is_dist() or world_size() == 1:
         return x
-    return torch.cat(_GatherWithGrad.apply(x), dim=0)
+    from torch.distributed.nn.functional import all_gather
+
+    with warnings.catch_warnings():
+        # torch 2.13 points to _functional_collectives, a private module absent from older torch releases we support
+        warnings.filterwarnings("ignore", message=r".*nn\.functional\.all_gather is deprecated", category=FutureWarning)
+        return torch.cat(all_gather(x), dim=0)
 
 
 @torch.no_grad()
