@@ -33,6 +33,7 @@ SMALL = ["configs/inference.yaml", "configs/small_inference.yaml"]
 DIST_OF = {
     "cv2": "opencv-python-headless",
     "ignite": "pytorch-ignite",
+    "itk": "itk-io",  # itk-io pulls itk-core, which holds the itk package
     "sklearn": "scikit-learn",
     "skimage": "scikit-image",
     "yaml": "pyyaml",
