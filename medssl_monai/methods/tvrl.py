@@ -102,11 +102,9 @@ def bernoulli_frame_mask(
     draw = torch.rand(valid.shape, device=valid.device, generator=generator) < mask_ratio
     masked = draw & valid
     all_gone = valid.any(1) & ~(valid & ~masked).any(1)
-    if all_gone.any():
-        # unmask the last valid frame of the clips that lost every frame
-        last = (valid.cumsum(1) == valid.sum(1, keepdim=True)) & valid
-        masked = masked & ~(last & all_gone[:, None])
-    return masked
+    # unmask the last valid frame of the clips that lost every frame (unconditionally: testing first would sync)
+    last = (valid.cumsum(1) == valid.sum(1, keepdim=True)) & valid
+    return masked & ~(last & all_gone[:, None])
 
 
 def tube_mask(

@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parents[2]
 KW = {"img_size": 16, "num_frames": 4, "patch_size": 8, "hidden_size": 16, "mlp_dim": 32, "num_layers": 1}
 KW["num_heads"] = 2
 
-#: syncs left in code this change does not own, by source file (see docs/performance.md); anything else fails
-KNOWN_SYNCS = {"tvrl_echo_ssl_pretraining": ("medssl_monai/methods/tvrl.py",)}
+#: syncs allowed per bundle, by source file (none left in the bundles' default steps); anything else fails
+KNOWN_SYNCS: dict[str, tuple[str, ...]] = {}
 
 
 def _grads(module: torch.nn.Module) -> dict[str, torch.Tensor]:
