@@ -43,6 +43,8 @@ class ClipPrepareBatch(PrepareBatch):
         channels_last: use ``torch.channels_last_3d`` memory format (helps cuDNN 3D convolutions on GPUs).
         augment: training augmentation applied on the device to the ``uint8`` clip (and the label, with the same
             draw) before normalisation; ``None`` (validation, inference): none.
+        augment_label: pass the label through ``augment`` (a mask); ``False`` for a class or a value, which a
+            spatial draw must not touch.
     """
 
     def __init__(
@@ -54,6 +56,7 @@ class ClipPrepareBatch(PrepareBatch):
         std: Sequence[float] = ECHONET_STD,
         channels_last: bool = False,
         augment: DeviceAugmentation | None = None,
+        augment_label: bool = True,
     ) -> None:
         self.image_key = image_key
         self.label_key = label_key
@@ -62,6 +65,7 @@ class ClipPrepareBatch(PrepareBatch):
         self.std = tuple(std)
         self.channels_last = channels_last
         self.augment = augment
+        self.augment_label = augment_label
 
     def _copy(self, batchdata: dict, device, non_blocking: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The clip and label on the device, augmented there when ``augment`` is set (still ``uint8``)."""
@@ -70,7 +74,8 @@ class ClipPrepareBatch(PrepareBatch):
         if self.label_key is not None and self.label_key in batchdata:
             label = _to(torch.as_tensor(batchdata[self.label_key]), device, non_blocking)
         if self.augment is not None:
-            x, label = self.augment(x, label)
+            x, augmented = self.augment(x, label if self.augment_label else None)
+            label = augmented if self.augment_label else label
         return x, label
 
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:

@@ -82,6 +82,20 @@ CASES = {
         Case("discovr_echo_ssl_pretraining", {"batch_size": 2}, extra_configs=("configs/videomae.yaml",)),  # [2]
         Case("discovr_echo_evaluation", {"batch_size": 2}, pretrained="network_def.encoder"),  # [2]
         Case("discovr_echo_lv_segmentation", {"batch_size": 2}, pretrained="network_def.encoder"),  # [4]
+        # the DISCOVR bundles' default loader, as UniLVSeg's: persistent workers, augmentation on the device
+        Case("discovr_echo_ssl_pretraining", {"batch_size": 2, "num_workers": 2}, suffix="-2workers"),  # [2]
+        Case(
+            "discovr_echo_evaluation",
+            {"batch_size": 2, "num_workers": 2},
+            pretrained="network_def.encoder",
+            suffix="-2workers",
+        ),  # [2]
+        Case(
+            "discovr_echo_lv_segmentation",
+            {"batch_size": 2, "num_workers": 2},
+            pretrained="network_def.encoder",
+            suffix="-2workers",
+        ),  # [4]
     ]
 }
 
@@ -192,7 +206,13 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(name: str, tiny_dat
 
 # bundles whose workers hold no random state (per-sample seeded windows, augmentation on the device): their
 # workers persist and resume stays exact (their ``-2workers`` cases)
-PERSISTENT = {"unilvseg_echo_ssl_pretraining", "unilvseg_echo_lv_segmentation"}
+PERSISTENT = {
+    "unilvseg_echo_ssl_pretraining",
+    "unilvseg_echo_lv_segmentation",
+    "discovr_echo_ssl_pretraining",
+    "discovr_echo_evaluation",
+    "discovr_echo_lv_segmentation",
+}
 
 
 def test_training_workers_persist_only_where_resume_stays_exact():

@@ -273,3 +273,67 @@ def test_presets_leave_the_augmentation_to_the_device_when_asked():
         assert not augmenting & names(make(**kwargs, augment_on="device"))  # load only: no jitter, no crop
         with pytest.raises(ValueError, match="augment_on"):
             make(**kwargs, augment_on="gpu")
+
+
+def test_prepare_batch_leaves_a_class_label_alone():
+    """A probe's class label is not a mask: ``augment_label=False`` augments the clip only."""
+    x = torch.cat([_echo_like(t=2, h=64, w=64, seed=s) for s in range(2)])
+    batch = {"image": x, "label": torch.tensor([0, 1])}
+    prepare = ClipPrepareBatch(augment=DeviceAugmentation(crop=48, seed=0), augment_label=False)
+    inputs, targets, _, _ = prepare(batch)
+    expected, _ = DeviceAugmentation(crop=48, seed=0)(x)
+    assert torch.equal(inputs, ClipPrepareBatch()({**batch, "image": expected})[0])
+    assert targets.tolist() == [0, 1]
+
+
+# bundles whose training augmentation runs on the device by default (the worker chain stays as augment_on: workers)
+DEVICE_AUGMENTED = [
+    "unilvseg_echo_ssl_pretraining",
+    "unilvseg_echo_lv_segmentation",
+    "discovr_echo_ssl_pretraining",
+    "discovr_echo_evaluation",
+    "discovr_echo_lv_segmentation",
+]
+
+
+@pytest.mark.parametrize("bundle", DEVICE_AUGMENTED)
+def test_bundle_device_augmentation_draws_as_its_worker_chain(bundle: str):
+    """A bundle's ``train#augmentation`` has the distributions of its ``augment_on: workers`` chain (rotation
+    range, pad, crop, jitter ranges and probability, CLAHE limit, tiles and probability), the trainer uses it,
+    ``resume.pt`` saves it, and the workers then only load a per-sample seeded window."""
+    from pathlib import Path
+
+    from monai.bundle import ConfigParser
+
+    from medssl_monai.bundle_tools import config_path
+    from medssl_monai.transforms.intensity import RandClipCLAHEd, RandClipColorJitterd
+
+    root = Path(__file__).resolve().parents[2] / "bundles" / bundle
+    parser = ConfigParser()
+    parser.read_config(str(config_path(root, "train")))
+    parser["cache_dir"] = None
+    assert parser["augment_on"] == "device"
+    aug = parser.get_parsed_content("train#augmentation")
+
+    def ref(key: str) -> str:  # a raw reference, with MONAI's "::" written back as "#"
+        return str(parser[key]).replace("::", "#")
+
+    trainer_prepare = ref("train#trainer#prepare_batch")  # the trainer's (validation keeps an unaugmented one)
+    assert parser.get_parsed_content(trainer_prepare.lstrip("@")).augment is aug
+    assert "'@train#augmentation'" in ref("train#resume_handler#save_dict")
+    assert "'@train#seeded_dataset'" in ref("train#dataloader#dataset")
+    assert "'method': '@train#seeded_dataset'" in ref("train#handlers")
+    device_chain = parser.get_parsed_content("train#preprocessing")
+    assert not {RandClipColorJitterd, RandClipCLAHEd, ClipConsistentd} & {type(t) for t in device_chain.transforms}
+
+    parser["augment_on"] = "workers"
+    chain = {type(t): t for t in parser.get_parsed_content("train#preprocessing", lazy=False).transforms}
+    jitter, clahe_t, spatial = chain[RandClipColorJitterd], chain[RandClipCLAHEd], chain[ClipConsistentd]
+    for name in ("brightness", "contrast", "saturation", "hue"):
+        assert aug.ranges[name] == getattr(jitter, name), name
+    assert aug.jitter_prob == jitter.prob and aug.clahe_prob == clahe_t.prob
+    assert aug.ranges["clip_limit"] == clahe_t.clip_limit and aug.tile_grid_size == clahe_t.tile_grid_size
+    rotate, pad, crop = spatial.transform.transforms
+    assert math.isclose(math.radians(aug.rotate_degrees), rotate.rand_rotate.range_x[1])
+    assert tuple(pad.padder.spatial_size) == (aug.pad, aug.pad)
+    assert tuple(crop.cropper.roi_size) == (aug.crop, aug.crop)
