@@ -4,6 +4,10 @@ Reference: ``evaluate_bootstrap.py`` (BioMedIA-MBZUAI/SimLVSeg): per traced fram
 union of prediction (``> 0``) and tracing, and reports the pooled Dice ``2 * sum(inter) / (sum(union) + sum(inter))``
 over all frames, the ED ("large") frames and the ES ("small") frames. Since ``union + inter = |pred| + |true|``,
 that equals ``2 * sum(inter) / (sum(|pred|) + sum(|true|))``, which is what :func:`pooled_dice` computes.
+
+That is MONAI's global F1 (``ConfusionMatrixMetric("f1 score", compute_sample=False, reduction="sum")``, tested
+equal); the counts stay per frame here because the bootstrap resamples frames (``R x N`` count arrays), which
+MONAI's metric, aggregating its whole buffer once, cannot do.
 """
 
 from __future__ import annotations
