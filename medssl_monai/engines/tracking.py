@@ -1,10 +1,11 @@
 """Experiment tracking handlers: learning rate and image summaries for TensorBoard, quiet progress bars.
 
-Issue 7 item 4. The bundles already log losses and validation metrics with MONAI's ``TensorBoardStatsHandler``;
+The bundles already log losses and validation metrics with MONAI's ``TensorBoardStatsHandler``;
 these handlers add what it does not: the learning rate of every optimizer parameter group
-(:class:`LearningRateLogger`), a few frames of the input clip / mask / prediction / reconstruction of the
-*last* batch of an epoch (:class:`TensorBoardClipImageHandler`) and an ignite progress bar that stays silent
-when stderr is not a terminal (:func:`progress_bar`, so CI logs are not spammed). ``--tracking mlflow`` is
+(:class:`LearningRateLogger`, ignite's ``OptimizerParamsHandler`` behind the bundles' arguments), a few frames of
+the input clip / mask / prediction / reconstruction of the *last* batch of an epoch
+(:class:`TensorBoardClipImageHandler`) and an ignite progress bar that stays silent when stderr is not a terminal
+(:func:`progress_bar`, so CI logs are not spammed). ``--tracking mlflow`` is
 MONAI's own (``monai.bundle.run(..., tracking="mlflow")`` appends ``MLFlowHandler`` to ``train#handlers`` and
 ``validate#handlers``), see ``docs/tracking.md``.
 
@@ -23,6 +24,7 @@ from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
+from ignite.handlers.tensorboard_logger import OptimizerParamsHandler, TensorboardLogger
 
 __all__ = [
     "LearningRateLogger",
@@ -44,18 +46,30 @@ def _writer(log_dir: str | None, summary_writer: Any | None) -> tuple[Any, bool]
     return SummaryWriter(log_dir=log_dir), True
 
 
-class LearningRateLogger:
-    """Writes ``lr`` (one scalar per optimizer parameter group) to TensorBoard.
+class _GivenWriterLogger(TensorboardLogger):
+    """Ignite's ``TensorboardLogger`` around an existing writer (its constructor always opens a new one)."""
 
-    Logged at every ``EPOCH_COMPLETED`` against the epoch and, when ``iteration_interval > 0``, every
-    ``iteration_interval`` iterations against the iteration (reading ``param_groups`` is a host-side float,
-    so it costs no device sync). Tags: ``{tag_name}`` for a single group, ``{tag_name}/group{k}`` otherwise.
+    def __init__(self, writer: Any) -> None:  # no super().__init__: that would open a second SummaryWriter
+        self.writer = writer
+
+    def close(self) -> None:
+        """Flushes only: whoever made the writer closes it."""
+        self.writer.flush()
+
+
+class LearningRateLogger:
+    """Writes every optimizer parameter group's learning rate to TensorBoard (ignite's ``OptimizerParamsHandler``).
+
+    Logged at every ``EPOCH_COMPLETED`` against the epoch (tags ``lr/group_{k}``) and, when
+    ``iteration_interval > 0``, every ``iteration_interval`` iterations against the iteration (tags
+    ``iteration/lr/group_{k}``, so the two x-axes stay apart); reading ``param_groups`` is a host-side float, so it
+    costs no device sync. This class only keeps the bundle-facing arguments (a log folder or a given writer).
 
     Args:
         optimizer: the optimizer whose ``param_groups[k]["lr"]`` is logged (after ``LrScheduleHandler`` ran).
         log_dir: TensorBoard folder (ignored when ``summary_writer`` is given).
         summary_writer: an existing ``SummaryWriter``-like object (``add_scalar``).
-        tag_name: scalar tag prefix.
+        tag_name: optional tag prefix (``{tag_name}/lr/group_{k}``).
         iteration_interval: log every N iterations as well; 0 disables iteration logging.
     """
 
@@ -64,7 +78,7 @@ class LearningRateLogger:
         optimizer: torch.optim.Optimizer,
         log_dir: str | None = "./runs",
         summary_writer: Any | None = None,
-        tag_name: str = "lr",
+        tag_name: str | None = None,
         iteration_interval: int = 0,
     ) -> None:
         self.optimizer = optimizer
@@ -76,35 +90,19 @@ class LearningRateLogger:
         self._owned = False
 
     def attach(self, engine: Engine) -> None:
-        """Registers the epoch (and optional iteration) events and closes an owned writer on completion."""
+        """Attaches ``OptimizerParamsHandler`` at the epoch (and iteration) events; flushes every epoch."""
         self.writer, self._owned = _writer(self.log_dir, self._given_writer)
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
+        tb = _GivenWriterLogger(self.writer)
+        tb.attach(engine, OptimizerParamsHandler(self.optimizer, "lr", self.tag_name), Events.EPOCH_COMPLETED)
         if self.iteration_interval > 0:
-            engine.add_event_handler(
-                Events.ITERATION_COMPLETED(every=self.iteration_interval), self.iteration_completed
+            tag = f"{self.tag_name}/iteration" if self.tag_name else "iteration"
+            tb.attach(
+                engine,
+                OptimizerParamsHandler(self.optimizer, "lr", tag),
+                Events.ITERATION_COMPLETED(every=self.iteration_interval),
             )
+        engine.add_event_handler(Events.EPOCH_COMPLETED, lambda _: self.writer.flush())  # visible while training
         engine.add_event_handler(Events.COMPLETED, self.close)
-
-    def learning_rates(self) -> dict[str, float]:
-        """The current learning rates keyed by their tag."""
-        groups = self.optimizer.param_groups
-        if len(groups) == 1:
-            return {self.tag_name: float(groups[0]["lr"])}
-        return {f"{self.tag_name}/group{k}": float(g["lr"]) for k, g in enumerate(groups)}
-
-    def _write(self, step: int) -> None:
-        for tag, value in self.learning_rates().items():
-            self.writer.add_scalar(tag, value, step)
-        self.writer.flush()
-
-    def epoch_completed(self, engine: Engine) -> None:
-        """Logs against ``engine.state.epoch``."""
-        self._write(engine.state.epoch)
-
-    def iteration_completed(self, engine: Engine) -> None:
-        """Logs against ``engine.state.iteration`` (tag suffix ``_iter`` keeps the two x-axes apart)."""
-        for tag, value in self.learning_rates().items():
-            self.writer.add_scalar(f"{tag}_iter", value, engine.state.iteration)
 
     def close(self, engine: Engine | None = None) -> None:
         """Flushes; closes the writer when this handler created it."""
@@ -169,6 +167,10 @@ class TensorBoardClipImageHandler:
     step (for an evaluator run by ``ValidationHandler`` that is the trainer's epoch). ``activation`` maps a
     network output to an image (``"sigmoid"`` for segmentation logits). Keys that are missing, or values that are
     not image-like, are skipped with one debug log: a tracking summary must never stop a training run.
+
+    Not MONAI's ``TensorBoardImageHandler``: it logs one batch image, one batch label and one output under fixed tags
+    (``input_0``, ``input_1``, ``output``), with no per-key activation and not from decollated or two-view outputs,
+    so it cannot show the reconstructions, targets and predictions the bundles log.
 
     Only attach it on rank 0 (``_disabled_: "@is_not_rank0"``).
 

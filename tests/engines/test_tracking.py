@@ -66,16 +66,28 @@ def test_learning_rate_logger_per_group_epoch_and_iteration():
     writer = _Writer()
     LearningRateLogger(opt, summary_writer=writer, iteration_interval=2).attach(engine)
     engine.run([0, 1, 2], max_epochs=2)
-    epoch = [(t, round(v, 6), s) for t, v, s in writer.scalars if not t.endswith("_iter")]
-    assert epoch == [("lr/group0", 0.05, 1), ("lr/group1", 0.005, 1), ("lr/group0", 0.025, 2), ("lr/group1", 0.0025, 2)]
+    epoch = [(t, round(v, 6), s) for t, v, s in writer.scalars if not t.startswith("iteration/")]
+    assert epoch == [
+        ("lr/group_0", 0.05, 1),
+        ("lr/group_1", 0.005, 1),
+        ("lr/group_0", 0.025, 2),
+        ("lr/group_1", 0.0025, 2),
+    ]  # ignite's OptimizerParamsHandler tags
     # iterations 2, 4, 6: the rate in force while they ran (0.1 in epoch 1, 0.05 in epoch 2)
-    it = [(s, round(v, 6)) for t, v, s in writer.scalars if t == "lr/group0_iter"]
+    it = [(s, round(v, 6)) for t, v, s in writer.scalars if t == "iteration/lr/group_0"]
     assert it == [(2, 0.1), (4, 0.05), (6, 0.05)]
 
 
-def test_learning_rate_logger_single_group_tag():
+def test_learning_rate_logger_real_summary_writer_and_tag_prefix(tmp_path: Path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.3)
-    assert LearningRateLogger(opt, summary_writer=_Writer()).learning_rates() == {"lr": 0.3}
+    engine = Engine(lambda e, b: None)
+    LearningRateLogger(opt, log_dir=str(tmp_path), tag_name="train").attach(engine)
+    engine.run([0], max_epochs=2)  # the owned writer is closed at COMPLETED
+    acc = EventAccumulator(str(tmp_path))
+    acc.Reload()
+    assert [(e.step, round(e.value, 6)) for e in acc.Scalars("train/lr/group_0")] == [(1, 0.3), (2, 0.3)]
 
 
 def test_clip_image_handler_logs_last_batch_at_epoch_end():
