@@ -45,7 +45,7 @@ def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     from torch.distributed.nn.functional import all_gather
 
     with warnings.catch_warnings():
-        # torch 2.13 points to _functional_collectives, a private module absent from older torch releases we support
+        # torch 2.13 deprecates it for all_gather_single of the private _functional_collectives; this one still works
         warnings.filterwarnings("ignore", message=r".*nn\.functional\.all_gather is deprecated", category=FutureWarning)
         return torch.cat(all_gather(x), dim=0)
 
