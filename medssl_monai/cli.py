@@ -171,7 +171,7 @@ class CLI:
         ssl_epochs: int | None = None,
         seg_epochs: int | None = None,
         seg_lr: float | None = None,
-        compare_random_init: bool = True,
+        compare_random_init: bool = False,
         log_level: str = "WARNING",
     ) -> None:
         """The README's main job on the synthetic data (see :mod:`medssl_monai.demo`)."""
