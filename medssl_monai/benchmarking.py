@@ -1,4 +1,4 @@
-"""Training-throughput benchmark of the bundles (issue 8): the real pipeline and the model step alone.
+"""Training-throughput benchmark of the bundles: the real pipeline and the model step alone.
 
 Every training bundle is built from its own configs with :class:`monai.bundle.ConfigParser`
 (``train.yaml``, plus ``small.yaml`` for the CPU sizes) and its ``train#trainer`` (MONAI's
@@ -838,7 +838,7 @@ def _repeat(batch: Any) -> Iterator[Any]:
 
 @dataclass(frozen=True)
 class Anchor:
-    """A reference-style model step of issue 8 (one H100, model step only, random inputs).
+    """A reference-style model step (one H100, model step only, random inputs): the bundle rows' anchor.
 
     ``overrides`` set the bundle's recipe to the reference's shapes; ``batch_size`` tiles the random batch
     (the synthetic datasets can hold fewer samples than one reference batch); ``reference`` is the issue's

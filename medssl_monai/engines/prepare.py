@@ -32,7 +32,7 @@ class ClipPrepareBatch(PrepareBatch):
     Returns ``(inputs, targets, args, kwargs)`` as MONAI's engines expect. With ``index_key`` set, the
     traced-frame position of each clip is passed to the inferer as ``index`` (see
     :class:`medssl_monai.engines.inferers.TracedFrameInferer`): that is how the loss sees only the traced
-    slice (UniLVSeg's sparse supervision, methods.md section 2).
+    slice (UniLVSeg's sparse supervision, SimLVSeg arXiv 2310.00454).
 
     Args:
         image_key: the clip, ``B x C x T x H x W`` ``uint8`` (or float already in [0, 255]).
@@ -96,7 +96,7 @@ class ClipPrepareBatch(PrepareBatch):
 
 
 class MaskedClipPrepareBatch(ClipPrepareBatch):
-    """UniLVSeg temporal-masking pretext (methods.md section 2): whole frames zeroed in, the clean clip out.
+    """UniLVSeg temporal-masking pretext (SimLVSeg): whole frames zeroed in, the clean clip out.
 
     ``int(mask_ratio * T + 0.5)`` whole frames are zeroed *before* normalisation, so masked frames become
     ``-mean/std`` as in the reference; the target is channel(s) ``[:target_channels]`` of the normalised unmasked

@@ -1,4 +1,4 @@
-"""Contrastive and masked-feature losses of TVRL (Shen et al., MICCAI 2024; methods.md section 1).
+"""Contrastive and masked-feature losses of TVRL (Shen et al., MICCAI 2024, arXiv 2403.07513).
 
 - :class:`NTXentLoss`: SimCLR's normalised-temperature cross entropy over ``2N`` views (TVRL's custom
   ``InfoNCE``, temperature 0.1). Under DDP the negatives are the embeddings of *every* rank, gathered with

@@ -1,4 +1,4 @@
-"""VideoMAE-style ViTs for DISCOVR (methods.md section 3; Mishra et al., arXiv 2506.11777).
+"""VideoMAE-style ViTs for DISCOVR (Mishra et al., arXiv 2506.11777).
 
 - :class:`VideoViT`: the video encoder. A 3D tubelet patch embedding (``tubelet_size x patch x patch`` strided
   convolution), VideoMAE's *fixed* 1D sinusoidal position table over the
@@ -11,8 +11,8 @@
 - :class:`VideoMAEDecoder`: VideoMAE's narrow decoder (Linear without bias to ``decoder_dim``, learnable mask
   token, fixed sinusoidal positions, ``depth`` blocks, LayerNorm, linear head). Unlike the reference, which
   returns tokens in ``[visible..., masked...]`` order, it returns predictions in the *natural* token order so
-  that token ``i`` of the output is tubelet ``i`` of the clip (methods.md quirk 1). Attention is
-  permutation-equivariant, so the values are the reference's, re-ordered.
+  that token ``i`` of the output is tubelet ``i`` of the clip (the reference's order is a pitfall when targets
+  are matched to tokens). Attention is permutation-equivariant, so the values are the reference's, re-ordered.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Tube masks for VideoMAE / DISCOVR (methods.md section 3, ``models/masking_generator.py``).
+"""Tube masks for VideoMAE / DISCOVR (the reference's ``models/masking_generator.py``).
 
 A tube mask masks the same ``int(H' * W' * mask_ratio)`` spatial patches in every temporal slot, so a masked
 patch cannot be copied from a neighbouring frame (VideoMAE). DISCOVR's ``MultiLocalMaskingGenerator`` (random
