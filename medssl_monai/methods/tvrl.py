@@ -45,6 +45,7 @@ Differences from the reference, on purpose (say so in the bundle docs):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -477,7 +478,10 @@ class TwoViewPrepareBatch(PrepareBatch):
     """``prepare_batch`` for :class:`TVRLPretraining`: both views to the device, normalised there, as kwargs.
 
     Returns ``(image, None, (), {"image_2", "times", "times_2", "frame_mask", "frame_mask_2"})`` (keys absent
-    from the batch are left out). TVRL scales pixels to [0, 1] only (``mean=0, std=1``).
+    from the batch are left out). TVRL scales pixels to [0, 1] only (``mean=0, std=1``). With ``augment`` (a
+    :class:`~medssl_monai.transforms.device.TVRLDeviceAugmentation`) the ``uint8`` views are augmented on the
+    device before the scaling, both views in one call: every clip of either view gets its own draw, as the
+    worker path draws each view independently.
     """
 
     def __init__(
@@ -486,21 +490,24 @@ class TwoViewPrepareBatch(PrepareBatch):
         second_suffix: str = "_2",
         mean: float | tuple[float, ...] = 0.0,
         std: float | tuple[float, ...] = 1.0,
+        augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         self.image_key, self.second_suffix, self.mean, self.std = image_key, second_suffix, mean, std
+        self.augment = augment
 
     def __call__(self, batchdata: dict, device=None, non_blocking: bool = False, **kwargs: Any):
-        def clip(key: str) -> torch.Tensor:
-            x = torch.as_tensor(batchdata[key]).to(device=device, non_blocking=non_blocking)
-            return normalize_clip(x, self.mean, self.std)
-
         s = self.second_suffix
+        keys = [k for k in (self.image_key, f"{self.image_key}{s}") if k in batchdata]
+        views = [torch.as_tensor(batchdata[k]).to(device=device, non_blocking=non_blocking) for k in keys]
+        if self.augment is not None:
+            views = list(self.augment(torch.cat(views)).split(views[0].shape[0]))
+        clips = {k: normalize_clip(v, self.mean, self.std) for k, v in zip(keys, views)}
         extra: dict[str, torch.Tensor] = {}
-        if f"{self.image_key}{s}" in batchdata:
-            extra["image_2"] = clip(f"{self.image_key}{s}")
+        if f"{self.image_key}{s}" in clips:
+            extra["image_2"] = clips[f"{self.image_key}{s}"]
         for key in ("times", f"times{s}", "frame_mask", f"frame_mask{s}"):
             if key in batchdata:
                 extra[key.replace(s, "_2")] = torch.as_tensor(batchdata[key]).to(
                     device=device, non_blocking=non_blocking
                 )
-        return clip(self.image_key), None, (), extra
+        return clips[self.image_key], None, (), extra

@@ -27,6 +27,7 @@ Everything returns ``uint8`` clips ``C x T x H x W`` (normalised later on the de
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
@@ -48,6 +49,7 @@ from monai.transforms import (
 from torch.nn import functional as F
 
 from medssl_monai.data.cache import ClipCache
+from medssl_monai.transforms.device import TVRLDeviceAugmentation
 from medssl_monai.transforms.intensity import RandClipColorJitterd, RandClipGaussianBlurd
 from medssl_monai.transforms.io import LoadClipd, LoadSeriesd, convert_channels, gather_frames, meta_key
 from medssl_monai.transforms.sampling import clip_indices
@@ -65,6 +67,7 @@ __all__ = [
     "tvrl_probe_augmentation",
     "tvrl_ssl_transforms",
     "tvrl_probe_transforms",
+    "tvrl_device_augmentation",
 ]
 
 
@@ -445,6 +448,7 @@ def tvrl_ssl_transforms(
     augmentation: str = "strong",
     num_views: int = 2,
     window: str = "latest",
+    augment_on: str = "workers",
 ) -> Compose:
     """Augmented views with time steps and frame masks, for every TVRL framework.
 
@@ -459,8 +463,12 @@ def tvrl_ssl_transforms(
             ``"mae"`` (resize + h-flip, VideoMAE).
         num_views: 2, or 1 for VideoMAE (the second view's keys are dropped).
         window: series only: the first view's visits, ``"latest"`` (the reference) or ``"random"``.
+        augment_on: ``"workers"`` (here, per sample) or ``"device"``: the views stay ``uint8`` at their stored
+            size (VideoMAE's: resized) for :func:`tvrl_device_augmentation` in ``prepare_batch``.
         Others: see :class:`TwoClipsd`.
     """
+    if augment_on not in ("workers", "device"):
+        raise ValueError(f"augment_on must be 'workers' or 'device', got {augment_on!r}")
     if augmentation not in AUGMENTATIONS:
         raise ValueError(f"augmentation must be one of {tuple(AUGMENTATIONS)}, got {augmentation!r}")
     if num_views not in (1, 2):
@@ -494,7 +502,10 @@ def tvrl_ssl_transforms(
         ts.append(DeleteItemsd(keys=[second, f"times{second_suffix}", f"frame_mask{second_suffix}"]))
         keys = [image_key]
     for key in keys:
-        if not augment:
+        if augment and augment_on == "device":
+            # the device rotates and crops the stored frames; VideoMAE's view is only resized, here
+            ts += [_resize(key, spatial_size)] if augmentation == "mae" else []
+        elif not augment:
             ts.append(_resize(key, spatial_size))
         elif augmentation == "mae":
             ts += tvrl_mae_augmentation(key, spatial_size)
@@ -542,3 +553,22 @@ def tvrl_probe_transforms(
         raise ValueError(f"source must be 'video' or 'series', got {source!r}")
     ts += tvrl_probe_augmentation(image_key, spatial_size) if train else [_resize(image_key, spatial_size)]
     return Compose(ts)
+
+
+def tvrl_device_augmentation(
+    augmentation: str = "strong", spatial_size: int = 128, seed: int = 0
+) -> TVRLDeviceAugmentation:
+    """The device counterpart of one view's worker augmentation in :func:`tvrl_ssl_transforms` (``AUGMENTATIONS``).
+
+    ``"strong"`` / ``"oct"``: :func:`tvrl_strong_augmentation`'s ops and ranges; ``"mae"``: the horizontal flip
+    only (the workers resize).
+    """
+    if augmentation not in AUGMENTATIONS:
+        raise ValueError(f"augmentation must be one of {tuple(AUGMENTATIONS)}, got {augmentation!r}")
+    if augmentation == "mae":
+        off = {"rotate_degrees": 0.0, "crop_scale": None, "vflip_prob": 0.0, "jitter_prob": 0.0, "blur_prob": 0.0}
+        return TVRLDeviceAugmentation(spatial_size, hflip_prob=0.5, seed=seed, **off)
+    defaults = inspect.signature(tvrl_strong_augmentation).parameters
+    kwargs = {k: p.default for k, p in defaults.items() if k not in ("key", "spatial_size")}
+    kwargs.update(AUGMENTATIONS[augmentation])
+    return TVRLDeviceAugmentation(spatial_size, seed=seed, **kwargs)

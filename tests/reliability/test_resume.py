@@ -77,6 +77,8 @@ CASES = {
             suffix="-2workers",
         ),  # [4]
         Case("tvrl_echo_ssl_pretraining", {"batch_size": 2}),  # [2]
+        # TVRL pretraining's default loader, as UniLVSeg's: persistent workers, augmentation on the device
+        Case("tvrl_echo_ssl_pretraining", {"batch_size": 2, "num_workers": 2}, suffix="-2workers"),  # [2]
         Case("tvrl_echo_linear_probe", {"batch_size": 2}, pretrained="encoder"),  # [2]
         Case("discovr_echo_ssl_pretraining", {"batch_size": 2}),  # [2]
         Case("discovr_echo_ssl_pretraining", {"batch_size": 2}, extra_configs=("configs/videomae.yaml",)),  # [2]
@@ -212,6 +214,7 @@ PERSISTENT = {
     "discovr_echo_ssl_pretraining",
     "discovr_echo_evaluation",
     "discovr_echo_lv_segmentation",
+    "tvrl_echo_ssl_pretraining",
 }
 
 
