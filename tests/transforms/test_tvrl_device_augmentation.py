@@ -289,3 +289,17 @@ def test_bundle_device_augmentation_draws_as_its_worker_chain():
         assert parser.get_parsed_content("train#prepare_batch", lazy=False).augment is None
         chain = parser.get_parsed_content("train#preprocessing", lazy=False).transforms
         assert sum(isinstance(t, RandClipGaussianBlurd) for t in chain) == 2  # both views, in the workers
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_tvrl_device_augmentation_does_not_synchronise():
+    x = torch.cat([_echo_like(seed=s) for s in range(4)]).pin_memory()
+    batch = {"image": x, "image_2": x.clone().pin_memory()}
+    prepare = TwoViewPrepareBatch(augment=tvrl_device_augmentation("strong", 128))
+    prepare(batch, torch.device("cuda"), non_blocking=True)  # warm-up (allocations)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        prepare(batch, torch.device("cuda"), non_blocking=True)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
