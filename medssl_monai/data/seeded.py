@@ -21,9 +21,19 @@ from torch.utils.data import Dataset
 __all__ = ["SeededSamples", "sample_seed"]
 
 
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    """A well-mixed 32-bit seed for sample ``index`` in ``epoch`` of a run seeded with ``seed``."""
-    return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(epoch), int(index)]).generate_state(1)[0])
+def _index_words(index: Any) -> list[int]:
+    """The integers of an index: an ``int``, or a nested tuple / list of them (UCL's ``(video, [frames])``)."""
+    if isinstance(index, (tuple, list)):
+        return [w for part in index for w in _index_words(part)]
+    return [int(index)]
+
+
+def sample_seed(seed: int, epoch: int, index: Any) -> int:
+    """A well-mixed 32-bit seed for sample ``index`` (an ``int`` or a nested tuple of ints) in ``epoch`` of a run
+    seeded with ``seed``. A tuple index is prefixed with its length, so ``(1, [2])`` and ``1`` never collide."""
+    words = _index_words(index)
+    key = [len(words), *words] if isinstance(index, (tuple, list)) else words
+    return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(epoch), *key]).generate_state(1)[0])
 
 
 class SeededSamples(Dataset):
@@ -66,5 +76,5 @@ class SeededSamples(Dataset):
 
     def __getitem__(self, index: int) -> Any:
         # only the transform chain: set_rnd on a MONAI Dataset would also walk its whole datalist
-        set_rnd(getattr(self.dataset, "transform", self.dataset), sample_seed(self.seed, self.epoch, int(index)))
+        set_rnd(getattr(self.dataset, "transform", self.dataset), sample_seed(self.seed, self.epoch, index))
         return self.dataset[index]

@@ -68,6 +68,8 @@ CASES = {
             suffix="-2workers",
         ),  # [4]
         Case("ucl_us_ssl_pretraining", {"batch_size": 2}),  # [2]
+        # UCL pretraining's default loader: persistent workers, the frames' crops seeded per (video, frames) sample
+        Case("ucl_us_ssl_pretraining", {"batch_size": 2, "num_workers": 2}, suffix="-2workers"),  # [2]
         Case("ucl_us_classification", {"batch_size": 4}, pretrained="network_def.encoder"),  # [4]
         # the other bundles' default loader: worker processes (restarted every epoch, `persistent_workers: false`)
         Case(
@@ -215,7 +217,10 @@ PERSISTENT = {
     "discovr_echo_evaluation",
     "discovr_echo_lv_segmentation",
     "tvrl_echo_ssl_pretraining",
+    "ucl_us_ssl_pretraining",
 }
+#: of those, the bundles whose only worker-side randomness is a per-sample seeded crop (no device augmentation)
+SEEDED_IN_WORKERS = {"ucl_us_ssl_pretraining"}
 
 
 def test_training_workers_persist_only_where_resume_stays_exact():
@@ -231,7 +236,10 @@ def test_training_workers_persist_only_where_resume_stays_exact():
         persistent = parser.get_parsed_content("train#dataloader#persistent_workers")
         if bundle.name in PERSISTENT:
             assert persistent is True, bundle.name
-            assert parser.get_parsed_content("augment_on") == "device", bundle.name
+            if bundle.name in SEEDED_IN_WORKERS:
+                assert type(parser.get_parsed_content("train#seeded_dataset")).__name__ == "SeededSamples"
+            else:
+                assert parser.get_parsed_content("augment_on") == "device", bundle.name
         elif persistent:  # the other bundles are converted later: they may not persist before they are exact
             raise AssertionError(f"{bundle.name}: persistent workers without per-sample seeding")
 

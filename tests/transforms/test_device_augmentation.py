@@ -337,3 +337,13 @@ def test_bundle_device_augmentation_draws_as_its_worker_chain(bundle: str):
     assert math.isclose(math.radians(aug.rotate_degrees), rotate.rand_rotate.range_x[1])
     assert tuple(pad.padder.spatial_size) == (aug.pad, aug.pad)
     assert tuple(crop.cropper.roi_size) == (aug.crop, aug.crop)
+
+
+def test_sample_seed_takes_tuple_indices() -> None:
+    """UCL's sampler yields ``(video, [frames])`` indices: each gets its own seed, stable across index types."""
+    import numpy as np
+
+    assert sample_seed(0, 1, 5) == sample_seed(0, 1, np.int64(5)) == sample_seed(0, 1, torch.tensor(5))
+    assert sample_seed(0, 1, (5, [1, 2, 3])) == sample_seed(0, 1, (5, (1, 2, 3)))
+    seeds = {sample_seed(0, 1, (5, [1, 2, 3])), sample_seed(0, 1, (5, [1, 2, 4])), sample_seed(0, 2, (5, [1, 2, 3]))}
+    assert len(seeds | {sample_seed(0, 1, 5), sample_seed(0, 1, (5,))}) == 5
