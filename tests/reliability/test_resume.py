@@ -71,7 +71,7 @@ CASES = {
         # UCL pretraining's default loader: persistent workers, the frames' crops seeded per (video, frames) sample
         Case("ucl_us_ssl_pretraining", {"batch_size": 2, "num_workers": 2}, suffix="-2workers"),  # [2]
         Case("ucl_us_classification", {"batch_size": 4}, pretrained="network_def.encoder"),  # [4]
-        # the other bundles' default loader: worker processes (restarted every epoch, `persistent_workers: false`)
+        # UCL classification's default loader: persistent workers, each frame's crop seeded per sample
         Case(
             "ucl_us_classification",
             {"batch_size": 4, "num_workers": 2},
@@ -218,15 +218,16 @@ PERSISTENT = {
     "discovr_echo_lv_segmentation",
     "tvrl_echo_ssl_pretraining",
     "ucl_us_ssl_pretraining",
+    "ucl_us_classification",
 }
 #: of those, the bundles whose only worker-side randomness is a per-sample seeded crop (no device augmentation)
-SEEDED_IN_WORKERS = {"ucl_us_ssl_pretraining"}
+SEEDED_IN_WORKERS = {"ucl_us_ssl_pretraining", "ucl_us_classification"}
 
 
 def test_training_workers_persist_only_where_resume_stays_exact():
     """Persistent workers keep their transform RNGs across epochs, which a resume cannot repeat (measured: the
-    UCL ``-2workers`` case differs with ``persistent_workers: true``); bundles whose workers draw nothing random
-    across epochs keep them, the others restart them every epoch."""
+    UCL classifier's ``-2workers`` case differed with unseeded persistent workers); bundles whose workers draw
+    nothing random across epochs keep them, the others restart them every epoch."""
     for bundle in find_bundles(ROOT / "bundles"):
         if config_path(bundle, "train") is None:
             continue
