@@ -82,6 +82,8 @@ CASES = {
         # TVRL pretraining's default loader, as UniLVSeg's: persistent workers, augmentation on the device
         Case("tvrl_echo_ssl_pretraining", {"batch_size": 2, "num_workers": 2}, suffix="-2workers"),  # [2]
         Case("tvrl_echo_linear_probe", {"batch_size": 2}, pretrained="encoder"),  # [2]
+        # the probe's default loader: persistent workers, each clip's draws seeded per sample
+        Case("tvrl_echo_linear_probe", {"batch_size": 2, "num_workers": 2}, pretrained="encoder", suffix="-2workers"),
         Case("discovr_echo_ssl_pretraining", {"batch_size": 2}),  # [2]
         Case("discovr_echo_ssl_pretraining", {"batch_size": 2}, extra_configs=("configs/videomae.yaml",)),  # [2]
         Case("discovr_echo_evaluation", {"batch_size": 2}, pretrained="network_def.encoder"),  # [2]
@@ -219,9 +221,10 @@ PERSISTENT = {
     "tvrl_echo_ssl_pretraining",
     "ucl_us_ssl_pretraining",
     "ucl_us_classification",
+    "tvrl_echo_linear_probe",
 }
-#: of those, the bundles whose only worker-side randomness is a per-sample seeded crop (no device augmentation)
-SEEDED_IN_WORKERS = {"ucl_us_ssl_pretraining", "ucl_us_classification"}
+#: of those, the bundles whose worker-side draws are seeded per sample (no device augmentation)
+SEEDED_IN_WORKERS = {"ucl_us_ssl_pretraining", "ucl_us_classification", "tvrl_echo_linear_probe"}
 
 
 def test_training_workers_persist_only_where_resume_stays_exact():
