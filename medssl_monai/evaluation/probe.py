@@ -155,7 +155,9 @@ class LinearProbe(nn.Module):
 class TimedClipPrepareBatch(ClipPrepareBatch):
     """:class:`ClipPrepareBatch` that also passes ``times`` and ``frame_mask`` to the network when the batch has them.
 
-    TVRL scales pixels to [0, 1] only: ``mean=0``, ``std=1`` by default. Labels come back ``float32``.
+    TVRL scales pixels to [0, 1] only: ``mean=0``, ``std=1`` by default. Labels come back ``float32``. With
+    ``augment`` (e.g. :func:`~medssl_monai.transforms.tvrl.tvrl_probe_device_augmentation`) the ``uint8`` clips are
+    augmented on the device, after the copy and before the scaling; the label is a value or a class, untouched.
     """
 
     def __init__(
@@ -166,11 +168,16 @@ class TimedClipPrepareBatch(ClipPrepareBatch):
         mask_key: str = "frame_mask",
         mean: Sequence[float] = (0.0, 0.0, 0.0),
         std: Sequence[float] = (1.0, 1.0, 1.0),
+        augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         super().__init__(image_key=image_key, label_key=label_key, mean=mean, std=std)
         self.times_key, self.mask_key = times_key, mask_key
+        self.clip_augment = augment
 
     def __call__(self, batchdata: dict, device=None, non_blocking: bool = False, **kwargs: Any):
+        if self.clip_augment is not None:
+            image = torch.as_tensor(batchdata[self.image_key]).to(device=device, non_blocking=non_blocking)
+            batchdata = {**batchdata, self.image_key: self.clip_augment(image)}
         inputs, targets, args, extra = super().__call__(batchdata, device, non_blocking, **kwargs)
         if targets is not None:
             targets = targets.float()

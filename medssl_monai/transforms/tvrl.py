@@ -65,6 +65,8 @@ __all__ = [
     "tvrl_strong_augmentation",
     "tvrl_mae_augmentation",
     "tvrl_probe_augmentation",
+    "PROBE_AUGMENTATION",
+    "tvrl_probe_device_augmentation",
     "tvrl_ssl_transforms",
     "tvrl_probe_transforms",
     "tvrl_device_augmentation",
@@ -419,13 +421,34 @@ AUGMENTATIONS: dict[str, dict[str, Any]] = {
 }
 
 
+#: TVRL's finetune augmentation: RandomResizedCrop(scale 0.9-1, square), h-flip 0.3, colour jitter 0.2 / 0.2
+PROBE_AUGMENTATION: dict[str, Any] = {
+    "crop_scale": (0.9, 1.0),
+    "hflip_prob": 0.3,
+    "brightness": 0.2,
+    "contrast": 0.2,
+    "jitter_prob": 1.0,
+}
+
+
 def tvrl_probe_augmentation(key: str = "image", spatial_size: int | Sequence[int] = 128) -> list:
-    """TVRL's finetune augmentation: RandomResizedCrop(scale 0.9-1), h-flip 0.3, colour jitter 0.2 / 0.2."""
+    """TVRL's finetune augmentation (:data:`PROBE_AUGMENTATION`), one draw per clip, in the workers."""
+    a = PROBE_AUGMENTATION
     return [
-        RandClipResizedCropd(keys=key, spatial_size=spatial_size, scale=(0.9, 1.0), ratio=(1.0, 1.0)),
-        ClipConsistentd(RandFlipd(keys=key, prob=0.3, spatial_axis=1), keys=key, time_keys=key),
-        RandClipColorJitterd(keys=key, brightness=0.2, contrast=0.2, saturation=0.0, hue=0.0, prob=1.0),
+        RandClipResizedCropd(keys=key, spatial_size=spatial_size, scale=a["crop_scale"], ratio=(1.0, 1.0)),
+        ClipConsistentd(RandFlipd(keys=key, prob=a["hflip_prob"], spatial_axis=1), keys=key, time_keys=key),
+        RandClipColorJitterd(
+            keys=key, brightness=a["brightness"], contrast=a["contrast"], saturation=0.0, hue=0.0, prob=a["jitter_prob"]
+        ),
     ]
+
+
+def tvrl_probe_device_augmentation(spatial_size: int = 128, seed: int = 0) -> TVRLDeviceAugmentation:
+    """The device counterpart of :func:`tvrl_probe_augmentation`: the same ops and ranges, no rotation, vertical
+    flip or blur."""
+    return TVRLDeviceAugmentation(
+        spatial_size, rotate_degrees=0.0, vflip_prob=0.0, blur_prob=0.0, seed=seed, **PROBE_AUGMENTATION
+    )
 
 
 def _resize(key: str, spatial_size: int | Sequence[int]) -> ClipConsistentd:
@@ -524,13 +547,19 @@ def tvrl_probe_transforms(
     cache_dir: str | Path | None = None,
     channels: int | None = 1,
     relative_time: bool = True,
+    augment_on: str = "workers",
 ) -> Compose:
     """Probe clips: ``stage="train"`` a random window + TVRL's finetune augmentation; ``"eval"`` the whole video
     (every frame, for :class:`~medssl_monai.evaluation.probe.DenseClipInferer`) or the last ``num_frames``
     visits of a series, resized only. Writes ``times`` and ``frame_mask`` as the encoder expects.
+
+    ``augment_on="device"`` leaves the training augmentation (and its resize) to
+    :func:`tvrl_probe_device_augmentation` in the trainer's ``prepare_batch``: the workers only load the window.
     """
     if stage not in ("train", "eval"):
         raise ValueError(f"stage must be 'train' or 'eval', got {stage!r}")
+    if augment_on not in ("workers", "device"):
+        raise ValueError(f"augment_on must be 'workers' or 'device', got {augment_on!r}")
     train = stage == "train"
     if source == "video":
         ts: list = [
@@ -551,7 +580,10 @@ def tvrl_probe_transforms(
             ts.append(RelativeTimesd("times"))
     else:
         raise ValueError(f"source must be 'video' or 'series', got {source!r}")
-    ts += tvrl_probe_augmentation(image_key, spatial_size) if train else [_resize(image_key, spatial_size)]
+    if not train:
+        ts.append(_resize(image_key, spatial_size))
+    elif augment_on == "workers":
+        ts += tvrl_probe_augmentation(image_key, spatial_size)
     return Compose(ts)
 
 

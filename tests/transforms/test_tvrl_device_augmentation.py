@@ -303,3 +303,77 @@ def test_tvrl_device_augmentation_does_not_synchronise():
         prepare(batch, torch.device("cuda"), non_blocking=True)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+# ------------------------------------------------------------------------------------------------ the probe
+
+
+def test_probe_view_matches_its_worker_chain():
+    """TVRL's finetune augmentation (resized crop, h-flip, jitter) on the device equals the probe's worker chain for
+    the same draws: mean |diff| < 0.05 grey level, 99% of the values within 1 level."""
+    from medssl_monai.transforms.tvrl import tvrl_probe_augmentation, tvrl_probe_device_augmentation
+
+    chain = Compose(tvrl_probe_augmentation("image", 128))
+    crop, flip, jitter = chain.transforms
+    chain.set_random_state(3)
+    aug = tvrl_probe_device_augmentation(128)
+    for seed in range(4):
+        x = _echo_like(seed=seed)
+        ref = chain({"image": x[0]})["image"]
+        p = sample_tvrl_params(1, (112, 112), torch.Generator().manual_seed(0))
+        p.box[0] = torch.tensor(crop.box)
+        p.hflip[0], p.vflip[0] = flip.transform._do_transform, False
+        p.jitter[0] = jitter._do_transform
+        p.brightness[0], p.contrast[0] = jitter.params["brightness"], jitter.params["contrast"]
+        p.order[0] = torch.tensor(jitter.params["order"])
+        p.blur[0] = False
+        d = _diff(aug.apply(x, p)[0], ref).float()
+        assert d.mean() < 0.05 and (d <= 1).float().mean() > 0.99, (seed, d.mean(), d.max())
+
+
+def test_probe_sampler_draws_as_the_worker_chain():
+    """Rates and ranges of the probe's device draws: crop area 0.9-1 of the frame, h-flip 0.3, no v-flip or blur,
+    jitter always with factors in 0.8-1.2."""
+    from medssl_monai.transforms.tvrl import tvrl_probe_device_augmentation
+
+    aug = tvrl_probe_device_augmentation(128)
+    p = sample_tvrl_params(4000, (112, 112), torch.Generator().manual_seed(0), **aug.kwargs)
+    h, w = p.box[:, 2].float(), p.box[:, 3].float()  # boxes are (top, left, h, w)
+    assert torch.equal(h, w)  # square, as the worker chain's ratio (1, 1)
+    area = h * w / 112**2
+    assert area.min() >= 0.9 - 0.02 and area.max() <= 1.0
+    assert abs(p.hflip.float().mean().item() - 0.3) < 0.03 and not p.vflip.any() and not p.blur.any()
+    assert p.jitter.all()
+    for f in (p.brightness, p.contrast):
+        assert 0.8 - 1e-6 <= f.min() and f.max() <= 1.2 + 1e-6
+
+
+def test_probe_bundle_augments_on_the_device_in_the_trainer_only(tiny_data):
+    """The probe bundle: the trainer's prepare_batch augments with ``train#augmentation`` (saved in resume.pt) before
+    the [0, 1] scaling, validation's does not, the workers only load; ``augment_on: workers`` restores the chain."""
+    from pathlib import Path
+
+    from monai.bundle import ConfigParser
+
+    root = Path(__file__).resolve().parents[2] / "bundles" / "tvrl_echo_linear_probe"
+    parser = ConfigParser()
+    parser.read_config([str(root / "configs" / "train.yaml"), str(root / "configs" / "small.yaml")])
+    parser.update({"dataset_dir": str(tiny_data["echonet"]), "num_workers": 0, "cache_dir": None})
+    assert parser["augment_on"] == "device"
+    aug = parser.get_parsed_content("train#augmentation")
+    trainer_pb = parser.get_parsed_content("train#augmented_prepare_batch")
+    assert trainer_pb.clip_augment is aug and parser.get_parsed_content("train#prepare_batch").clip_augment is None
+    assert "'@train#augmentation'" in _ref(parser, "train#resume_handler#save_dict")
+    assert _ref(parser, "train#trainer#prepare_batch") == "@train#augmented_prepare_batch"
+    chain = parser.get_parsed_content("train#preprocessing").transforms
+    assert not any(type(t).__name__ in ("RandClipResizedCropd", "RandClipColorJitterd") for t in chain)
+    clip = torch.randint(0, 256, (2, 1, 4, 40, 40), dtype=torch.uint8)
+    x, _, _, _ = trainer_pb({"image": clip}, "cpu")
+    step = aug.step
+    aug.step -= 1  # replay the same draw by hand: augment, then scale to [0, 1]
+    expected = aug(clip).float() / 255.0
+    assert aug.step == step
+    torch.testing.assert_close(x, expected)
+    parser["augment_on"] = "workers"
+    chain = parser.get_parsed_content("train#preprocessing", lazy=False).transforms
+    assert any(type(t).__name__ == "RandClipColorJitterd" for t in chain)
