@@ -103,7 +103,6 @@ def main() -> None:
                 "epochs": args.epochs,
                 "cosine_t_max": args.epochs,
                 "frame_stride": args.frame_stride,
-                "n_resamples": 0,
                 **common,
             }
             if ckpt:
@@ -112,8 +111,12 @@ def main() -> None:
                 timings[f"{arm}/fold{fold}/train"] = _run(
                     CLASSIFY, ["train.yaml", "small.yaml"], ov, root / "train_log.txt"
                 )
+                # n_resamples is an evaluate.yaml key (the train config rejects keys it does not define)
                 timings[f"{arm}/fold{fold}/eval"] = _run(
-                    CLASSIFY, ["train.yaml", "small.yaml", "evaluate.yaml"], ov, root / "eval_log.txt"
+                    CLASSIFY,
+                    ["train.yaml", "small.yaml", "evaluate.yaml"],
+                    {**ov, "n_resamples": 0},
+                    root / "eval_log.txt",
                 )
             df = pd.read_csv(root / "eval" / "frame_predictions.csv")
             df["fold"] = fold
