@@ -58,8 +58,20 @@ __all__ = [
 ]
 
 
+class _PerClipParams:
+    """A dataclass of per-clip parameter tensors, the clip on the first axis of every field."""
+
+    def __len__(self) -> int:
+        return int(getattr(self, fields(self)[0].name).shape[0])
+
+    def select(self, index: Sequence[int] | torch.Tensor):
+        """The parameters of the clips ``index`` (tests compare one clip at a time)."""
+        idx = torch.as_tensor(index, dtype=torch.long)
+        return type(self)(**{f.name: getattr(self, f.name)[idx] for f in fields(self)})
+
+
 @dataclass
-class AugmentParams:
+class AugmentParams(_PerClipParams):
     """Per-sample parameters of one batch (host tensors, leading dimension ``B``).
 
     Attributes:
@@ -84,13 +96,6 @@ class AugmentParams:
     angle: torch.Tensor
     offset: torch.Tensor
 
-    def __len__(self) -> int:
-        return int(self.angle.shape[0])
-
-    def select(self, index: Sequence[int] | torch.Tensor) -> AugmentParams:
-        """The parameters of the samples ``index`` (tests compare one clip at a time)."""
-        idx = torch.as_tensor(index, dtype=torch.long)
-        return AugmentParams(**{f.name: getattr(self, f.name)[idx] for f in fields(self)})
 
 
 def pad_crop_geometry(size: int, crop: int, pad: int) -> tuple[int, int]:
@@ -597,7 +602,7 @@ class DeviceAugmentation:
 
 
 @dataclass
-class TVRLParams:
+class TVRLParams(_PerClipParams):
     """Per-clip parameters of TVRL's strong augmentation for one batch (host tensors, leading dimension ``B``).
 
     Attributes:
@@ -622,13 +627,6 @@ class TVRLParams:
     blur: torch.Tensor
     sigma: torch.Tensor
 
-    def __len__(self) -> int:
-        return int(self.angle.shape[0])
-
-    def select(self, index: Sequence[int] | torch.Tensor) -> TVRLParams:
-        """The parameters of the clips ``index``."""
-        idx = torch.as_tensor(index, dtype=torch.long)
-        return TVRLParams(**{f.name: getattr(self, f.name)[idx] for f in fields(self)})
 
 
 def sample_resized_crop_boxes(
