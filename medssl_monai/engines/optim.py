@@ -58,25 +58,29 @@ def weight_decay_groups(
     ]
 
 
-def reference_cosine(step: int, base: float, final: float, total_steps: int, warmup_steps: int = 0) -> float:
-    """The lr at iteration ``step`` of ``cosine_scheduler(base, final, ..., start_warmup_value=0)``.
+def reference_cosine(
+    step: int, base: float, final: float, total_steps: int, warmup_steps: int = 0, start: float = 0.0
+) -> float:
+    """The lr at step ``step`` of ``cosine_scheduler(base, final, ..., start_warmup_value=start)`` (DISCOVR, per
+    iteration), which is also pl_bolts' ``LinearWarmupCosineAnnealingLR`` (TVRL's probe, per epoch).
 
-    Warm-up: ``linspace(0, base, warmup_steps)[step]``; then ``final + (base - final) (1 + cos(pi i / n)) / 2``
+    Warm-up: ``linspace(start, base, warmup_steps)[step]``; then ``final + (base - final) (1 + cos(pi i / n)) / 2``
     with ``i = step - warmup_steps`` and ``n = total_steps - warmup_steps``. Steps past the end keep ``final``.
     """
     if step < warmup_steps:
-        return base * step / max(1, warmup_steps - 1)
+        return start + (base - start) * step / max(1, warmup_steps - 1)
     n = max(1, total_steps - warmup_steps)
     i = min(step - warmup_steps, n)
     return final + 0.5 * (base - final) * (1.0 + math.cos(math.pi * i / n))
 
 
 class WarmupCosineLR(LambdaLR):
-    """Per-iteration linear warm-up from 0, then cosine from each group's initial lr to ``min_lr`` (the reference).
+    """Linear warm-up from ``warmup_start`` x lr, then cosine from each group's initial lr to ``min_lr`` (the
+    references' schedules).
 
-    Step it every iteration (``LrScheduleHandler(epoch_level=False)``): iteration ``k`` trains with
-    :func:`reference_cosine` ``(k)``. The ratio ``min_lr / lr`` is kept per group, so groups with their own lr end
-    at the same fraction of it.
+    Step ``k`` (an iteration for DISCOVR, ``LrScheduleHandler(epoch_level=False)``; an epoch for TVRL's probe)
+    trains with :func:`reference_cosine` ``(k)``. The ratio ``min_lr / lr`` is kept per group, so groups with their
+    own lr end at the same fraction of it.
 
     Args:
         optimizer: the optimizer; its groups' ``lr`` is the base lr.
@@ -84,6 +88,8 @@ class WarmupCosineLR(LambdaLR):
         t_total: total iterations.
         min_lr: the final lr of a group whose lr is ``base_lr`` (the recipe's ``min_lr``, already batch-scaled).
         base_lr: the lr that ``min_lr`` refers to; ``None``: the first group's lr.
+        warmup_start: the warm-up's first lr as a fraction of each group's lr (0: DISCOVR's; 0.1: TVRL's probe,
+            pl_bolts ``warmup_start_lr = lr / 10``).
     """
 
     def __init__(
@@ -93,9 +99,11 @@ class WarmupCosineLR(LambdaLR):
         t_total: int,
         min_lr: float = 0.0,
         base_lr: float | None = None,
+        warmup_start: float = 0.0,
         last_epoch: int = -1,
     ) -> None:
         self.warmup_steps = int(warmup_steps)
+        self.warmup_start = float(warmup_start)
         self.t_total = int(t_total)
         ref = float(optimizer.param_groups[0]["lr"] if base_lr is None else base_lr)
         self.min_ratio = float(min_lr) / ref if ref > 0 else 0.0
@@ -103,4 +111,4 @@ class WarmupCosineLR(LambdaLR):
 
     def lr_lambda(self, step: int) -> float:
         """The lr multiplier at iteration ``step``."""
-        return reference_cosine(step, 1.0, self.min_ratio, self.t_total, self.warmup_steps)
+        return reference_cosine(step, 1.0, self.min_ratio, self.t_total, self.warmup_steps, self.warmup_start)

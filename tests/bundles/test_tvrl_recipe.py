@@ -4,6 +4,7 @@ default drifts. Configs are parsed, not run.
 
 from __future__ import annotations
 
+import math
 import shutil
 from pathlib import Path
 
@@ -57,6 +58,16 @@ def test_probe_warm_up_starts_at_a_tenth_of_the_lr():
         sched.optimizer.step()
         sched.step()
     assert abs(lrs[0] - 0.1) < 1e-9 and abs(max(lrs) - 1.0) < 1e-9 and lrs[-1] < 1e-3
+
+    def pl_bolts(epoch: int, warmup: int = 10, max_epochs: int = 100, start: float = 0.1, base: float = 1.0) -> float:
+        # LinearWarmupCosineAnnealingLR's closed form (eta_min 0): the reference reaches lr at epoch warmup - 1
+        if epoch < warmup:
+            return start + epoch * (base - start) / max(1, warmup - 1)
+        return 0.5 * base * (1 + math.cos(math.pi * (epoch - warmup) / (max_epochs - warmup)))
+
+    for e, lr in enumerate(lrs):
+        assert abs(lr - pl_bolts(e)) < 1e-9, (e, lr, pl_bolts(e))
+    assert abs(lrs[9] - 1.0) < 1e-9 and abs(lrs[10] - 1.0) < 1e-9  # full lr from epoch 9, as the reference
 
 
 def test_mae_recipe_one_light_view_random_tokens():
