@@ -12,19 +12,23 @@ for some frames only (the others all zero), like the ED/ES tracings of EchoNet.
   traced-frame sample of :func:`~medssl_monai.transforms.presets.unilvseg_train_transforms` (the loss sees
   only that frame, as SimLVSeg's sparse supervision), so the bundle's traced-frame trainer runs unchanged.
 - :func:`monailabel_train_transforms`, :func:`monailabel_eval_transforms`, :func:`monailabel_infer_transforms`
-  and :func:`monailabel_post_transforms` are the chains the bundle's ``configs/monailabel_*.yaml`` use.
+  and :func:`monailabel_post_transforms` are the chains the bundle's own configs use for MONAI Label:
+  ``configs/inference.yaml`` names the inference ones ``pre_transforms`` / ``post_transforms`` (the keys MONAI
+  Label prefers over ``preprocessing`` / ``postprocessing``), and :class:`TracedOrDatastore` lets
+  ``configs/train.yaml`` take EchoNet items and MONAI Label's datastore pairs with one ``preprocessing``.
 
 Example (bundle YAML)::
 
-    train#preprocessing:
-      _target_: medssl_monai.transforms.monailabel.monailabel_train_transforms
-      num_frames: "@num_frames"
-      crop: "@spatial_size"
+    train:
+      preprocessing:
+        _target_: medssl_monai.transforms.monailabel.TracedOrDatastore
+        traced: {_target_: medssl_monai.transforms.presets.unilvseg_train_transforms, num_frames: "@num_frames"}
+        datastore: {_target_: medssl_monai.transforms.monailabel.monailabel_train_transforms, num_frames: "@num_frames"}
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +47,7 @@ from monai.transforms import (
     Resize,
     Resized,
     ResizeWithPadOrCropd,
+    Transform,
 )
 
 from medssl_monai.data.sources import is_nifti
@@ -59,6 +64,7 @@ __all__ = [
     "VolumeToClipd",
     "ClipToVolumed",
     "LabelledFrameClipd",
+    "TracedOrDatastore",
     "monailabel_train_transforms",
     "monailabel_eval_transforms",
     "monailabel_infer_transforms",
@@ -320,6 +326,30 @@ class LabelledFrameClipd(MapTransform, Randomizable):
             return [self._sample(d, frames, masks, int(f)) for f in labelled]
         self.randomize(labelled)
         return self._sample(d, frames, masks, self._frame)
+
+
+class TracedOrDatastore(Transform):
+    """The item pipeline of a segmentation config that both EchoNet and MONAI Label feed.
+
+    MONAI Label trains a bundle by replacing ``train#dataset#data`` / ``validate#dataset#data`` with its datastore's
+    ``{"image", "label"}`` NIfTI pairs and leaves every other key as written, so the bundle's own ``preprocessing``
+    must take both kinds of item. EchoNet's traced items always carry ``frame_key`` (the traced frame); datastore
+    pairs never do (their labelled frames are found in the label volume), which picks the chain per item.
+
+    Args:
+        traced: the chain for traced items (e.g. :func:`~medssl_monai.transforms.presets.unilvseg_train_transforms`).
+        datastore: the chain for image/label volume pairs (e.g. :func:`monailabel_train_transforms`).
+        frame_key: the key only traced items have.
+    """
+
+    def __init__(self, traced: Callable, datastore: Callable, frame_key: str = "frame_index") -> None:
+        # plain attributes: monai.data.utils.set_rnd (per-sample seeding) walks them and reseeds both chains
+        self.traced = traced
+        self.datastore = datastore
+        self.frame_key = frame_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> Any:
+        return (self.traced if self.frame_key in data else self.datastore)(data)
 
 
 def _resize(keys: list[str], spatial_size: int | Sequence[int], image_key: str) -> ClipConsistentd:

@@ -6,17 +6,20 @@ Steps (each can be skipped where its output is already there):
 2. a tiny model: the bundle trained with ``train.yaml + small.yaml`` for ``--epochs`` epochs on it;
 3. the app: a copy of the ``monaibundle`` sample app shipped inside the installed ``monailabel`` package;
 4. the served bundle ``<app>/model/unilvseg_echo_lv_segmentation`` (the name holds ``segmentation``, so MONAI
-   Label serves it as a segmentation model): ``configs/inference.yaml`` = inference + small_inference +
-   monailabel_inference, ``configs/train.yaml`` = train + small + monailabel_train (MONAI Label reads exactly
-   those two files), metadata (``outputs`` = the post-processed mask, see :func:`served_metadata`), logging
-   config and the tiny ``models/model.pt``;
-5. a study folder of synthetic echo clips as NIfTI stored ``H x W x T`` (``uint8``), and their LV masks
-   (every frame) in ``<work>/truth`` (not in the datastore: labels are uploaded through the API).
+   Label serves it as a segmentation model): the repository's bundle folder as it is (every config and the
+   metadata unchanged: MONAI Label reads ``configs/inference.yaml``, ``configs/train.yaml`` and
+   ``configs/metadata.json``), plus the tiny model as ``models/model.ts``. MONAI Label builds ``network_def``
+   from ``configs/inference.yaml`` alone, i.e. at the recipe's sizes, so a model of other sizes is served as
+   TorchScript (MONAI's ``ckpt_export`` with ``small_inference.yaml``), which MONAI Label loads when
+   ``models/model.pt`` is absent;
+5. a study folder of synthetic echo clips as NIfTI stored ``H x W x T`` (``uint8``) at the tiny model's frame size
+   (the shipped ``inference.yaml`` segments clips at their own size), and their LV masks (every frame) in
+   ``<work>/truth`` (not in the datastore: labels are uploaded through the API).
 
 Run in the MONAI Label environment (``scripts/test_integration.sh`` makes it)::
 
-    .venv-monailabel/bin/python scripts/monailabel/setup_app.py --work /tmp/medssl-monailabel
-    .venv-monailabel/bin/python scripts/monailabel/setup_app.py --work /tmp/medssl-monailabel --start  # + server
+    $VENV/bin/python scripts/monailabel/setup_app.py --work /tmp/medssl-monailabel
+    $VENV/bin/python scripts/monailabel/setup_app.py --work /tmp/medssl-monailabel --start  # + server
 
 ``--start`` runs ``monailabel start_server`` on 127.0.0.1 with the zoo and SAM2 off (nothing is downloaded).
 """
@@ -35,11 +38,11 @@ import numpy as np
 
 __all__ = [
     "BUNDLE_NAME",
-    "compose_config",
+    "STUDY_SIZE",
     "copy_sample_app",
+    "export_torchscript",
     "make_studies",
     "place_bundle",
-    "served_metadata",
     "server_command",
     "setup",
     "train_tiny_model",
@@ -49,24 +52,8 @@ ROOT = Path(__file__).resolve().parents[2]
 BUNDLE = ROOT / "bundles" / "unilvseg_echo_lv_segmentation"
 BUNDLE_NAME = BUNDLE.name
 LV_LABEL = 1  # LV blood pool in the synthetic label maps and in the bundle's channel_def
-
-
-def compose_config(files: Sequence[str | Path], out: str | Path) -> Path:
-    """Merge bundle config files (later ones override, ``a#b`` keys nest) into one YAML file ``out``.
-
-    MONAI Label reads one ``inference`` and one ``train`` config per bundle, so the overrides are merged first
-    with MONAI's own reader (``ConfigParser.read_config`` of a list, as ``monai.bundle run`` does).
-    """
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config([str(f) for f in files])
-    config = parser.get()
-    config.pop("_meta_", None)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    ConfigParser.export_config_file(config, str(out), fmt="yaml", default_flow_style=False, sort_keys=False, width=120)
-    return out
+STUDY_SIZE = 64  # small.yaml's resize_to: the frame size the tiny model was trained at
+SERVED_IGNORE = shutil.ignore_patterns("models", "runs", "eval", "__pycache__")  # outputs of local runs
 
 
 def train_tiny_model(work: Path, echonet_dir: Path, epochs: int = 2, seed: int = 0) -> Path:
@@ -119,52 +106,56 @@ def copy_sample_app(dest: Path, name: str = "monaibundle") -> Path:
     return dest
 
 
-def served_metadata(path: Path) -> dict:
-    """The bundle's metadata as MONAI Label must see it: ``outputs`` describes the post-processed mask.
+def export_torchscript(model_pt: Path, out: Path, small: bool = True) -> Path:
+    """``models/model.pt`` -> TorchScript ``out`` with MONAI's ``ckpt_export`` (the zoo's export), building
+    ``network_def`` from ``inference.yaml`` (+ ``small_inference.yaml`` for a ``small.yaml`` model)."""
+    from monai.bundle import ckpt_export
 
-    MONAI Label takes its label names and values from the first ``network_data_format.outputs`` entry, but
-    what it returns is ``pred`` *after* ``postprocessing``: the ``uint8`` mask of ``post_processed_outputs``
-    (0 background, 1 left ventricle), not the one-channel logits the network outputs.
-    """
-    meta = json.loads(Path(path).read_text())
-    fmt = meta["network_data_format"]
-    post = next(iter(fmt.get("post_processed_outputs", {}).values()), None)
-    if post is not None:
-        fmt["outputs"] = {next(iter(fmt["outputs"])): post}
-    return meta
+    cfg = BUNDLE / "configs"
+    configs = [str(cfg / "inference.yaml")] + ([str(cfg / "small_inference.yaml")] if small else [])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ckpt_export(
+        net_id="network_def",
+        filepath=str(out),
+        ckpt_file=str(model_pt),
+        meta_file=str(cfg / "metadata.json"),
+        config_file=configs,
+        bundle_root=str(BUNDLE),
+    )
+    return out
 
 
 def place_bundle(app: Path, model_pt: Path, small: bool = True) -> Path:
-    """Write the served bundle to ``<app>/model/<bundle name>`` with merged configs and the trained weights.
+    """Copy the bundle folder as it is to ``<app>/model/<bundle name>`` and add the trained model.
 
-    ``small=True`` adds the CPU ``small.yaml`` / ``small_inference.yaml`` overrides (the tiny model's sizes).
+    A model at the shipped sizes goes in as ``models/model.pt``; a ``small.yaml`` model (``small=True``) as
+    TorchScript ``models/model.ts``, since MONAI Label would build ``network_def`` at the shipped sizes.
     """
-    cfg = BUNDLE / "configs"
     dest = app / "model" / BUNDLE_NAME
-    (dest / "configs").mkdir(parents=True, exist_ok=True)
-    (dest / "models").mkdir(exist_ok=True)
-    infer = [cfg / "inference.yaml"] + ([cfg / "small_inference.yaml"] if small else [])
-    train = [cfg / "train.yaml"] + ([cfg / "small.yaml"] if small else [])
-    compose_config(infer + [cfg / "monailabel_inference.yaml"], dest / "configs" / "inference.yaml")
-    compose_config(train + [cfg / "monailabel_train.yaml"], dest / "configs" / "train.yaml")
-    shutil.copy2(cfg / "logging.conf", dest / "configs" / "logging.conf")
-    (dest / "configs" / "metadata.json").write_text(json.dumps(served_metadata(cfg / "metadata.json"), indent=4))
-    for name in ("LICENSE", "docs"):
-        src = BUNDLE / name
-        if src.is_dir():
-            shutil.copytree(src, dest / name, dirs_exist_ok=True)
-        elif src.is_file():
-            shutil.copy2(src, dest / name)
-    shutil.copy2(model_pt, dest / "models" / "model.pt")
+    shutil.copytree(BUNDLE, dest, ignore=SERVED_IGNORE, dirs_exist_ok=True)
+    models = dest / "models"
+    models.mkdir(exist_ok=True)
+    if small:
+        export_torchscript(model_pt, models / "model.ts", small=True)
+    else:
+        shutil.copy2(model_pt, models / "model.pt")
     return dest
 
 
-def make_studies(studies: Path, truth: Path, num_clips: int = 4, seed: int = 1, first_index: int = 0) -> list[str]:
+def make_studies(
+    studies: Path,
+    truth: Path,
+    num_clips: int = 4,
+    seed: int = 1,
+    first_index: int = 0,
+    image_size: int = STUDY_SIZE,
+) -> list[str]:
     """Write synthetic echo clips as NIfTI ``H x W x T`` ``uint8`` to ``studies`` and their LV masks to ``truth``.
 
     Clips come from :func:`~medssl_monai.data.synthetic.echonet.synthesize_echo_video` with another ``seed``
-    than the training data (held out), at the tiny dataset's frame rate and lengths. The identity affine makes
-    one voxel one pixel and one slice one frame. Returns the study ids (file names without ``.nii.gz``).
+    than the training data (held out), at the tiny dataset's frame rate and lengths, rendered ``image_size``
+    pixels square. The identity affine makes one voxel one pixel and one slice one frame. Returns the study ids
+    (file names without ``.nii.gz``).
     """
     import nibabel as nib
 
@@ -178,7 +169,7 @@ def make_studies(studies: Path, truth: Path, num_clips: int = 4, seed: int = 1, 
         ids.append(sid)
         if (studies / f"{sid}.nii.gz").is_file() and (truth / f"{sid}.nii.gz").is_file():
             continue
-        video = synthesize_echo_video(seed, i, fps=25.0, min_frames=40, max_frames=48)
+        video = synthesize_echo_video(seed, i, image_size=image_size, fps=25.0, min_frames=40, max_frames=48)
         image = np.ascontiguousarray(video.frames.transpose(1, 2, 0))  # T x H x W -> H x W x T
         mask = np.ascontiguousarray((video.labels == LV_LABEL).astype(np.uint8).transpose(1, 2, 0))
         nib.save(nib.Nifti1Image(image, np.eye(4)), str(studies / f"{sid}.nii.gz"))
@@ -217,16 +208,27 @@ def server_command(app: Path, studies: Path, port: int = 8765, host: str = "127.
     ]
 
 
-def setup(work: Path, epochs: int = 2, num_clips: int = 4, seed: int = 0) -> dict[str, Path | list[str]]:
-    """Steps 1-5 of the module docstring under ``work``; returns the paths (and study ids) the server needs."""
+def setup(
+    work: Path, epochs: int = 2, num_clips: int = 4, seed: int = 0, model: Path | None = None
+) -> dict[str, Path | list[str]]:
+    """Steps 1-5 of the module docstring under ``work``; returns the paths (and study ids) the server needs.
+
+    ``model``: a ``model.pt`` trained at the shipped sizes (``train.yaml``), served as it is instead of the tiny
+    model (steps 1-2 are skipped; the studies are then rendered at EchoNet's 112 pixels).
+    """
     from medssl_monai.data.synthetic import make_all
 
     work = Path(work).resolve()
-    data = make_all(work / "data", seed=seed, size="tiny")
-    model = train_tiny_model(work / "train_bundle", Path(data["echonet"]), epochs=epochs, seed=seed)
     app = copy_sample_app(work / "app")
-    served = place_bundle(app, model)
-    ids = make_studies(work / "studies", work / "truth", num_clips=num_clips, seed=seed + 1)
+    if model is None:
+        data = make_all(work / "data", seed=seed, size="tiny")
+        tiny = train_tiny_model(work / "train_bundle", Path(data["echonet"]), epochs=epochs, seed=seed)
+        served = place_bundle(app, tiny, small=True)
+        size = STUDY_SIZE
+    else:
+        served = place_bundle(app, Path(model), small=False)
+        size = 112
+    ids = make_studies(work / "studies", work / "truth", num_clips=num_clips, seed=seed + 1, image_size=size)
     return {"app": app, "bundle": served, "studies": work / "studies", "truth": work / "truth", "ids": ids}
 
 
@@ -235,10 +237,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/medssl-monailabel"), help="working folder")
     parser.add_argument("--epochs", type=int, default=2, help="epochs of the tiny training (small.yaml)")
     parser.add_argument("--clips", type=int, default=4, help="synthetic NIfTI clips in the study folder")
+    parser.add_argument("--model", type=Path, default=None, help="serve this model.pt (shipped sizes), no tiny one")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--start", action="store_true", help="start the server (foreground) when set up")
     args = parser.parse_args(argv)
-    paths = setup(args.work, epochs=args.epochs, num_clips=args.clips)
+    paths = setup(args.work, epochs=args.epochs, num_clips=args.clips, model=args.model)
     cmd = server_command(paths["app"], paths["studies"], args.port)
     print(json.dumps({k: [str(x) for x in v] if isinstance(v, list) else str(v) for k, v in paths.items()}, indent=2))
     print("server:", " ".join(cmd))

@@ -323,11 +323,15 @@ def test_bundle_device_augmentation_draws_as_its_worker_chain(bundle: str):
     assert "'@train#augmentation'" in ref("train#resume_handler#save_dict")
     assert "'@train#seeded_dataset'" in ref("train#dataloader#dataset")
     assert "'method': '@train#seeded_dataset'" in ref("train#handlers")
-    device_chain = parser.get_parsed_content("train#preprocessing")
+
+    def chain_of(preprocessing):  # the segmentation bundle's TracedOrDatastore: EchoNet items take `traced`
+        return getattr(preprocessing, "traced", preprocessing)
+
+    device_chain = chain_of(parser.get_parsed_content("train#preprocessing"))
     assert not {RandClipColorJitterd, RandClipCLAHEd, ClipConsistentd} & {type(t) for t in device_chain.transforms}
 
     parser["augment_on"] = "workers"
-    chain = {type(t): t for t in parser.get_parsed_content("train#preprocessing", lazy=False).transforms}
+    chain = {type(t): t for t in chain_of(parser.get_parsed_content("train#preprocessing", lazy=False)).transforms}
     jitter, clahe_t, spatial = chain[RandClipColorJitterd], chain[RandClipCLAHEd], chain[ClipConsistentd]
     for name in ("brightness", "contrast", "saturation", "hue"):
         assert aug.ranges[name] == getattr(jitter, name), name
