@@ -612,18 +612,20 @@ def _transform_units(transform: Any, prefix: str = "", depth: int = 0) -> list[t
     """``(name, depth, transform)`` of every transform in the chain, in call order.
 
     A plain ``Compose`` is flattened (it only calls its children in turn); ``OneOf``/``RandomOrder``/``SomeOf`` are
-    one unit (their children do not all run). A wrapper with a ``transform`` attribute (``ClipConsistentd``), or
-    the ``traced`` chain of a ``TracedOrDatastore``, is a unit and its inner transforms follow it one level deeper.
+    one unit (their children do not all run). A wrapper with a ``transform`` attribute (``ClipConsistentd``) is a
+    unit and its inner transforms follow it one level deeper. A ``TracedOrDatastore`` stands for its ``traced``
+    chain (the benchmark feeds EchoNet items; the dispatch costs nothing), flattened like a ``Compose``.
     """
     from monai.transforms import Compose
 
+    from medssl_monai.transforms.monailabel import TracedOrDatastore
+
     if type(transform) is Compose:
         return [u for child in transform.transforms for u in _transform_units(child, prefix, depth)]
+    if isinstance(transform, TracedOrDatastore):  # a free dispatch: the EchoNet items benchmarked take `traced`
+        return _transform_units(transform.traced, prefix, depth)
     name = prefix + getattr(type(transform), "__name__", repr(transform))
-    # a wrapper runs `transform`; TracedOrDatastore runs `traced` on the EchoNet items the benchmark feeds
     inner = getattr(transform, "transform", None)
-    if inner is None:
-        inner = getattr(transform, "traced", None)
     children = _transform_units(inner, name + " > ", depth + 1) if callable(inner) else []
     return [(name, depth, transform), *children]
 
