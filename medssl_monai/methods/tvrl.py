@@ -246,12 +246,13 @@ class VideoMAEDecoder(nn.Module):
         visible: torch.Tensor,
         visible_idx: torch.Tensor,
         temporal: torch.Tensor,
-        frame_mask: torch.Tensor,
+        frame_mask: torch.Tensor | None,
         visible_valid: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``visible`` ``B x T x P_vis x De`` at patch positions ``visible_idx`` (``B x T x P_vis``, or ``B x P_vis``
         for every frame), ``temporal`` ``B x (1+T) x Dt`` -> ``B x T x P x patch_dim``. Entries where
-        ``visible_valid`` (``B x T x P_vis`` bool) is ``False`` are padding and dropped."""
+        ``visible_valid`` (``B x T x P_vis`` bool) is ``False`` are padding and dropped; ``frame_mask`` ``None``:
+        no frame padded, attention without a mask."""
         b, t, n_vis, _ = visible.shape
         p = self.num_patches
         if visible_idx.dim() == 2:
@@ -263,8 +264,10 @@ class VideoMAEDecoder(nn.Module):
         grid = grid.scatter(1, idx, self.embed(visible).reshape(b * t, n_vis, -1).to(grid.dtype))[:, :p]
         tokens = grid.reshape(b, t * p, -1) + self.pos_embed[:, : t * p]
         x = torch.cat([self.embed_temporal(temporal), tokens], dim=1)
-        valid = torch.cat([frame_mask.bool(), frame_mask.bool().repeat_interleave(p, dim=1)], dim=1)
-        mask = key_padding_mask(valid, num_prefix=1)
+        mask = None
+        if frame_mask is not None:  # hide padded frames' temporal and patch tokens
+            valid = torch.cat([frame_mask.bool(), frame_mask.bool().repeat_interleave(p, dim=1)], dim=1)
+            mask = key_padding_mask(valid, num_prefix=1)
         for blk in self.blocks:
             x = blk(x, attn_mask=mask)
         return self.head(self.norm(x[:, 1 + t :])).reshape(b, t, p, -1)
@@ -377,16 +380,18 @@ class TVRLPretraining(nn.Module):
         return self.mlm_weight if self.epoch >= self.mlm_start_epoch else 0.0
 
     @staticmethod
-    def _defaults(x: torch.Tensor, times: torch.Tensor | None, frame_mask: torch.Tensor | None):
+    def _defaults(
+        x: torch.Tensor, times: torch.Tensor | None, frame_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Times default to the frame index; a ``None`` frame mask stays ``None`` (no frame padded)."""
         b, t = x.shape[0], x.shape[2]
         if times is None:
             times = torch.arange(t, device=x.device, dtype=torch.float32).expand(b, t)
-        if frame_mask is None:
-            frame_mask = torch.ones(b, t, dtype=torch.bool, device=x.device)
-        return times.float(), frame_mask.bool()
+        # no all-True mask in its place: any boolean mask keeps SDPA off its flash kernel on a GPU
+        return times.float(), None if frame_mask is None else frame_mask.bool()
 
     def masked_feature_prediction(
-        self, frames: torch.Tensor, times: torch.Tensor, frame_mask: torch.Tensor, masked: torch.Tensor
+        self, frames: torch.Tensor, times: torch.Tensor, frame_mask: torch.Tensor | None, masked: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """TVRL's prediction branch: ``(pred, target)``, both ``B x T x D``; the loss reads them where ``masked``.
 
@@ -398,29 +403,36 @@ class TVRLPretraining(nn.Module):
         tokens = self.encoder.encode_temporal(inp, times, frame_mask)[:, 1:]
         return self.pred_head(self.pred_norm(tokens)), target
 
-    def _tvrl_view(self, x: torch.Tensor, times: torch.Tensor, frame_mask: torch.Tensor):
+    def _tvrl_view(self, x: torch.Tensor, times: torch.Tensor, frame_mask: torch.Tensor | None):
         frames = self.encoder.encode_frames(x)
-        masked = bernoulli_frame_mask(frame_mask, self.mask_ratio)
-        attend = frame_mask & ~masked if self.mask_mode == "v2" else frame_mask
+        valid = (
+            frame_mask if frame_mask is not None else torch.ones(frames.shape[:2], dtype=torch.bool, device=x.device)
+        )
+        masked = bernoulli_frame_mask(valid, self.mask_ratio)
+        # v2 hides the masked frames from the contrastive branch (a mask is needed); v1 needs one only for padding
+        attend = valid & ~masked if self.mask_mode == "v2" else frame_mask
         z = self.encoder.encode_temporal(frames, times, attend)[:, 0]
         pred, target = self.masked_feature_prediction(frames, times, frame_mask, masked)
         return z, negative_cosine_similarity(pred, target, masked)
 
-    def _mae(self, x: torch.Tensor, frame_mask: torch.Tensor, times: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _mae(self, x: torch.Tensor, frame_mask: torch.Tensor | None, times: torch.Tensor) -> dict[str, torch.Tensor]:
         fe = self.encoder.frame_encoder
         b, c, t, h, w = x.shape
         p = fe.num_patches
         tokens = fe.patch_tokens(x.transpose(1, 2).reshape(b * t, c, h, w))  # (B*T) x P x D, with positions
         if self.mae_mask_type == "tube":
-            masked = tube_mask(b, p, self.mae_mask_ratio, x.device)[1][:, None].expand(b, t, p)
+            visible, tube = tube_mask(b, p, self.mae_mask_ratio, x.device)
+            masked = tube[:, None].expand(b, t, p)
+            # every frame keeps the same number of patches: the count is a shape, no frame's tokens are padded
+            n_vis, counts = visible.shape[1], None
         else:
             masked = random_token_mask(b, t, p, self.mae_mask_ratio, x.device)
+            counts = (~masked.reshape(b * t, p)).sum(1)
+            n_vis = max(int(counts.max()), 1)
         flat = masked.reshape(b * t, p)
-        counts = (~flat).sum(1)
-        n_vis = max(int(counts.max()), 1)
         # each frame's visible positions first, in patch order (a stable sort of the mask), padded to n_vis
         visible_idx = torch.sort(flat.to(torch.uint8), dim=1, stable=True).indices[:, :n_vis]
-        valid = torch.arange(n_vis, device=x.device) < counts[:, None]
+        valid = None if counts is None else torch.arange(n_vis, device=x.device) < counts[:, None]
         gather = visible_idx[..., None].expand(-1, -1, tokens.shape[-1])
         enc = fe.forward_tokens(torch.gather(tokens, 1, gather), valid)  # (B*T) x (1 + n_vis) x D
         frame_feats = self.encoder.mid_project(enc[:, 0]).reshape(b, t, -1)
@@ -430,9 +442,9 @@ class TVRLPretraining(nn.Module):
             visible_idx.reshape(b, t, n_vis),
             temporal,
             frame_mask,
-            valid.reshape(b, t, n_vis),
+            None if valid is None else valid.reshape(b, t, n_vis),
         )
-        loss_mask = masked & frame_mask[:, :, None]
+        loss_mask = masked if frame_mask is None else masked & frame_mask[:, :, None]
         loss = norm_pix_mse(pred, patchify(x, fe.patch_size), loss_mask, self.norm_pix_loss)
         return {"loss": loss, "reconstruction": loss.detach()}
 
@@ -446,7 +458,10 @@ class TVRLPretraining(nn.Module):
         frame_mask: torch.Tensor | None = None,
         frame_mask_2: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Views ``x`` and ``image_2`` (``B x C x T x H x W``, normalised) with their times and frame masks."""
+        """Views ``x`` and ``image_2`` (``B x C x T x H x W``, normalised) with their times and frame masks.
+
+        A ``None`` frame mask means no frame of that view is padded: attention then runs without a mask.
+        """
         times, frame_mask = self._defaults(x, times, frame_mask)
         if self.framework == "mae":
             return self._mae(x, frame_mask, times)
@@ -478,10 +493,11 @@ class TwoViewPrepareBatch(PrepareBatch):
     """``prepare_batch`` for :class:`TVRLPretraining`: both views to the device, normalised there, as kwargs.
 
     Returns ``(image, None, (), {"image_2", "times", "times_2", "frame_mask", "frame_mask_2"})`` (keys absent
-    from the batch are left out). TVRL scales pixels to [0, 1] only (``mean=0, std=1``). With ``augment`` (a
-    :class:`~medssl_monai.transforms.device.TVRLDeviceAugmentation`) the ``uint8`` views are augmented on the
-    device before the scaling, both views in one call: every clip of either view gets its own draw, as the
-    worker path draws each view independently.
+    from the batch are left out: a frame mask that :func:`~medssl_monai.transforms.tvrl.drop_unpadded_masks_collate`
+    dropped reaches the method as ``None``). TVRL scales pixels to [0, 1] only (``mean=0, std=1``). With
+    ``augment`` (a :class:`~medssl_monai.transforms.device.TVRLDeviceAugmentation`) the ``uint8`` views are
+    augmented on the device before the scaling, both views in one call: every clip of either view gets its own
+    draw, as the worker path draws each view independently.
     """
 
     def __init__(

@@ -60,7 +60,11 @@ def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 100.0) -
 
 
 def key_padding_mask(valid: torch.Tensor, num_prefix: int = 1) -> torch.Tensor:
-    """``B x T`` bool (``True`` = attend) -> ``B x 1 x 1 x (num_prefix + T)`` SDPA mask; prefix tokens attended."""
+    """``B x T`` bool (``True`` = attend) -> ``B x 1 x 1 x (num_prefix + T)`` SDPA mask; prefix tokens attended.
+
+    Callers pass no mask at all (``None``) when nothing is padded: an all-``True`` mask gives the same attention
+    but keeps ``scaled_dot_product_attention`` off its flash kernel on a GPU.
+    """
     prefix = torch.ones(valid.shape[0], num_prefix, dtype=torch.bool, device=valid.device)
     return torch.cat([prefix, valid.to(torch.bool)], dim=1)[:, None, None, :]
 
@@ -286,7 +290,10 @@ class TemporalTransformer(nn.Module):
     def forward(
         self, frames: torch.Tensor, times: torch.Tensor | None = None, frame_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """``B x T x D`` frame tokens (+ ``B x T`` float times, ``B x T`` bool mask) -> ``B x (1+T) x D`` outputs."""
+        """``B x T x D`` frame tokens (+ ``B x T`` float times, ``B x T`` bool mask) -> ``B x (1+T) x D`` outputs.
+
+        ``frame_mask`` ``None``: no frame padded, attention without a mask (SDPA's flash kernel on a GPU).
+        """
         b, t, _ = frames.shape
         if t > self.max_frames:
             raise ValueError(f"{t} frames but the temporal position embedding has {self.max_frames}")

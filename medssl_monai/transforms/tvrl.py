@@ -23,6 +23,7 @@ Shen et al., TVRL (MICCAI 2024), reference ``datamodule/``:
 
 Everything returns ``uint8`` clips ``C x T x H x W`` (normalised later on the device), ``float32`` ``T`` times and
 ``bool`` ``T`` frame masks (``False`` = padding). Second-view keys carry ``second_suffix`` (``image_2``, ...).
+:func:`drop_unpadded_masks_collate` leaves a view's frame masks out of a batch in which no frame is padded.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 from monai.config import KeysCollection
+from monai.data import list_data_collate
 from monai.transforms import (
     Compose,
     DeleteItemsd,
@@ -70,6 +72,7 @@ __all__ = [
     "tvrl_ssl_transforms",
     "tvrl_probe_transforms",
     "tvrl_device_augmentation",
+    "drop_unpadded_masks_collate",
 ]
 
 
@@ -604,3 +607,22 @@ def tvrl_device_augmentation(
     kwargs = {k: p.default for k, p in defaults.items() if k not in ("key", "spatial_size")}
     kwargs.update(AUGMENTATIONS[augmentation])
     return TVRLDeviceAugmentation(spatial_size, seed=seed, **kwargs)
+
+
+def drop_unpadded_masks_collate(
+    batch: Sequence[Mapping[Hashable, Any]], mask_keys: Sequence[str] = ("frame_mask", "frame_mask_2")
+) -> Any:
+    """MONAI's ``list_data_collate``, then every frame mask of ``mask_keys`` without a padded frame is left out.
+
+    A batch without a view's ``frame_mask`` means "no frame padded": the model attends without a key-padding mask,
+    so ``scaled_dot_product_attention`` may pick its flash kernel on a GPU (any boolean mask rules it out; an
+    all-``True`` one gives the same output). The check reads the mask here, in the loader on the host before the
+    copy, so the training step reads no mask value. Masks with padding stay as they are.
+    """
+    out = list_data_collate(batch)
+    if isinstance(out, dict):
+        for key in mask_keys:
+            mask = out.get(key)
+            if isinstance(mask, torch.Tensor) and bool(mask.all()):
+                del out[key]
+    return out
