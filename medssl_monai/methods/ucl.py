@@ -39,6 +39,7 @@ from medssl_monai import distributed
 from medssl_monai.engines.ssl import ema_update
 from medssl_monai.losses.ucl import UCLLoss, mixed_negative
 from medssl_monai.networks.resnet import feature_dim
+from medssl_monai.transforms.device import FrameCropDeviceAugmentation
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -217,22 +218,53 @@ def _feature_dim(encoder: nn.Module) -> int:
         raise TypeError("pass feature_dim for an encoder that is not a MONAI ResNet") from None
 
 
-class UCLPrepareBatch(PrepareBatch):
-    """``B x (2 + K) x C x H x W`` uint8 frame stacks -> device -> normalised (ImageNet statistics) for :class:`UCL`."""
+class _FramesPrepareBatch(PrepareBatch):
+    """The part :class:`UCLPrepareBatch` and :class:`FramePrepareBatch` share: copy, crop (``augment``), normalise."""
 
     def __init__(
-        self, image_key: str = "image", mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+        self,
+        image_key: str = "image",
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        augment: FrameCropDeviceAugmentation | None = None,
+        size_key: str = "image_size",
     ) -> None:
         self.image_key = image_key
         self.mean, self.std = tuple(mean), tuple(std)
+        self.augment = augment
+        self.size_key = size_key
+
+    def _frames(self, batchdata: dict, device, non_blocking: bool) -> torch.Tensor:
+        x = torch.as_tensor(batchdata[self.image_key]).to(device=device, non_blocking=non_blocking)
+        if self.augment is not None:
+            x = self.augment(x, batchdata.get(self.size_key))
+        return normalize_frames(x, self.mean, self.std)
+
+
+class UCLPrepareBatch(_FramesPrepareBatch):
+    """``B x (2 + K) x C x H x W`` uint8 frame stacks -> device -> (cropped) -> normalised for :class:`UCL`.
+
+    Args:
+        image_key: the ``uint8`` frames.
+        mean, std: per-channel statistics on the [0, 1] scale (default ImageNet's, as the reference).
+        augment: the training crop on the device, one draw per frame
+            (:class:`~medssl_monai.transforms.device.FrameCropDeviceAugmentation`), before the normalisation;
+            ``None`` (validation, inference, or the crop already done in the workers): none.
+        size_key: each sample's frame size before padding (``B x 2``, left on the host, where the crop offsets are
+            drawn); absent: every frame is ``H x W``.
+    """
 
     def __call__(self, batchdata: dict, device=None, non_blocking: bool = False, **kwargs: Any):
-        x = torch.as_tensor(batchdata[self.image_key]).to(device=device, non_blocking=non_blocking)
-        return normalize_frames(x, self.mean, self.std), None, (), {}
+        return self._frames(batchdata, device, non_blocking), None, (), {}
 
 
-class FramePrepareBatch(PrepareBatch):
-    """``B x C x H x W`` uint8 frames (and integer labels) -> device, frames normalised (ImageNet statistics)."""
+class FramePrepareBatch(_FramesPrepareBatch):
+    """``B x C x H x W`` uint8 frames (and integer labels) -> device, frames (cropped and) normalised (ImageNet
+    statistics); the label is never augmented.
+
+    Args:
+        label_key: the integer class; ``None`` for none. The other arguments as :class:`UCLPrepareBatch`'s.
+    """
 
     def __init__(
         self,
@@ -240,17 +272,17 @@ class FramePrepareBatch(PrepareBatch):
         label_key: str | None = "label",
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        augment: FrameCropDeviceAugmentation | None = None,
+        size_key: str = "image_size",
     ) -> None:
-        self.image_key = image_key
+        super().__init__(image_key, mean, std, augment, size_key)
         self.label_key = label_key
-        self.mean, self.std = tuple(mean), tuple(std)
 
     def __call__(self, batchdata: dict, device=None, non_blocking: bool = False, **kwargs: Any):
-        x = torch.as_tensor(batchdata[self.image_key]).to(device=device, non_blocking=non_blocking)
         y = None
         if self.label_key is not None and self.label_key in batchdata:
             y = torch.as_tensor(batchdata[self.label_key]).to(device=device, non_blocking=non_blocking).long()
-        return normalize_frames(x, self.mean, self.std), y
+        return self._frames(batchdata, device, non_blocking), y
 
 
 class UCLEpochHandler:

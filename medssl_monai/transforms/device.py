@@ -15,7 +15,9 @@ host-to-device copy and before normalisation:
 
 TVRL's strong augmentation (rotation, RandomResizedCrop, flips, brightness and contrast, Gaussian blur) has the
 same three parts: :func:`sample_tvrl_params`, the ops :func:`rotate`, :func:`resized_crop`, :func:`flip`,
-:func:`color_jitter` and :func:`gaussian_blur`, and :class:`TVRLDeviceAugmentation`.
+:func:`color_jitter` and :func:`gaussian_blur`, and :class:`TVRLDeviceAugmentation`. UCL's random crop of every
+frame: :func:`sample_crop_offsets`, :func:`crop_frames` and :class:`FrameCropDeviceAugmentation`. The three
+classes share their trainer-owned stream, :class:`SeededStream`.
 
 Nothing here reads a device value on the host: the draws are made on the host, copied once per batch
 (``non_blocking``), and the subset of clips that gets CLAHE is selected with host-side indices.
@@ -55,6 +57,10 @@ __all__ = [
     "flip",
     "gaussian_blur",
     "TVRLDeviceAugmentation",
+    "SeededStream",
+    "sample_crop_offsets",
+    "crop_frames",
+    "FrameCropDeviceAugmentation",
 ]
 
 
@@ -95,7 +101,6 @@ class AugmentParams(_PerClipParams):
     clip_limit: torch.Tensor
     angle: torch.Tensor
     offset: torch.Tensor
-
 
 
 def pad_crop_geometry(size: int, crop: int, pad: int) -> tuple[int, int]:
@@ -493,14 +498,45 @@ def _stream_seed(seed: int, step: int, rank: int) -> int:
     return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(step), int(rank)]).generate_state(1)[0])
 
 
-class DeviceAugmentation:
+class SeededStream:
+    """The trainer-owned random stream of a device augmentation: one CPU generator, reseeded for every batch.
+
+    Batch ``step`` draws from a generator seeded with ``(seed, step, rank)``, so the state is the step counter:
+    :meth:`state_dict` goes into ``resume.pt``, and a resumed run (every DDP rank with its own stream) continues
+    with the uninterrupted run's draws, whatever the DataLoader workers did.
+
+    Args:
+        seed: the run's seed.
+    """
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = int(seed)
+        self.step = 0
+        self.generator = torch.Generator()
+
+    def next_generator(self) -> torch.Generator:
+        """The generator seeded for the next batch (advances the step counter)."""
+        from medssl_monai.distributed import rank
+
+        self.generator.manual_seed(_stream_seed(self.seed, self.step, rank()))
+        self.step += 1
+        return self.generator
+
+    def state_dict(self) -> dict[str, int]:
+        """``seed`` and ``step``: the generator's stream is a function of them (and the rank)."""
+        return {"seed": self.seed, "step": self.step}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue the stream at the saved step (the configured seed is kept)."""
+        self.step = int(state["step"])
+
+
+class DeviceAugmentation(SeededStream):
     """SimLVSeg's augmentation (colour jitter, CLAHE, rotation, pad, random crop) on a device batch.
 
     Call it on the ``uint8`` batch after the host-to-device copy and before normalisation (a ``prepare_batch``
-    with ``augment`` set does). Every frame of a clip and its mask share one draw. The draws come from a CPU
-    ``torch.Generator`` that this object owns, seeded for each batch from ``(seed, step, rank)``: the state is the
-    step counter, which :meth:`state_dict` returns for ``resume.pt``, so a resumed run (on every DDP rank, each with
-    its own stream) continues with the draws of the uninterrupted run whatever the DataLoader workers did.
+    with ``augment`` set does). Every frame of a clip and its mask share one draw. The draws come from the
+    :class:`SeededStream` this object is, whose step counter goes into ``resume.pt``.
 
     Args:
         crop, pad: output size and pad-if-needed size (``None``: ``crop + 12``, SimLVSeg's 124 at 112).
@@ -547,21 +583,15 @@ class DeviceAugmentation:
         self.jitter_prob = float(jitter_prob)
         self.clahe_prob = float(clahe_prob)
         self.tile_grid_size = tuple(int(s) for s in tile_grid_size)
-        self.seed = int(seed)
         self.grey = bool(grey)
-        self.step = 0
-        self.generator = torch.Generator()
+        super().__init__(seed)
 
     def sample(self, batch_size: int, frame_size: tuple[int, int]) -> AugmentParams:
         """Draw the next batch's parameters (advances the step counter)."""
-        from medssl_monai.distributed import rank
-
-        self.generator.manual_seed(_stream_seed(self.seed, self.step, rank()))
-        self.step += 1
         return sample_params(
             batch_size,
             frame_size,
-            self.generator,
+            self.next_generator(),
             crop=self.crop,
             pad=self.pad,
             rotate_degrees=self.rotate_degrees,
@@ -588,14 +618,6 @@ class DeviceAugmentation:
         if image.dtype != torch.uint8:
             raise TypeError(f"DeviceAugmentation needs the uint8 batch (before normalisation), got {image.dtype}")
         return self.apply(image, label, self.sample(image.shape[0], tuple(image.shape[-2:])))
-
-    def state_dict(self) -> dict[str, int]:
-        """``seed`` and ``step``: the generator's stream is a function of them (and the rank)."""
-        return {"seed": self.seed, "step": self.step}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Continue the stream at the saved step (the configured seed is kept)."""
-        self.step = int(state["step"])
 
 
 # ------------------------------------------------------------------------ TVRL: rotate, resized crop, flips, blur
@@ -626,7 +648,6 @@ class TVRLParams(_PerClipParams):
     order: torch.Tensor
     blur: torch.Tensor
     sigma: torch.Tensor
-
 
 
 def sample_resized_crop_boxes(
@@ -813,14 +834,13 @@ def gaussian_blur(x: torch.Tensor, blur: torch.Tensor, sigma: torch.Tensor, kern
     return x.index_copy(0, idx, out)
 
 
-class TVRLDeviceAugmentation:
+class TVRLDeviceAugmentation(SeededStream):
     """TVRL's SSL augmentation of one view (rotate, resized crop, flips, jitter, blur) on a device batch.
 
     The device counterpart of :func:`~medssl_monai.transforms.tvrl.tvrl_strong_augmentation` (and, with
     ``crop_scale=None`` and every other op off, of VideoMAE's flip-only view): one draw per clip for all its
     frames, every clip of the batch drawn independently (a two-view batch is augmented as ``2B`` clips). The
-    stream is owned as :class:`DeviceAugmentation`'s: seeded per batch from ``(seed, step, rank)``, ``step`` in
-    ``resume.pt``.
+    stream is a :class:`SeededStream`, as :class:`DeviceAugmentation`'s.
 
     Args:
         spatial_size: output frame size.
@@ -862,17 +882,11 @@ class TVRLDeviceAugmentation:
             "blur_prob": float(blur_prob),
             "blur_sigma": (float(blur_sigma[0]), float(blur_sigma[1])),
         }
-        self.seed = int(seed)
-        self.step = 0
-        self.generator = torch.Generator()
+        super().__init__(seed)
 
     def sample(self, batch_size: int, frame_size: tuple[int, int]) -> TVRLParams:
         """Draw the next batch's parameters (advances the step counter)."""
-        from medssl_monai.distributed import rank
-
-        self.generator.manual_seed(_stream_seed(self.seed, self.step, rank()))
-        self.step += 1
-        return sample_tvrl_params(batch_size, frame_size, self.generator, **self.kwargs)
+        return sample_tvrl_params(batch_size, frame_size, self.next_generator(), **self.kwargs)
 
     def apply(self, image: torch.Tensor, params: TVRLParams) -> torch.Tensor:
         """Augment ``image`` (``uint8`` grey ``B x C x T x H x W``) with ``params``, in the worker path's order."""
@@ -891,10 +905,89 @@ class TVRLDeviceAugmentation:
             raise TypeError(f"TVRLDeviceAugmentation needs the uint8 batch (before normalisation), got {image.dtype}")
         return self.apply(image, self.sample(image.shape[0], tuple(image.shape[-2:])))
 
-    def state_dict(self) -> dict[str, int]:
-        """``seed`` and ``step``: the generator's stream is a function of them (and the rank)."""
-        return {"seed": self.seed, "step": self.step}
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Continue the stream at the saved step (the configured seed is kept)."""
-        self.step = int(state["step"])
+# ---------------------------------------------------------------------- UCL: a random crop of every frame
+
+
+def sample_crop_offsets(max_offset: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """``N x 2`` crop starts (row, column), each uniform over ``0..max_offset`` (``N x 2`` integers).
+
+    The distribution of :class:`~medssl_monai.transforms.frames.FrameResizeCropd`'s random crop (``randint(0, h - s
+    + 1)``, then ``randint(0, w - s + 1)``, for each frame); only the random stream differs. The uniforms come from
+    ``generator`` (CPU); the offsets are on ``max_offset``'s device, checked (frame >= crop) only on the host.
+    """
+    bound = torch.as_tensor(max_offset, dtype=torch.int64)
+    if bound.device.type == "cpu" and bound.numel() and int(bound.min()) < 0:  # a host read, no device sync
+        raise ValueError(f"a frame is smaller than the crop (largest offsets {bound.tolist()})")
+    u = _to_device(torch.rand(bound.shape, generator=generator, dtype=torch.float64), bound.device)
+    # floor(u * (b + 1)) is uniform over 0..b; the minimum guards the rounding of u * (b + 1) up to b + 1
+    return (u * (bound + 1)).floor().long().minimum(bound)
+
+
+def crop_frames(x: torch.Tensor, offset: torch.Tensor, size: int) -> torch.Tensor:
+    """The ``size x size`` window at ``offset`` (``N x 2`` row, column) of each frame of ``N x C x H x W``.
+
+    An exact copy (one gather of rows and columns) in ``x``'s dtype on ``x``'s device; ``offset`` may be a host
+    tensor (copied without a sync).
+    """
+    dev = x.device
+    off = _to_device(torch.as_tensor(offset, dtype=torch.int64), dev)
+    steps = torch.arange(size, device=dev)
+    rows = (off[:, 0, None] + steps)[:, :, None]  # N x s x 1
+    cols = (off[:, 1, None] + steps)[:, None, :]  # N x 1 x s
+    frame = torch.arange(x.shape[0], device=dev)[:, None, None]
+    # channels last, so the three broadcast indices give N x s x s x C in one gather
+    return x.permute(0, 2, 3, 1)[frame, rows, cols].permute(0, 3, 1, 2).contiguous()
+
+
+class FrameCropDeviceAugmentation(SeededStream):
+    """UCL's ``RandomCrop(spatial_size)`` of every frame (after the shorter-side resize) on a device batch.
+
+    The device counterpart of :class:`~medssl_monai.transforms.frames.FrameResizeCropd` with ``random_crop``: with
+    ``augment_on="device"`` the workers only resize, this crops. As in the worker path every frame gets its own
+    offset (UCL's anchor, positive and negatives are transformed separately), uniform over the crop's positions
+    inside that frame's resized size. The stream is a :class:`SeededStream`, as :class:`DeviceAugmentation`'s.
+
+    Args:
+        spatial_size: the crop size.
+        seed: the run's seed.
+    """
+
+    def __init__(self, spatial_size: int = 224, seed: int = 0) -> None:
+        self.spatial_size = int(spatial_size)
+        super().__init__(seed)
+
+    def max_offsets(self, shape: Sequence[int], sizes: torch.Tensor | None = None) -> torch.Tensor:
+        """``N x 2`` largest offsets of the ``N`` frames of a ``B x [K x] C x H x W`` batch of ``shape``.
+
+        ``sizes``: each sample's ``(h, w)`` before padding (``B x 2``; on the host, as the DataLoader gives it, the
+        offsets are drawn and checked there); ``None``: every frame is ``H x W``.
+        """
+        b, per_sample = int(shape[0]), math.prod(int(n) for n in shape[1:-3])
+        if sizes is None:
+            sizes = torch.tensor([[int(shape[-2]), int(shape[-1])]]).expand(b, 2)
+        bound = torch.as_tensor(sizes, dtype=torch.int64).reshape(b, 2) - self.spatial_size
+        return bound[:, None].expand(b, per_sample, 2).reshape(-1, 2)  # a stack's frames share their sample's size
+
+    def sample(self, max_offset: torch.Tensor) -> torch.Tensor:
+        """Draw the next batch's ``N x 2`` offsets (advances the step counter)."""
+        return sample_crop_offsets(max_offset, self.next_generator())
+
+    def apply(self, image: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+        """Crop ``image`` (``B x [K x] C x H x W``) at the frames' ``offset`` (``N x 2``, frames in batch order)."""
+        frames = crop_frames(image.reshape(-1, *image.shape[-3:]), offset, self.spatial_size)
+        return frames.reshape(*image.shape[:-2], self.spatial_size, self.spatial_size)
+
+    def __call__(self, image: torch.Tensor, sizes: torch.Tensor | None = None) -> torch.Tensor:
+        """Draw and apply one batch's crops.
+
+        Args:
+            image: the ``uint8`` frames ``B x [K x] C x H x W`` on the device, zero-padded to the batch's largest
+                frame where sizes differ (:func:`~medssl_monai.transforms.frames.pad_frames_collate`).
+            sizes: each sample's frame size before padding, ``B x 2`` on the host; ``None``: ``H x W``.
+        """
+        if image.dtype != torch.uint8:
+            raise TypeError(
+                f"FrameCropDeviceAugmentation needs the uint8 batch (before normalising), got {image.dtype}"
+            )
+        return self.apply(image, self.sample(self.max_offsets(image.shape, sizes)))

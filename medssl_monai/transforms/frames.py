@@ -10,7 +10,7 @@ training ``RandomResizedCrop(s, scale=(0.8, 1), ratio=(0.8, 1.25))`` and ``Rando
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,15 @@ from medssl_monai.data.cache import ClipCache
 from medssl_monai.errors import DataError
 from medssl_monai.transforms.io import _as_cache, convert_channels, meta_key
 
-__all__ = ["LoadFramesd", "FrameResizeCropd", "FrameResizedCropd", "resize_shorter_side", "resize_to", "expand_frames"]
+__all__ = [
+    "LoadFramesd",
+    "FrameResizeCropd",
+    "FrameResizedCropd",
+    "pad_frames_collate",
+    "resize_shorter_side",
+    "resize_to",
+    "expand_frames",
+]
 
 
 class LoadFramesd(MapTransform):
@@ -105,11 +113,17 @@ class FrameResizeCropd(Randomizable, MapTransform):
     ``CenterCrop`` for validation). On ``K x C x H x W`` stacks every frame gets its own crop, as the reference
     transforms the anchor, the positive and each negative separately.
 
+    With ``augment_on="device"`` the random crop is left to
+    :class:`~medssl_monai.transforms.device.FrameCropDeviceAugmentation` in the trainer's ``prepare_batch``: the
+    frames are only resized, and their size goes in ``f"{key}_size"`` (``[h, w]``) for the crop's range (and
+    :func:`pad_frames_collate`, which pads frames of different aspect ratios to one batch).
+
     Args:
         keys: keys of ``C x H x W`` frames or ``K x C x H x W`` stacks.
         spatial_size: the crop size.
         resize_to: shorter-side size before cropping (``None``: ``spatial_size``).
         random_crop: random crop (training) or centre crop (evaluation).
+        augment_on: ``"workers"`` (the random crop here) or ``"device"`` (resize only); no effect on the centre crop.
     """
 
     def __init__(
@@ -119,13 +133,17 @@ class FrameResizeCropd(Randomizable, MapTransform):
         resize_to: int | None = None,
         random_crop: bool = True,
         allow_missing_keys: bool = False,
+        augment_on: str = "workers",
     ) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
+        if augment_on not in ("workers", "device"):
+            raise ValueError(f"augment_on must be 'workers' or 'device', got {augment_on!r}")
         self.spatial_size = int(spatial_size)
         self.resize_to = int(resize_to) if resize_to is not None else self.spatial_size
         if self.resize_to < self.spatial_size:
             raise ValueError(f"resize_to ({self.resize_to}) must be >= spatial_size ({self.spatial_size})")
         self.random_crop = random_crop
+        self.augment_on = augment_on
 
     def randomize(self, data: Any = None) -> None:
         pass
@@ -142,7 +160,9 @@ class FrameResizeCropd(Randomizable, MapTransform):
         for key in self.key_iterator(d):
             x = resize_shorter_side(torch.as_tensor(d[key]), self.resize_to)
             h, w = x.shape[-2:]
-            if x.ndim == 3:
+            if self.random_crop and self.augment_on == "device":
+                d[key], d[f"{key}_size"] = x, torch.tensor([h, w])
+            elif x.ndim == 3:
                 top, left = self._offsets(h, w)
                 d[key] = x[:, top : top + s, left : left + s].contiguous()
             else:
@@ -152,6 +172,28 @@ class FrameResizeCropd(Randomizable, MapTransform):
                     crops.append(frame[:, top : top + s, left : left + s])
                 d[key] = torch.stack(crops).contiguous()
         return d
+
+
+def _pad_bottom_right(x: Any, h: int, w: int) -> torch.Tensor:
+    x = torch.as_tensor(x)
+    return F.pad(x, (0, w - x.shape[-1], 0, h - x.shape[-2]))
+
+
+def pad_frames_collate(batch: Sequence[Mapping[Hashable, Any]], keys: Sequence[str] = ("image",)) -> Any:
+    """MONAI's ``list_data_collate`` after zero-padding the frames ``keys`` (bottom, right) to the batch's largest.
+
+    Frames resized to one shorter side keep their aspect ratio, so the longer side can differ between videos (or
+    images); the crop on the device reads each sample's own size (``f"{key}_size"``, from :class:`FrameResizeCropd`
+    with ``augment_on="device"``) and never reaches into the padding. Batches of one size collate unchanged.
+    """
+    from monai.data import list_data_collate
+
+    for key in keys:
+        shapes = [tuple(d[key].shape[-2:]) for d in batch if key in d]
+        if len(set(shapes)) > 1:
+            h, w = max(s[0] for s in shapes), max(s[1] for s in shapes)
+            batch = [{**d, key: _pad_bottom_right(d[key], h, w)} if key in d else d for d in batch]
+    return list_data_collate(batch)
 
 
 def resize_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -241,7 +241,13 @@ def test_gbcu_image_lists_feed_the_classifier(tmp_path: Path):
     data = parser.get_parsed_content("train#dataset")
     assert len(data) == 4
     item = data[2]
-    assert item["image"].shape == (3, 32, 32) and item["image"].dtype == torch.uint8 and item["label"] == 2
+    # the workers resize (shorter side 36, aspect kept); the random crop to 32 runs in the trainer's prepare_batch
+    assert item["image"].shape == (3, 36, 42) and item["image"].dtype == torch.uint8 and item["label"] == 2
+    assert item["image_size"].tolist() == [36, 42]
+    batch = parser.get_parsed_content("train#dataloader#collate_fn")([data[i] for i in range(4)])
+    assert batch["image"].shape == (4, 3, 36, 54)  # images of different sizes, zero-padded to one batch
+    x, y = parser.get_parsed_content("train#augmented_prepare_batch")(batch)
+    assert x.shape == (4, 3, 32, 32) and y.tolist() == [0, 1, 2, 0]
 
 
 def test_image_list_errors(tmp_path: Path):

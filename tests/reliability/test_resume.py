@@ -68,10 +68,16 @@ CASES = {
             suffix="-2workers",
         ),  # [4]
         Case("ucl_us_ssl_pretraining", {"batch_size": 2}),  # [2]
-        # UCL pretraining's default loader: persistent workers, the frames' crops seeded per (video, frames) sample
+        # UCL pretraining's default loader: persistent workers, the frames' crops on the device (stream in resume.pt)
         Case("ucl_us_ssl_pretraining", {"batch_size": 2, "num_workers": 2}, suffix="-2workers"),  # [2]
+        # the worker-side crops (augment_on: workers), seeded per (video, frames) sample
+        Case(
+            "ucl_us_ssl_pretraining",
+            {"batch_size": 2, "num_workers": 2, "augment_on": "workers"},
+            suffix="-2workers-worker-crops",
+        ),  # [2]
         Case("ucl_us_classification", {"batch_size": 4}, pretrained="network_def.encoder"),  # [4]
-        # UCL classification's default loader: persistent workers, each frame's crop seeded per sample
+        # UCL classification's default loader: persistent workers, the frames' crops on the device
         Case(
             "ucl_us_classification",
             {"batch_size": 4, "num_workers": 2},
@@ -223,7 +229,7 @@ PERSISTENT = {
     "ucl_us_classification",
     "tvrl_echo_linear_probe",
 }
-#: of those, the bundles whose worker-side draws are seeded per sample (no device augmentation)
+#: of those, the bundles that keep per-sample seeding in the workers (UCL: for augment_on workers; the probe's window)
 SEEDED_IN_WORKERS = {"ucl_us_ssl_pretraining", "ucl_us_classification", "tvrl_echo_linear_probe"}
 
 

@@ -1,0 +1,238 @@
+"""UCL's random frame crop on the device: the crop against the worker path for the same offsets, the offsets'
+distribution, frames of different sizes in one batch, the trainer-owned stream's resume, the bundles' wiring."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from monai.bundle import ConfigParser
+
+from medssl_monai.methods.ucl import FramePrepareBatch, UCLPrepareBatch, normalize_frames
+from medssl_monai.transforms.device import FrameCropDeviceAugmentation, crop_frames, sample_crop_offsets
+from medssl_monai.transforms.frames import FrameResizeCropd, pad_frames_collate
+
+ROOT = Path(__file__).resolve().parents[2]
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+UCL_BUNDLES = ["ucl_us_ssl_pretraining", "ucl_us_classification"]
+
+
+def _frames(*shape: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+def _worker_crop(x: torch.Tensor, spatial_size: int, resize_to: int, seed: int) -> tuple[torch.Tensor, list]:
+    """The worker path's output for ``x`` and the offsets it drew (one per frame, in frame order)."""
+    t = FrameResizeCropd(spatial_size=spatial_size, resize_to=resize_to, random_crop=True)
+    t.set_random_state(seed)
+    drawn, draw = [], t._offsets
+
+    def spy(h: int, w: int) -> tuple[int, int]:
+        drawn.append(draw(h, w))
+        return drawn[-1]
+
+    t._offsets = spy
+    return t({"image": x})["image"], drawn
+
+
+def _device_item(x: torch.Tensor, spatial_size: int, resize_to: int) -> dict[str, Any]:
+    return FrameResizeCropd(spatial_size=spatial_size, resize_to=resize_to, augment_on="device")({"image": x})
+
+
+# ------------------------------------------------------------------------------------ crop vs the worker path
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(
+    "shape",
+    [(5, 3, 90, 120), (3, 90, 120), (4, 3, 140, 100), (2, 1, 64, 64)],
+    ids=["ssl-stack", "classification-frame", "portrait-stack", "no-resize"],
+)
+def test_crop_matches_the_worker_path_for_the_same_offsets(device: str, shape: tuple[int, ...]):
+    """Workers resize only (``augment_on="device"``); the device crop at the worker's offsets is its output."""
+    x = _frames(*shape)
+    for seed in range(3):
+        ref, drawn = _worker_crop(x, 48, 64, seed)
+        item = _device_item(x, 48, 64)
+        assert item["image_size"].tolist() == list(item["image"].shape[-2:])
+        batch = pad_frames_collate([item])
+        out = FrameCropDeviceAugmentation(48).apply(batch["image"].to(device), torch.tensor(drawn))
+        assert out.device.type == device and out.dtype == torch.uint8
+        assert torch.equal(out[0].cpu(), ref), seed
+
+
+def test_a_batch_of_different_aspect_ratios_is_padded_and_cropped_inside_each_frame():
+    """Frames resized to one shorter side keep their aspect ratio: the collate pads them to one batch, each
+    sample's own size bounds its offsets (the padding is never cropped), and the crops are the worker path's."""
+    xs = [_frames(5, 3, 90, 120, seed=1), _frames(5, 3, 90, 90, seed=2), _frames(5, 3, 150, 90, seed=3)]
+    items = [_device_item(x, 48, 64) for x in xs]
+    batch = pad_frames_collate(items)
+    assert batch["image"].shape == (3, 5, 3, 106, 85) and batch["image_size"].tolist() == [
+        [64, 85],
+        [64, 64],
+        [106, 64],
+    ]
+    refs, drawn = zip(*(_worker_crop(x, 48, 64, seed) for seed, x in enumerate(xs)))
+    aug = FrameCropDeviceAugmentation(48)
+    out = aug.apply(batch["image"], torch.tensor([o for d in drawn for o in d]))
+    assert all(torch.equal(out[i], refs[i]) for i in range(3))
+    bound = aug.max_offsets(batch["image"].shape, batch["image_size"])
+    assert bound.tolist() == [[16, 37]] * 5 + [[16, 16]] * 5 + [[58, 16]] * 5
+    for _ in range(50):  # drawn crops stay inside each sample's frame
+        off = aug.sample(bound)
+        assert ((off >= 0) & (off <= bound)).all()
+    assert pad_frames_collate(items[1:2])["image"].shape == (1, 5, 3, 64, 64)  # one size: collated unchanged
+
+
+def test_crop_frames_is_an_exact_copy_of_the_window():
+    x = _frames(6, 2, 20, 30)
+    off = torch.tensor([[0, 0], [3, 7], [10, 20], [10, 0], [0, 20], [5, 5]])
+    out = crop_frames(x, off, 10)
+    for i, (r, c) in enumerate(off.tolist()):
+        assert torch.equal(out[i], x[i, :, r : r + 10, c : c + 10])
+
+
+# ------------------------------------------------------------------------------ the offsets' distribution
+
+
+def test_offsets_are_uniform_over_the_worker_paths_range():
+    """Both paths draw each frame's offset uniformly over ``0..h - s`` and ``0..w - s``: the same support, and
+    each value's frequency within 4 standard errors of uniform (20,000 frames)."""
+    h, w, s, n = 64, 85, 48, 20_000
+    worker = FrameResizeCropd(spatial_size=s, resize_to=h)
+    worker.set_random_state(0)
+    worker_off = torch.tensor([worker._offsets(h, w) for _ in range(n)])
+    device_off = sample_crop_offsets(torch.tensor([[h - s, w - s]]).expand(n, 2), torch.Generator().manual_seed(0))
+    for off in (worker_off, device_off):
+        for axis, top in ((0, h - s), (1, w - s)):
+            counts = Counter(off[:, axis].tolist())
+            assert set(counts) == set(range(top + 1)), axis
+            p = 1 / (top + 1)
+            se = (p * (1 - p) / n) ** 0.5
+            assert max(abs(c / n - p) for c in counts.values()) < 4 * se, axis
+        assert abs(torch.corrcoef(off.T.double())[0, 1]) < 0.05  # rows and columns drawn independently
+
+
+def test_every_frame_of_a_stack_gets_its_own_crop_as_in_the_workers():
+    """UCL transforms the anchor, the positive and each negative separately: no shared crop within a stack."""
+    x = _frames(5, 3, 64, 64)
+    _, drawn = _worker_crop(x, 32, 64, 0)
+    assert len(drawn) == 5 and len(set(drawn)) > 1
+    aug = FrameCropDeviceAugmentation(32)
+    batch = torch.stack([x] * 8)
+    off = aug.sample(aug.max_offsets(batch.shape)).reshape(8, 5, 2)
+    assert off.shape == (8, 5, 2) and all(len({tuple(o) for o in stack.tolist()}) > 1 for stack in off)
+    out = aug.apply(batch, off.reshape(-1, 2))
+    assert torch.equal(out[3, 2], x[2, :, off[3, 2, 0] : off[3, 2, 0] + 32, off[3, 2, 1] : off[3, 2, 1] + 32])
+
+
+def test_crops_larger_than_the_frame_and_float_batches_are_rejected():
+    aug = FrameCropDeviceAugmentation(48)
+    with pytest.raises(ValueError, match="smaller than the crop"):
+        aug(_frames(2, 3, 40, 64))
+    with pytest.raises(TypeError, match="uint8"):
+        aug(torch.zeros(2, 3, 64, 64))
+    with pytest.raises(ValueError, match="augment_on"):
+        FrameResizeCropd(augment_on="gpu")
+
+
+# ----------------------------------------------------------------------------- the trainer-owned generator
+
+
+def test_stream_round_trips_through_state_dict():
+    """``resume.pt`` holds the step: a resumed run draws the crops the uninterrupted run draws next."""
+    x = _frames(4, 5, 3, 64, 80)
+    aug = FrameCropDeviceAugmentation(48, seed=3)
+    outs = [aug(x) for _ in range(3)]
+    resumed = FrameCropDeviceAugmentation(48, seed=3)
+    resumed.load_state_dict({"seed": 3, "step": 1})  # as resume.pt holds it after the first batch
+    for ref in outs[1:]:
+        assert torch.equal(resumed(x), ref)
+    assert resumed.state_dict() == aug.state_dict() == {"seed": 3, "step": 3}
+    assert not torch.equal(outs[0], outs[1])  # every batch draws anew
+    assert outs[0].shape == (4, 5, 3, 48, 48)
+
+
+def test_prepare_batches_crop_between_the_copy_and_the_normalisation():
+    stacks = pad_frames_collate([_device_item(_frames(5, 3, 64, 80, seed=s), 48, 64) for s in range(2)])
+    inputs, target, args, kwargs = UCLPrepareBatch(augment=FrameCropDeviceAugmentation(48, seed=1))(stacks)
+    expected = FrameCropDeviceAugmentation(48, seed=1)(stacks["image"], stacks["image_size"])
+    assert torch.equal(inputs, normalize_frames(expected)) and target is None and args == () and kwargs == {}
+    assert UCLPrepareBatch()(stacks)[0].shape == (2, 5, 3, 64, 80)  # no augment: no crop, nothing drawn
+
+    frames = pad_frames_collate([{**_device_item(_frames(3, 90, 70, seed=s), 48, 64), "label": s} for s in range(3)])
+    inputs, labels = FramePrepareBatch(augment=FrameCropDeviceAugmentation(48, seed=1))(frames)
+    expected = FrameCropDeviceAugmentation(48, seed=1)(frames["image"], frames["image_size"])
+    assert torch.equal(inputs, normalize_frames(expected)) and labels.tolist() == [0, 1, 2]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_device_crop_does_not_synchronise():
+    items = [_device_item(_frames(5, 3, 256, 256 + 32 * s, seed=s), 224, 224) for s in range(4)]
+    batch = {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in pad_frames_collate(items).items()}
+    prepare = UCLPrepareBatch(augment=FrameCropDeviceAugmentation(224))
+    prepare(batch, torch.device("cuda"), non_blocking=True)  # warm-up (allocations)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        prepare(batch, torch.device("cuda"), non_blocking=True)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+# --------------------------------------------------------------------------------------------- the bundles
+
+
+def _parser(bundle: str, *extra: str) -> ConfigParser:
+    configs = ROOT / "bundles" / bundle / "configs"
+    parser = ConfigParser()
+    parser.read_config([str(configs / "train.yaml"), *(str(configs / e) for e in extra)])
+    parser["cache_dir"] = None
+    return parser
+
+
+def _ref(parser: ConfigParser, key: str) -> str:
+    """A raw config reference, with MONAI's "::" written back as "#"."""
+    return str(parser[key]).replace("::", "#")
+
+
+def _resize_crop(parser: ConfigParser, section: str, lazy: bool = True) -> FrameResizeCropd:
+    chain = parser.get_parsed_content(f"{section}#preprocessing", lazy=lazy).transforms
+    return next(t for t in chain if isinstance(t, FrameResizeCropd))
+
+
+@pytest.mark.parametrize("bundle", UCL_BUNDLES)
+def test_bundle_crops_on_the_device_in_the_trainer_only(bundle: str):
+    """The trainer's prepare_batch crops with ``train#augmentation`` (the worker crop's size, saved in
+    resume.pt), validation's does not, the workers only resize; ``augment_on: workers`` restores the old path."""
+    parser = _parser(bundle)
+    assert parser["augment_on"] == "device"
+    aug = parser.get_parsed_content("train#augmentation")
+    assert isinstance(aug, FrameCropDeviceAugmentation)
+    assert _ref(parser, "train#trainer#prepare_batch") == "@train#augmented_prepare_batch"
+    assert parser.get_parsed_content("train#augmented_prepare_batch").augment is aug
+    assert parser.get_parsed_content("train#prepare_batch").augment is None
+    assert _ref(parser, "validate#evaluator#prepare_batch") == "@train#prepare_batch"
+    assert "'augmentation': '@train#augmentation'" in _ref(parser, "train#resume_handler#save_dict")
+    assert parser.get_parsed_content("train#dataloader#collate_fn") is pad_frames_collate
+    worker = _resize_crop(parser, "train")
+    assert worker.augment_on == "device" and worker.random_crop and aug.spatial_size == worker.spatial_size
+    val = _resize_crop(parser, "validate")
+    assert not val.random_crop  # validation: the centre crop in the workers, unchanged
+
+    parser["augment_on"] = "workers"
+    assert parser.get_parsed_content("train#augmented_prepare_batch", lazy=False).augment is None
+    assert _resize_crop(parser, "train", lazy=False).augment_on == "workers"
+
+
+def test_pocus_recipe_keeps_its_crop_and_statistics_in_the_trainer():
+    """POCUS's resized crop and flip run in the workers; the trainer normalises with POCUS's statistics."""
+    parser = _parser("ucl_us_classification", "pocus.yaml")
+    assert parser["augment_on"] == "workers"
+    trainer_prepare = parser.get_parsed_content("train#augmented_prepare_batch")
+    assert trainer_prepare.augment is None and trainer_prepare.mean == (0.5, 0.5, 0.5)
+    chain = parser.get_parsed_content("train#preprocessing").transforms
+    assert type(chain[1]).__name__ == "FrameResizedCropd" and chain[1].random
