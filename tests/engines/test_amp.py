@@ -20,7 +20,7 @@ from medssl_monai.engines.sync_guard import no_host_sync
 
 ROOT = Path(__file__).resolve().parents[2]
 #: bundles whose train.yaml gets the handler line from elsewhere; strict: the entry must go once the line is in
-PENDING = {"ucl_us_classification", "ucl_us_ssl_pretraining", "unilvseg_echo_lv_segmentation"}
+PENDING = {"ucl_us_classification", "ucl_us_ssl_pretraining"}
 
 # MONAI autocasts on "cuda" also on a CPU (a warning, then no autocast); MONAI's scaler warns that CUDA is missing
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
