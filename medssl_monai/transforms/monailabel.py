@@ -49,6 +49,7 @@ from monai.transforms import (
     ResizeWithPadOrCropd,
     Transform,
 )
+from monai.utils import MAX_SEED
 
 from medssl_monai.data.sources import is_nifti
 from medssl_monai.errors import DataError
@@ -328,7 +329,7 @@ class LabelledFrameClipd(MapTransform, Randomizable):
         return self._sample(d, frames, masks, self._frame)
 
 
-class TracedOrDatastore(Transform):
+class TracedOrDatastore(Randomizable, Transform):
     """The item pipeline of a segmentation config that both EchoNet and MONAI Label feed.
 
     MONAI Label trains a bundle by replacing ``train#dataset#data`` / ``validate#dataset#data`` with its datastore's
@@ -343,10 +344,23 @@ class TracedOrDatastore(Transform):
     """
 
     def __init__(self, traced: Callable, datastore: Callable, frame_key: str = "frame_index") -> None:
-        # plain attributes: monai.data.utils.set_rnd (per-sample seeding) walks them and reseeds both chains
         self.traced = traced
         self.datastore = datastore
         self.frame_key = frame_key
+
+    def set_random_state(
+        self, seed: int | None = None, state: np.random.RandomState | None = None
+    ) -> TracedOrDatastore:
+        """Seed both chains from ``seed``: a ``Dataset`` wraps this in a ``Compose``, which reseeds only
+        ``Randomizable`` children, so per-sample seeding (``SeededSamples``) reaches the chains through here."""
+        super().set_random_state(seed, state)
+        for chain in (self.traced, self.datastore):
+            if isinstance(chain, Randomizable):
+                chain.set_random_state(seed=int(self.R.randint(MAX_SEED, dtype="uint32")))
+        return self
+
+    def randomize(self, data: Any = None) -> None:
+        """Nothing to draw here: the chains draw their own."""
 
     def __call__(self, data: Mapping[Hashable, Any]) -> Any:
         return (self.traced if self.frame_key in data else self.datastore)(data)

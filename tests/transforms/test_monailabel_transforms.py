@@ -149,3 +149,31 @@ def test_nifti_pipelines_end_to_end(tmp_path: Path):
     post = monailabel_post_transforms()({"pred": logits, "volume_shape": inf["volume_shape"]})["pred"]
     assert post.shape == (1, H, W, T) and post.dtype == torch.uint8
     assert int(post.sum()) == H * W and int(post[0, :, :, 3].sum()) == H * W
+
+
+def test_traced_or_datastore_dispatches_and_is_seeded_per_sample(tmp_path: Path):
+    """Each item takes its chain (traced items carry ``frame_index``), and per-sample seeding reaches both chains
+    through the ``Compose`` a MONAI ``Dataset`` wraps it in: the same (epoch, index) draws the same sample."""
+    from monai.data import Dataset
+    from monai.transforms import Compose, RandSpatialCropd
+
+    from medssl_monai.data.seeded import SeededSamples
+    from medssl_monai.transforms.monailabel import TracedOrDatastore
+
+    img = _save(tmp_path / "img.nii.gz", _volume())
+    lab = _save(tmp_path / "lab.nii.gz", _label(list(range(T))))  # every frame labelled: many possible draws
+    traced = Compose([RandSpatialCropd(keys="image", roi_size=(2, 2), random_size=False)])
+    datastore = monailabel_train_transforms(num_frames=4, crop=4, spatial_size=8, jitter_prob=0.0, clahe_prob=0.0)
+    items = [{"image": np.arange(64.0).reshape(1, 8, 8), "frame_index": 0}, {"image": img, "label": lab}]
+    ds = SeededSamples(Dataset(items, TracedOrDatastore(traced, datastore)), seed=3)
+
+    def draw(epoch: int, index: int):
+        ds.set_epoch(epoch)
+        out = ds[index]
+        return out["image"].flatten()[0].item() if index == 0 else out["frame_index"]
+
+    assert ds[0]["image"].shape == (1, 2, 2) and ds[1]["image"].shape == (3, 4, 4, 4)  # each its own chain
+    for index in (0, 1):
+        first = [draw(e, index) for e in range(6)]
+        assert [draw(e, index) for e in range(6)] == first  # reseeded, not a continuing stream
+        assert len(set(first)) > 1  # and the epochs draw differently
