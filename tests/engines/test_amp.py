@@ -19,8 +19,6 @@ from medssl_monai.engines.amp import GradScalerHandler, autocast_dtype, grad_sca
 from medssl_monai.engines.sync_guard import no_host_sync
 
 ROOT = Path(__file__).resolve().parents[2]
-#: bundles whose train.yaml gets the handler line from elsewhere; strict: the entry must go once the line is in
-PENDING = {"ucl_us_classification", "ucl_us_ssl_pretraining"}
 
 # MONAI autocasts on "cuda" also on a CPU (a warning, then no autocast); MONAI's scaler warns that CUDA is missing
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
@@ -126,15 +124,7 @@ def test_fused_optimizer_takes_the_inf_check_without_a_host_read():
     assert _guarded_iteration(trainer) == []
 
 
-@pytest.mark.parametrize(
-    "bundle",
-    [
-        pytest.param(b.name, marks=pytest.mark.xfail(strict=True, reason="handler line not yet in train.yaml"))
-        if b.name in PENDING
-        else b.name
-        for b in training_bundles(ROOT / "bundles")
-    ],
-)
+@pytest.mark.parametrize("bundle", [b.name for b in training_bundles(ROOT / "bundles")])
 def test_every_bundle_trains_bf16_without_an_active_scaler(bundle):
     """Each train.yaml autocasts in bf16 (no scaler needed) and lists the handler among its trainer's handlers."""
     from monai.bundle import ConfigParser
