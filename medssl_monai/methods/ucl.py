@@ -39,7 +39,7 @@ from medssl_monai import distributed
 from medssl_monai.engines.ssl import ema_update
 from medssl_monai.losses.ucl import UCLLoss, mixed_negative
 from medssl_monai.networks.resnet import feature_dim
-from medssl_monai.transforms.device import FrameCropDeviceAugmentation
+from medssl_monai.transforms.device import FrameCropDeviceAugmentation, FrameResizedCropDeviceAugmentation
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -226,7 +226,7 @@ class _FramesPrepareBatch(PrepareBatch):
         image_key: str = "image",
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
-        augment: FrameCropDeviceAugmentation | None = None,
+        augment: FrameCropDeviceAugmentation | FrameResizedCropDeviceAugmentation | None = None,
         size_key: str = "image_size",
     ) -> None:
         self.image_key = image_key
@@ -248,8 +248,9 @@ class UCLPrepareBatch(_FramesPrepareBatch):
         image_key: the ``uint8`` frames.
         mean, std: per-channel statistics on the [0, 1] scale (default ImageNet's, as the reference).
         augment: the training crop on the device, one draw per frame
-            (:class:`~medssl_monai.transforms.device.FrameCropDeviceAugmentation`), before the normalisation;
-            ``None`` (validation, inference, or the crop already done in the workers): none.
+            (:class:`~medssl_monai.transforms.device.FrameCropDeviceAugmentation`; the POCUS preset's resized crop
+            and flip: :class:`~medssl_monai.transforms.device.FrameResizedCropDeviceAugmentation`), before the
+            normalisation; ``None`` (validation, inference, or the crop already done in the workers): none.
         size_key: each sample's frame size before padding (``B x 2``, left on the host, where the crop offsets are
             drawn); absent: every frame is ``H x W``.
     """
@@ -272,7 +273,7 @@ class FramePrepareBatch(_FramesPrepareBatch):
         label_key: str | None = "label",
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
-        augment: FrameCropDeviceAugmentation | None = None,
+        augment: FrameCropDeviceAugmentation | FrameResizedCropDeviceAugmentation | None = None,
         size_key: str = "image_size",
     ) -> None:
         super().__init__(image_key, mean, std, augment, size_key)

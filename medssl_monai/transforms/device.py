@@ -16,8 +16,10 @@ host-to-device copy and before normalisation:
 TVRL's strong augmentation (rotation, RandomResizedCrop, flips, brightness and contrast, Gaussian blur) has the
 same three parts: :func:`sample_tvrl_params`, the ops :func:`rotate`, :func:`resized_crop`, :func:`flip`,
 :func:`color_jitter` and :func:`gaussian_blur`, and :class:`TVRLDeviceAugmentation`. UCL's random crop of every
-frame: :func:`sample_crop_offsets`, :func:`crop_frames` and :class:`FrameCropDeviceAugmentation`. The three
-classes share their trainer-owned stream, :class:`SeededStream`.
+frame: :func:`sample_crop_offsets`, :func:`crop_frames` and :class:`FrameCropDeviceAugmentation`; its POCUS
+preset's RandomResizedCrop and flip of every frame: :func:`sample_resized_crop_params`, :func:`resized_crop_frames`
+and :class:`FrameResizedCropDeviceAugmentation`. The classes share their trainer-owned stream,
+:class:`SeededStream`.
 
 Nothing here reads a device value on the host: the draws are made on the host, copied once per batch
 (``non_blocking``), and the subset of clips that gets CLAHE is selected with host-side indices.
@@ -61,6 +63,10 @@ __all__ = [
     "sample_crop_offsets",
     "crop_frames",
     "FrameCropDeviceAugmentation",
+    "ResizedCropParams",
+    "sample_resized_crop_params",
+    "resized_crop_frames",
+    "FrameResizedCropDeviceAugmentation",
 ]
 
 
@@ -991,3 +997,184 @@ class FrameCropDeviceAugmentation(SeededStream):
                 f"FrameCropDeviceAugmentation needs the uint8 batch (before normalising), got {image.dtype}"
             )
         return self.apply(image, self.sample(self.max_offsets(image.shape, sizes)))
+
+
+# ------------------------------------------------ UCL's POCUS preset: RandomResizedCrop and a flip of every frame
+
+
+@dataclass
+class ResizedCropParams(_PerClipParams):
+    """Per-frame parameters of the POCUS preset's augmentation (host tensors, leading dimension ``N`` frames).
+
+    Attributes:
+        box: ``N x 4`` crop box ``(top, left, height, width)`` (``int64``).
+        hflip: flip the columns after the resize (``bool``).
+    """
+
+    box: torch.Tensor
+    hflip: torch.Tensor
+
+
+def sample_resized_crop_params(
+    num_frames: int,
+    frame_size: tuple[int, int],
+    generator: torch.Generator,
+    scale: tuple[float, float] = (0.8, 1.0),
+    ratio: tuple[float, float] = (0.8, 1.25),
+    flip_prob: float = 0.5,
+) -> ResizedCropParams:
+    """Draw every frame's box and flip from ``generator`` (a CPU generator).
+
+    The distributions of :class:`~medssl_monai.transforms.frames.FrameResizedCropd`'s random path: the box by its
+    rule (:func:`sample_resized_crop_boxes`: ten tries of area ``U(scale)`` and log-uniform aspect ratio, the
+    first that fits, else the whole frame clamped to the ratio range; top and left uniform), the flip with
+    probability ``flip_prob``; only the random stream differs.
+    """
+    n = int(num_frames)
+    box = sample_resized_crop_boxes(n, tuple(frame_size), generator, tuple(scale), tuple(ratio))
+    return ResizedCropParams(box=box, hflip=torch.rand(n, generator=generator, dtype=torch.float64) < flip_prob)
+
+
+def _interp_taps(start: torch.Tensor, length: torch.Tensor, out_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``N x out x K`` source indices and weights of torch's antialiased bilinear resize of each box side.
+
+    ``F.interpolate(mode="bilinear", antialias=True, align_corners=False)`` of the ``length`` pixels from ``start``
+    to ``out_size``, step by step in the float32/float64 mix of torch's CPU kernel (scale, centre, window bounds,
+    triangle weights normalised by their float32 sum), so the weights are the worker's bit for bit. ``K`` is the
+    batch's longest window; taps past a window weigh 0 (their index clamped into the box). Host tensors in and out.
+    """
+    f32, f64 = torch.float32, torch.float64
+    start = torch.as_tensor(start, dtype=torch.int64).cpu()
+    length = torch.as_tensor(length, dtype=torch.int64).cpu()
+    scale = length.to(f32) / out_size
+    one = torch.ones_like(scale)
+    shrink = scale >= 1
+    support = torch.where(shrink, scale, one)  # the triangle's half-width, widened by the scale when shrinking
+    invscale = torch.where(shrink, (1.0 / scale.double()).float(), one)
+    centre = (scale.double()[:, None] * (torch.arange(out_size, dtype=f64) + 0.5)).float()
+    # C++ casts truncate toward zero (.long() does too); a negative low bound is clamped to 0 either way
+    lo = ((centre - support[:, None]).double() + 0.5).long().clamp(min=0)
+    hi = ((centre + support[:, None]).double() + 0.5).long().minimum(length[:, None])
+    taps = max(1, int((hi - lo).max()))  # the longest window (the kernel's further taps weigh 0)
+    pos = lo[..., None] + torch.arange(taps)
+    arg = (((pos.to(f32) - centre[..., None]).double() + 0.5) * invscale.double()[:, None, None]).float().abs()
+    inside = (arg < 1) & (pos < hi[..., None])
+    weight = torch.where(inside, (1.0 - arg.double()).float(), torch.zeros_like(arg))
+    total = weight[..., 0]
+    for k in range(1, taps):  # the kernel's running float32 sum, in tap order
+        total = total + weight[..., k]
+    weight = weight / total[..., None]
+    index = start[:, None, None] + pos.minimum(length[:, None, None] - 1)
+    return index, weight
+
+
+def _interp_pass(x: torch.Tensor, index: torch.Tensor, weight: torch.Tensor, dim: int) -> torch.Tensor:
+    """One separable pass along ``dim`` (3: columns, 2: rows) of ``N x C x H x W`` (integer or float32 values).
+
+    Each output is ``x_0 w_0``, then ``+ x_k w_k`` for each further tap as one fused multiply-add: how torch's CPU
+    kernel sums windows of up to 4 taps (measured on torch 2.13's AVX-512 build; a CPU without FMA rounds each
+    product first, within a grey level at rare pixels). The FMA is emulated in float64, so CPU and GPU give the
+    same bits: the product of two float32 values is exact there and the sum is rounded once more to float32 (a
+    double rounding can cost one float32 ulp only when the two terms lie very many binary orders apart).
+    """
+    n = x.shape[0]
+    out_shape = list(x.shape)
+    out_shape[dim] = index.shape[1]
+    view = [n, 1, 1, 1]
+    view[dim] = index.shape[1]
+    acc = None
+    for k in range(index.shape[-1]):
+        src = x.gather(dim, index[..., k].reshape(view).expand(out_shape))  # uint8 gathers move a quarter the bytes
+        w = weight[..., k].reshape(view)
+        acc = src.float() * w if acc is None else (acc.double() + src.double() * w.double()).float()
+    return acc
+
+
+def resized_crop_frames(x: torch.Tensor, box: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resize each frame's box ``(top, left, h, w)`` of ``N x C x H x W`` to ``size``, as the worker path does.
+
+    :func:`~medssl_monai.transforms.frames.resize_to` of the cropped box (``F.interpolate``, bilinear,
+    antialiased, float32) with a box per frame, batched: torch's weights (:func:`_interp_taps`, copied to the
+    device without a sync), the column pass then the row pass as torch's kernel, each a gather per tap
+    (:func:`_interp_pass`). Bit-identical to the worker for every box at most twice the output size (windows of
+    up to 4 taps; every box of the POCUS preset lies inside a frame of the output size); larger shrink factors
+    within a grey level at a few pixels (torch's CPU loop sums longer windows in another order).
+
+    Args:
+        x: ``uint8`` (rounded and clipped, as the worker) or float32 frames on any device.
+        box: ``N x 4`` boxes on the host (drawn there).
+        size: output ``(height, width)``.
+    """
+    box = torch.as_tensor(box, dtype=torch.int64).cpu()
+    rows = _interp_taps(box[:, 0], box[:, 2], int(size[0]))
+    cols = _interp_taps(box[:, 1], box[:, 3], int(size[1]))
+    index_r, weight_r, index_c, weight_c = (_to_device(t, x.device) for t in (*rows, *cols))
+    out = _interp_pass(x, index_c, weight_c, 3)  # columns first, as torch's separable kernel
+    out = _interp_pass(out, index_r, weight_r, 2)
+    return out.round().clamp(0, 255).to(torch.uint8) if x.dtype == torch.uint8 else out.to(x.dtype)
+
+
+class FrameResizedCropDeviceAugmentation(SeededStream):
+    """The POCUS preset's ``RandomResizedCrop`` and horizontal flip of every frame, on a device batch.
+
+    The device counterpart of :class:`~medssl_monai.transforms.frames.FrameResizedCropd` with ``random``: with
+    ``augment_on="device"`` the workers only resize every frame to ``spatial_size x spatial_size``; this draws each
+    frame's box (:func:`sample_resized_crop_params`: torchvision's ten tries of area and log-uniform aspect ratio,
+    else the whole frame clamped to the ratio range, the worker's rule) and flip, resizes the box to
+    ``spatial_size`` (:func:`resized_crop_frames`) and flips. Every frame gets its own draw, as in the workers.
+    The stream is a :class:`SeededStream`, as :class:`FrameCropDeviceAugmentation`'s.
+
+    Args:
+        spatial_size: output frame size.
+        scale: range of the box area as a fraction of the frame.
+        ratio: range of the box aspect ratio (width / height).
+        flip_prob: probability of the horizontal flip.
+        seed: the run's seed.
+    """
+
+    def __init__(
+        self,
+        spatial_size: int = 224,
+        scale: Sequence[float] = (0.8, 1.0),
+        ratio: Sequence[float] = (0.8, 1.25),
+        flip_prob: float = 0.5,
+        seed: int = 0,
+    ) -> None:
+        self.spatial_size = int(spatial_size)
+        self.scale = (float(scale[0]), float(scale[1]))
+        self.ratio = (float(ratio[0]), float(ratio[1]))
+        self.flip_prob = float(flip_prob)
+        super().__init__(seed)
+
+    def sample(self, num_frames: int, frame_size: tuple[int, int]) -> ResizedCropParams:
+        """Draw the next batch's boxes and flips for ``num_frames`` frames (advances the step counter)."""
+        return sample_resized_crop_params(
+            num_frames, frame_size, self.next_generator(), self.scale, self.ratio, self.flip_prob
+        )
+
+    def apply(self, image: torch.Tensor, params: ResizedCropParams) -> torch.Tensor:
+        """Crop, resize and flip ``image`` (``B x [K x] C x H x W``) with ``params`` (frames in batch order)."""
+        frames = image.reshape(-1, *image.shape[-3:])
+        size = (self.spatial_size, self.spatial_size)
+        out = resized_crop_frames(frames, params.box, size)
+        out = flip(out, params.hflip, torch.zeros_like(params.hflip))
+        return out.reshape(*image.shape[:-2], *size)
+
+    def __call__(self, image: torch.Tensor, sizes: torch.Tensor | None = None) -> torch.Tensor:
+        """Draw and apply one batch's augmentation.
+
+        Args:
+            image: the ``uint8`` frames ``B x [K x] C x H x W`` on the device, all of one size (the workers resize
+                every frame to ``spatial_size x spatial_size``).
+            sizes: each sample's frame size (``B x 2``) where the collate passes it; host sizes must be ``H x W``.
+        """
+        if image.dtype != torch.uint8:
+            raise TypeError(
+                f"FrameResizedCropDeviceAugmentation needs the uint8 batch (before normalising), got {image.dtype}"
+            )
+        h, w = (int(s) for s in image.shape[-2:])
+        given = None if sizes is None else torch.as_tensor(sizes)
+        # the boxes are drawn inside H x W: frames padded to one batch would let a box reach into the padding
+        if given is not None and given.device.type == "cpu" and (given.reshape(-1, 2) != torch.tensor([h, w])).any():
+            raise ValueError(f"frames of different sizes {given.tolist()} in one batch; expected {h} x {w}")
+        return self.apply(image, self.sample(math.prod(image.shape[:-3]), (h, w)))

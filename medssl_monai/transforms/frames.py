@@ -5,7 +5,9 @@ decoded-clip cache as ``uint8`` ``K x C x H x W`` (or one ``C x H x W`` frame); 
 reference's only augmentation, ``Resize(size)`` (shorter side) + ``RandomCrop(size)`` for training and
 ``CenterCrop`` for evaluation, drawn independently for every frame (each UCL frame gets its own transform call).
 :class:`FrameResizedCropd` is the POCUS evaluation's (``scripts/eval_ucl_pocus.py``): ``Resize((s, s))``, then for
-training ``RandomResizedCrop(s, scale=(0.8, 1), ratio=(0.8, 1.25))`` and ``RandomHorizontalFlip``.
+training ``RandomResizedCrop(s, scale=(0.8, 1), ratio=(0.8, 1.25))`` and ``RandomHorizontalFlip``. With
+``augment_on="device"`` both leave the random part to the trainer's ``prepare_batch``
+(:mod:`medssl_monai.transforms.device`): the workers only resize.
 """
 
 from __future__ import annotations
@@ -214,6 +216,10 @@ class FrameResizedCropd(Randomizable, MapTransform):
     ``RandomHorizontalFlip()``, evaluation ``Resize((224, 224))`` only. The crop box is drawn as torchvision draws
     it (10 tries of area and log-uniform aspect ratio, else the whole image, clamped to the ratio range).
 
+    With ``augment_on="device"`` the crop and flip are left to
+    :class:`~medssl_monai.transforms.device.FrameResizedCropDeviceAugmentation` in the trainer's ``prepare_batch``:
+    the frames are only resized to ``(s, s)``, as for evaluation.
+
     Args:
         keys: keys of ``C x H x W`` frames or ``K x C x H x W`` stacks (every frame gets its own draw).
         spatial_size: ``s``.
@@ -221,6 +227,7 @@ class FrameResizedCropd(Randomizable, MapTransform):
         ratio: range of the crop aspect ratio (width / height).
         flip_prob: probability of the horizontal flip.
         random: training (crop and flip) or evaluation (resize only).
+        augment_on: ``"workers"`` (the crop and flip here) or ``"device"`` (resize only); no effect on evaluation.
     """
 
     def __init__(
@@ -232,13 +239,17 @@ class FrameResizedCropd(Randomizable, MapTransform):
         flip_prob: float = 0.5,
         random: bool = True,
         allow_missing_keys: bool = False,
+        augment_on: str = "workers",
     ) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
+        if augment_on not in ("workers", "device"):
+            raise ValueError(f"augment_on must be 'workers' or 'device', got {augment_on!r}")
         self.size = (int(spatial_size), int(spatial_size))
         self.scale = (float(scale[0]), float(scale[1]))
         self.ratio = (float(ratio[0]), float(ratio[1]))
         self.flip_prob = float(flip_prob)
         self.random = random
+        self.augment_on = augment_on
 
     def randomize(self, data: Any = None) -> None:
         pass
@@ -263,7 +274,7 @@ class FrameResizedCropd(Randomizable, MapTransform):
 
     def _frame(self, x: torch.Tensor) -> torch.Tensor:
         x = resize_to(x, self.size)
-        if not self.random:
+        if not self.random or self.augment_on == "device":  # nothing drawn here: the trainer crops and flips
             return x
         top, left, ch, cw = self._box(*x.shape[-2:])
         x = resize_to(x[:, top : top + ch, left : left + cw], self.size)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 
 from medssl_monai.benchmarking import step_host_syncs, training_bundles
 from medssl_monai.engines.sync_guard import HostSyncError, no_host_sync
@@ -104,6 +105,19 @@ def test_training_step_has_no_host_sync(bundle, monkeypatch):
     syncs = step_host_syncs(ROOT / "bundles" / bundle, sizes="small", device="cpu")
     known = KNOWN_SYNCS.get(bundle, ())
     bad = [s for s in syncs if not s.allowed and not any(k in s.where for k in known)]
+    assert bad == [], "\n".join(f"{s.op} at {s.where}" for s in bad)
+
+
+def test_ucl_pocus_training_step_has_no_host_sync(monkeypatch):
+    """The POCUS preset's step (its resized crop and flip on the device) reads only its host-side draws."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    bundle = ROOT / "bundles" / "ucl_us_classification"
+    pocus = yaml.safe_load((bundle / "configs" / "pocus.yaml").read_text())
+    # the synthetic data has no fold column: the preset's given folds off, 2 folds, a small batch
+    pocus.update({"fold_key": None, "extra_columns": [], "num_folds": 2, "batch_size": 4})
+    syncs = step_host_syncs(bundle, sizes="small", device="cpu", overrides=pocus)
+    assert any("transforms/device.py" in s.where for s in syncs)  # the device augmentation ran in the step
+    bad = [s for s in syncs if not s.allowed]
     assert bad == [], "\n".join(f"{s.op} at {s.where}" for s in bad)
 
 

@@ -84,6 +84,14 @@ CASES = {
             pretrained="network_def.encoder",
             suffix="-2workers",
         ),  # [4]
+        # the POCUS preset's default: the resized crop and flip of every frame on the device (its own stream)
+        Case(
+            "ucl_us_classification",
+            {"batch_size": 4, "num_workers": 2, "num_folds": 2, "fold_key": None, "extra_columns": []},
+            extra_configs=("configs/pocus.yaml",),
+            pretrained="network_def.encoder",
+            suffix="-2workers",
+        ),  # [4]
         Case("tvrl_echo_ssl_pretraining", {"batch_size": 2}),  # [2]
         # TVRL pretraining's default loader, as UniLVSeg's: persistent workers, augmentation on the device
         Case("tvrl_echo_ssl_pretraining", {"batch_size": 2, "num_workers": 2}, suffix="-2workers"),  # [2]

@@ -1,5 +1,6 @@
 """UCL's random frame crop on the device: the crop against the worker path for the same offsets, the offsets'
-distribution, frames of different sizes in one batch, the trainer-owned stream's resume, the bundles' wiring."""
+distribution, frames of different sizes in one batch, the trainer-owned stream's resume, the bundles' wiring; the
+same for the POCUS preset's RandomResizedCrop and flip (boxes and flips against the worker path's)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,24 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from monai.bundle import ConfigParser
+from monai.transforms import Randomizable
+from scipy import stats
 
 from medssl_monai.methods.ucl import FramePrepareBatch, UCLPrepareBatch, normalize_frames
-from medssl_monai.transforms.device import FrameCropDeviceAugmentation, crop_frames, sample_crop_offsets
-from medssl_monai.transforms.frames import FrameResizeCropd, pad_frames_collate
+from medssl_monai.transforms.device import (
+    FrameCropDeviceAugmentation,
+    FrameResizedCropDeviceAugmentation,
+    ResizedCropParams,
+    crop_frames,
+    resized_crop_frames,
+    sample_crop_offsets,
+    sample_resized_crop_params,
+)
+from medssl_monai.transforms.frames import FrameResizeCropd, FrameResizedCropd, pad_frames_collate, resize_to
 
 ROOT = Path(__file__).resolve().parents[2]
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -228,11 +240,234 @@ def test_bundle_crops_on_the_device_in_the_trainer_only(bundle: str):
     assert _resize_crop(parser, "train", lazy=False).augment_on == "workers"
 
 
-def test_pocus_recipe_keeps_its_crop_and_statistics_in_the_trainer():
-    """POCUS's resized crop and flip run in the workers; the trainer normalises with POCUS's statistics."""
+# -------------------------------------------------------- the POCUS preset: RandomResizedCrop and a flip
+
+
+class _FlipSpy:
+    """A worker transform's ``RandomState`` that records the uniforms of its flip draws (``rand``)."""
+
+    def __init__(self, state: np.random.RandomState) -> None:
+        self.state, self.flips = state, []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.state, name)
+
+    def rand(self, *args: int) -> Any:
+        self.flips.append(self.state.rand(*args))
+        return self.flips[-1]
+
+
+def _worker_resized_crop(x: torch.Tensor, size: int, seed: int) -> tuple[torch.Tensor, ResizedCropParams]:
+    """The worker path's output for ``x`` and the boxes and flips it drew (one per frame, in frame order)."""
+    t = FrameResizedCropd(spatial_size=size, random=True)
+    t.set_random_state(seed)
+    boxes, draw = [], t._box
+
+    def spy(h: int, w: int) -> tuple[int, int, int, int]:
+        boxes.append(draw(h, w))
+        return boxes[-1]
+
+    t._box, t.R = spy, _FlipSpy(t.R)
+    out = t({"image": x})["image"]
+    return out, ResizedCropParams(box=torch.tensor(boxes), hflip=torch.tensor(t.R.flips) < t.flip_prob)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", [(3, 90, 120), (4, 3, 70, 50)], ids=["frame", "stack"])
+def test_resized_crop_and_flip_match_the_worker_path_exactly(device: str, shape: tuple[int, ...]):
+    """Workers resize to ``s x s`` only (``augment_on="device"``); the device crop, resize and flip with the worker's
+    boxes and flips is the worker's output, bit for bit (the same antialiased bilinear weights and float32 sums)."""
+    x = _frames(*shape)
+    resize_only = FrameResizedCropd(spatial_size=64, augment_on="device")
+    flips = []
+    for seed in range(4):
+        ref, params = _worker_resized_crop(x, 64, seed)
+        item = resize_only({"image": x})
+        assert torch.equal(item["image"], resize_to(x, (64, 64)))  # nothing drawn in the workers
+        batch = pad_frames_collate([item])
+        out = FrameResizedCropDeviceAugmentation(64).apply(batch["image"].to(device), params)
+        assert out.device.type == device and out.dtype == torch.uint8 and out.shape == (1, *ref.shape)
+        assert torch.equal(out[0].cpu(), ref), seed
+        flips += params.hflip.tolist()
+    assert set(flips) == {True, False}
+
+
+@pytest.mark.parametrize(
+    "frame,size,sides,exact",
+    [(64, 64, (0.2, 1.0), True), (96, 48, (1.0, 2.0), True), (160, 40, (2.0, 4.0), False)],
+    ids=["enlarge", "shrink-up-to-2x", "shrink-beyond-2x"],
+)
+def test_resized_crop_frames_against_resize_to(frame: int, size: int, sides: tuple[float, float], exact: bool):
+    """One box per frame against ``resize_to`` of the cropped box: identical up to twice the output size (torch's
+    CPU kernel sums windows of up to 4 taps as fused multiply-adds, reproduced here); beyond, within one grey
+    level at under 0.1% of the values (longer windows are summed in another order there)."""
+    g = torch.Generator().manual_seed(0)
+    n = 24
+    x = torch.randint(0, 256, (n, 3, frame, frame), dtype=torch.uint8, generator=g)
+    side = (size * (sides[0] + (sides[1] - sides[0]) * torch.rand(n, 2, generator=g))).long().clamp(1, frame)
+    corner = (torch.rand(n, 2, generator=g) * (frame - side + 1)).long()
+    box = torch.cat([corner, side], 1)
+    out = resized_crop_frames(x, box, (size, size))
+    ref = torch.stack(
+        [resize_to(x[i, :, t : t + h, c : c + w], (size, size)) for i, (t, c, h, w) in enumerate(box.tolist())]
+    )
+    diff = (out.int() - ref.int()).abs()
+    if exact:
+        assert torch.equal(out, ref)
+    else:
+        assert diff.max() <= 1 and (diff > 0).float().mean() < 1e-3
+    floats = resized_crop_frames(x.float(), box, (size, size))
+    assert floats.dtype == torch.float32 and torch.equal(floats.round().clamp(0, 255).to(torch.uint8), out)
+
+
+class _Replay:
+    """A ``RandomState`` stand-in that hands ``FrameResizedCropd._box`` the device sampler's uniforms, by kind.
+
+    Frame ``i``'s ``uniform`` calls take ``area[i, 0], aspect[i, 0], area[i, 1], ...``, its ``randint`` calls
+    ``position[i, 0]`` then ``position[i, 1]``, as ``U(lo, hi) = lo + (hi - lo) u`` and ``floor(u n)``.
+    """
+
+    def __init__(self, area: torch.Tensor, aspect: torch.Tensor, position: torch.Tensor) -> None:
+        self.uniforms = [iter(torch.stack([a, r], 1).reshape(-1).tolist()) for a, r in zip(area, aspect)]
+        self.positions = [iter(p.tolist()) for p in position]
+        self.frame = 0
+
+    def uniform(self, lo: float, hi: float) -> float:
+        return lo + (hi - lo) * next(self.uniforms[self.frame])
+
+    def randint(self, lo: int, hi: int) -> int:
+        return lo + int(np.floor(next(self.positions[self.frame]) * (hi - lo)))
+
+
+@pytest.mark.parametrize(
+    "frame_size,scale,ratio",
+    [((64, 64), (0.8, 1.0), (0.8, 1.25)), ((64, 64), (0.08, 1.0), (0.75, 4 / 3)), ((40, 64), (0.8, 1.0), (0.8, 1.25))],
+    ids=["pocus", "torchvision-default", "fallback"],
+)
+def test_device_boxes_are_the_worker_rule_on_the_same_uniforms(frame_size, scale, ratio):
+    """The device sampler draws its uniforms up front (ten tries of area and aspect, then the position, then the
+    flip); handing the same uniforms to the worker's ``_box`` one by one gives the same box for every frame, the
+    fallback (no try fits: the centred whole frame clamped to the ratio range) included."""
+    n, seed = 2000, 5
+    params = sample_resized_crop_params(n, frame_size, torch.Generator().manual_seed(seed), scale, ratio, 0.5)
+    g = torch.Generator().manual_seed(seed)  # the same stream, read as the sampler reads it
+    area, aspect = (torch.rand(n * 10, generator=g, dtype=torch.float64).reshape(n, 10) for _ in range(2))
+    position = torch.rand(n, 2, generator=g, dtype=torch.float64)
+    flip_u = torch.rand(n, generator=g, dtype=torch.float64)
+    worker = FrameResizedCropd(spatial_size=64, scale=scale, ratio=ratio)
+    worker.R = replay = _Replay(area, aspect, position)
+    boxes = []
+    for i in range(n):
+        replay.frame = i
+        boxes.append(worker._box(*frame_size))
+    assert params.box.tolist() == [list(b) for b in boxes]
+    assert torch.equal(params.hflip, flip_u < 0.5)
+    if frame_size == (40, 64):  # no try fits a 40 x 64 frame: every box is the fallback (40 x 50, centred)
+        assert params.box.tolist() == [[0, 7, 40, 50]] * n
+    else:  # boxes of many sizes and places
+        assert len(set(boxes)) > n // 2 and len({b[2:] for b in boxes}) > 50
+
+
+def test_device_draws_have_the_worker_distribution():
+    """Independent streams, the preset's ranges on a 64 x 64 frame: Kolmogorov-Smirnov (p > 0.001) for box
+    height, width, area, top and left, and the flip rate within 4 standard errors of 0.5, for both paths."""
+    n, h, w = 4000, 64, 64
+    worker = FrameResizedCropd(spatial_size=64)
+    worker.set_random_state(0)
+    ref = torch.tensor([worker._box(h, w) for _ in range(n)], dtype=torch.float64)
+    ref_flips = torch.tensor([worker.R.rand() < 0.5 for _ in range(n)])
+    aug = FrameResizedCropDeviceAugmentation(64, seed=1)
+    params = [aug.sample(500, (h, w)) for _ in range(n // 500)]
+    box = torch.cat([p.box for p in params]).double()
+    flips = torch.cat([p.hflip for p in params])
+    for name, a, b in (
+        ("height", ref[:, 2], box[:, 2]),
+        ("width", ref[:, 3], box[:, 3]),
+        ("area", ref[:, 2] * ref[:, 3], box[:, 2] * box[:, 3]),
+        ("top", ref[:, 0], box[:, 0]),
+        ("left", ref[:, 1], box[:, 1]),
+    ):
+        assert stats.ks_2samp(a.numpy(), b.numpy()).pvalue > 1e-3, name
+    se = (0.25 / n) ** 0.5
+    assert abs(ref_flips.double().mean() - 0.5) < 4 * se and abs(flips.double().mean() - 0.5) < 4 * se
+    assert ((box[:, 2] * box[:, 3] >= 0.8 * h * w * 0.95) & (box[:, 2] <= h) & (box[:, 3] <= w)).all()
+
+
+def test_resized_crop_stream_round_trips_through_state_dict():
+    """``resume.pt`` holds the step: a resumed run draws the boxes and flips the uninterrupted run draws next."""
+    x = _frames(4, 3, 48, 48)
+    aug = FrameResizedCropDeviceAugmentation(48, seed=3)
+    outs = [aug(x) for _ in range(3)]
+    resumed = FrameResizedCropDeviceAugmentation(48, seed=3)
+    resumed.load_state_dict({"seed": 3, "step": 1})  # as resume.pt holds it after the first batch
+    for ref in outs[1:]:
+        assert torch.equal(resumed(x), ref)
+    assert resumed.state_dict() == aug.state_dict() == {"seed": 3, "step": 3}
+    assert not torch.equal(outs[0], outs[1]) and outs[0].shape == (4, 3, 48, 48)
+
+
+def test_resized_crop_prepare_batch_and_errors():
+    """Between the copy and the POCUS normalisation, the label untouched; float batches, mixed frame sizes and an
+    unknown ``augment_on`` are rejected."""
+    frames = pad_frames_collate([{"image": _frames(3, 40, 40, seed=s), "label": s} for s in range(3)])
+    pocus = {"mean": (0.5,) * 3, "std": (0.25,) * 3}
+    inputs, labels = FramePrepareBatch(**pocus, augment=FrameResizedCropDeviceAugmentation(40, seed=2))(frames)
+    expected = FrameResizedCropDeviceAugmentation(40, seed=2)(frames["image"])
+    assert torch.equal(inputs, normalize_frames(expected, **pocus)) and labels.tolist() == [0, 1, 2]
+    aug = FrameResizedCropDeviceAugmentation(40)
+    with pytest.raises(TypeError, match="uint8"):
+        aug(torch.zeros(2, 3, 40, 40))
+    with pytest.raises(ValueError, match="different sizes"):
+        aug(_frames(2, 3, 40, 40), torch.tensor([[40, 40], [40, 32]]))
+    assert aug(_frames(2, 3, 40, 40), torch.tensor([[40, 40], [40, 40]])).shape == (2, 3, 40, 40)
+    with pytest.raises(ValueError, match="augment_on"):
+        FrameResizedCropd(augment_on="gpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_device_resized_crop_does_not_synchronise():
+    batch = {"image": _frames(8, 3, 224, 224).pin_memory()}
+    prepare = FramePrepareBatch(label_key=None, augment=FrameResizedCropDeviceAugmentation(224))
+    prepare(batch, torch.device("cuda"), non_blocking=True)  # warm-up (allocations)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        prepare(batch, torch.device("cuda"), non_blocking=True)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+def test_pocus_recipe_crops_and_flips_on_the_device_in_the_trainer_only():
+    """The trainer's prepare_batch crops and flips with ``train#augmentation`` (the worker transform's ranges,
+    saved in resume.pt) and normalises with POCUS's statistics; validation's does neither; the workers' chain draws
+    nothing; ``augment_on: workers`` restores the worker crop and flip."""
     parser = _parser("ucl_us_classification", "pocus.yaml")
-    assert parser["augment_on"] == "workers"
+    assert parser["augment_on"] == "device"
+    aug = parser.get_parsed_content("train#augmentation")
+    assert isinstance(aug, FrameResizedCropDeviceAugmentation)
+    assert _ref(parser, "train#trainer#prepare_batch") == "@train#augmented_prepare_batch"
     trainer_prepare = parser.get_parsed_content("train#augmented_prepare_batch")
-    assert trainer_prepare.augment is None and trainer_prepare.mean == (0.5, 0.5, 0.5)
+    assert trainer_prepare.augment is aug
+    assert trainer_prepare.mean == (0.5,) * 3 and trainer_prepare.std == (0.25,) * 3
+    plain = parser.get_parsed_content("train#prepare_batch")
+    assert plain.augment is None and plain.mean == (0.5,) * 3 and plain.std == (0.25,) * 3
+    assert _ref(parser, "validate#evaluator#prepare_batch") == "@train#prepare_batch"
+    assert "'augmentation': '@train#augmentation'" in _ref(parser, "train#resume_handler#save_dict")
+
     chain = parser.get_parsed_content("train#preprocessing").transforms
-    assert type(chain[1]).__name__ == "FrameResizedCropd" and chain[1].random
+    worker = chain[1]
+    assert [t for t in chain if isinstance(t, Randomizable)] == [worker] and isinstance(worker, FrameResizedCropd)
+    assert worker.augment_on == "device" and worker.random
+    assert (aug.spatial_size, aug.scale, aug.ratio, aug.flip_prob) == (224, (0.8, 1.0), (0.8, 1.25), 0.5)
+    assert (worker.size, worker.scale, worker.ratio, worker.flip_prob) == ((224, 224), aug.scale, aug.ratio, 0.5)
+    x = _frames(3, 150, 200)
+    worker.set_random_state(0)
+    before = worker.R.get_state()[1].copy()
+    assert torch.equal(worker({"image": x})["image"], resize_to(x, (224, 224)))
+    assert np.array_equal(worker.R.get_state()[1], before)  # the workers drew nothing
+    assert not parser.get_parsed_content("validate#preprocessing#transforms#1").random
+
+    parser["augment_on"] = "workers"
+    assert parser.get_parsed_content("train#augmented_prepare_batch", lazy=False).augment is None
+    worker = parser.get_parsed_content("train#preprocessing", lazy=False).transforms[1]
+    assert worker.augment_on == "workers" and worker.random and worker.scale == (0.8, 1.0)
