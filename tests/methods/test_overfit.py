@@ -14,14 +14,14 @@ from collections.abc import Callable, Iterable
 import pytest
 import torch
 from monai.losses import DiceLoss
+from tiny_tvrl import tiny_tvrl
 
 from medssl_monai.engines.inferers import TracedFrameInferer
 from medssl_monai.engines.prepare import ClipPrepareBatch, MaskedClipPrepareBatch
 from medssl_monai.methods.discovr import DISCOVR, VideoMAE
-from medssl_monai.methods.tvrl import FRAMEWORKS, TIME_AWARE_FRAMEWORKS, TVRLPretraining
+from medssl_monai.methods.tvrl import FRAMEWORKS, TVRLPretraining
 from medssl_monai.methods.ucl import UCL
 from medssl_monai.networks.resnet import resnet_encoder
-from medssl_monai.networks.spatiotemporal import SpatioTemporalEncoder
 from medssl_monai.networks.unet import UniLVSegUNet
 from medssl_monai.networks.videovit import VideoViT
 
@@ -166,32 +166,8 @@ def test_ucl_overfits(lr: float) -> None:
 
 def _tvrl(framework: str, decoder_size: int = 16) -> TVRLPretraining:
     """One TVRL framework around a 1-layer, 16-wide spatio-temporal encoder on 4 frames of 16 x 16."""
-    torch.manual_seed(0)
-    encoder = SpatioTemporalEncoder(
-        in_channels=1,
-        img_size=16,
-        patch_size=8,
-        hidden_size=16,
-        num_layers=1,
-        num_heads=2,
-        dropout_rate=0.0,
-        temporal_layers=1,
-        max_frames=4,
-        use_time_embed=framework in TIME_AWARE_FRAMEWORKS,
-        stem="patch" if framework == "mae" else "conv",
-    )
-    return TVRLPretraining(
-        encoder,
-        framework,
-        proj_hidden=16,
-        proj_out=8,
-        ltn_directions=4,
-        mae_decoder_size=decoder_size,
-        mae_decoder_layers=1,
-        mae_decoder_heads=2,
-        mlm_start_epoch=0,  # the tvrl framework's masked-feature loss counts from the first step
-        gather_distributed=False,
-    )
+    # mlm_start_epoch=0: the tvrl framework's masked-feature loss counts from the first step
+    return tiny_tvrl(framework, mae_decoder_size=decoder_size, mlm_start_epoch=0, gather_distributed=False)
 
 
 def _template_clips(batch: int, channels: int, frames: int = 4, size: int = 16) -> torch.Tensor:

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from tiny_tvrl import TINY_HEADS, tiny_tvrl
 
 from medssl_monai.engines.ssl import SetEpochHandler
 from medssl_monai.losses.contrastive import nt_xent
@@ -23,27 +24,9 @@ from medssl_monai.methods.tvrl import (
 )
 from medssl_monai.networks.spatiotemporal import SpatioTemporalEncoder, TimeEmbedding
 
-SMALL = dict(
-    proj_hidden=16, proj_out=8, ltn_directions=4, mae_decoder_size=16, mae_decoder_layers=1, mae_decoder_heads=2
-)
-
 
 def _method(framework: str, **kw) -> TVRLPretraining:
-    torch.manual_seed(0)
-    enc = SpatioTemporalEncoder(
-        in_channels=1,
-        img_size=16,
-        patch_size=8,
-        hidden_size=16,
-        num_layers=1,
-        num_heads=2,
-        dropout_rate=0.0,
-        temporal_layers=1,
-        max_frames=4,
-        use_time_embed=framework in TIME_AWARE_FRAMEWORKS,
-        stem="patch" if framework == "mae" else "conv",
-    )
-    return TVRLPretraining(enc, framework, **{**SMALL, **kw})
+    return tiny_tvrl(framework, **kw)
 
 
 @pytest.mark.parametrize("framework", FRAMEWORKS)
@@ -67,17 +50,17 @@ def test_contrastive_frameworks_are_nt_xent_of_the_heads():
 def test_framework_and_encoder_must_agree():
     enc = SpatioTemporalEncoder(1, 16, 8, 16, 1, 2, temporal_layers=1, max_frames=4, use_time_embed=False)
     with pytest.raises(ValueError, match="use_time_embed"):
-        TVRLPretraining(enc, "csimclr_te", **SMALL)
+        TVRLPretraining(enc, "csimclr_te", **TINY_HEADS)
     with pytest.raises(ValueError, match="patch"):
-        TVRLPretraining(enc, "mae", **SMALL)
+        TVRLPretraining(enc, "mae", **TINY_HEADS)
     with pytest.raises(ValueError, match="use_time_embed"):
-        TVRLPretraining(enc, "tvrl_te", **SMALL)
+        TVRLPretraining(enc, "tvrl_te", **TINY_HEADS)
     with pytest.raises(ValueError):
-        TVRLPretraining(enc, "simclr", **SMALL)
+        TVRLPretraining(enc, "simclr", **TINY_HEADS)
     te = SpatioTemporalEncoder(1, 16, 8, 16, 1, 2, temporal_layers=1, max_frames=4, use_time_embed=True)
     for framework in ("csimclr", "tvrl"):
         with pytest.raises(ValueError, match="_te"):
-            TVRLPretraining(te, framework, **SMALL)
+            TVRLPretraining(te, framework, **TINY_HEADS)
 
 
 def test_tvrl_defaults_follow_the_reference_run():

@@ -12,37 +12,21 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_tvrl import tiny_tvrl
 from torch.nn import functional as F
 
-from medssl_monai.methods.tvrl import FRAMEWORKS, TIME_AWARE_FRAMEWORKS, TVRLPretraining, TwoViewPrepareBatch
-from medssl_monai.networks.spatiotemporal import SpatioTemporalEncoder, key_padding_mask
+from medssl_monai.methods.tvrl import FRAMEWORKS, TVRLPretraining, TwoViewPrepareBatch
+from medssl_monai.networks.spatiotemporal import key_padding_mask
 from medssl_monai.transforms.tvrl import drop_unpadded_masks_collate
 
 ROOT = Path(__file__).resolve().parents[2]
-SMALL = dict(
-    proj_hidden=16, proj_out=8, ltn_directions=4, mae_decoder_size=16, mae_decoder_layers=1, mae_decoder_heads=2
-)
 #: (framework, options): every framework, TVRL's v1 masking and MAE's tube masking
 CASES = [(f, {}) for f in FRAMEWORKS] + [("tvrl", {"mask_mode": "v1"}), ("mae", {"mae_mask_type": "tube"})]
 B, T = 3, 4
 
 
 def _method(framework: str, **kw) -> TVRLPretraining:
-    torch.manual_seed(0)
-    enc = SpatioTemporalEncoder(
-        in_channels=1,
-        img_size=16,
-        patch_size=8,
-        hidden_size=16,
-        num_layers=1,
-        num_heads=2,
-        dropout_rate=0.0,
-        temporal_layers=1,
-        max_frames=T,
-        use_time_embed=framework in TIME_AWARE_FRAMEWORKS,
-        stem="patch" if framework == "mae" else "conv",
-    )
-    return TVRLPretraining(enc, framework, mlm_start_epoch=0, **{**SMALL, **kw})
+    return tiny_tvrl(framework, max_frames=T, mlm_start_epoch=0, **kw)
 
 
 def _views() -> tuple[torch.Tensor, torch.Tensor]:
