@@ -154,20 +154,6 @@ def test_crops_larger_than_the_frame_and_float_batches_are_rejected():
 # ----------------------------------------------------------------------------- the trainer-owned generator
 
 
-def test_stream_round_trips_through_state_dict():
-    """``resume.pt`` holds the step: a resumed run draws the crops the uninterrupted run draws next."""
-    x = _frames(4, 5, 3, 64, 80)
-    aug = FrameCropDeviceAugmentation(48, seed=3)
-    outs = [aug(x) for _ in range(3)]
-    resumed = FrameCropDeviceAugmentation(48, seed=3)
-    resumed.load_state_dict({"seed": 3, "step": 1})  # as resume.pt holds it after the first batch
-    for ref in outs[1:]:
-        assert torch.equal(resumed(x), ref)
-    assert resumed.state_dict() == aug.state_dict() == {"seed": 3, "step": 3}
-    assert not torch.equal(outs[0], outs[1])  # every batch draws anew
-    assert outs[0].shape == (4, 5, 3, 48, 48)
-
-
 def test_prepare_batches_crop_between_the_copy_and_the_normalisation():
     stacks = pad_frames_collate([_device_item(_frames(5, 3, 64, 80, seed=s), 48, 64) for s in range(2)])
     inputs, target, args, kwargs = UCLPrepareBatch(augment=FrameCropDeviceAugmentation(48, seed=1))(stacks)
@@ -393,17 +379,26 @@ def test_device_draws_have_the_worker_distribution():
     assert ((box[:, 2] * box[:, 3] >= 0.8 * h * w * 0.95) & (box[:, 2] <= h) & (box[:, 3] <= w)).all()
 
 
-def test_resized_crop_stream_round_trips_through_state_dict():
-    """``resume.pt`` holds the step: a resumed run draws the boxes and flips the uninterrupted run draws next."""
-    x = _frames(4, 3, 48, 48)
-    aug = FrameResizedCropDeviceAugmentation(48, seed=3)
+@pytest.mark.parametrize(
+    ("make", "shape", "out"),
+    [
+        (lambda: FrameCropDeviceAugmentation(48, seed=3), (4, 5, 3, 64, 80), (4, 5, 3, 48, 48)),
+        (lambda: FrameResizedCropDeviceAugmentation(48, seed=3), (4, 3, 48, 48), (4, 3, 48, 48)),
+    ],
+    ids=["crop", "resized_crop"],
+)
+def test_stream_round_trips_through_state_dict(make, shape, out):
+    """``resume.pt`` holds the step: a resumed run draws the crops (boxes, flips) the uninterrupted run draws next."""
+    x = _frames(*shape)
+    aug = make()
     outs = [aug(x) for _ in range(3)]
-    resumed = FrameResizedCropDeviceAugmentation(48, seed=3)
+    resumed = make()
     resumed.load_state_dict({"seed": 3, "step": 1})  # as resume.pt holds it after the first batch
     for ref in outs[1:]:
         assert torch.equal(resumed(x), ref)
     assert resumed.state_dict() == aug.state_dict() == {"seed": 3, "step": 3}
-    assert not torch.equal(outs[0], outs[1]) and outs[0].shape == (4, 3, 48, 48)
+    assert not torch.equal(outs[0], outs[1])  # every batch draws anew
+    assert outs[0].shape == out
 
 
 def test_resized_crop_prepare_batch_and_errors():
