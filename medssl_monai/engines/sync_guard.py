@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-__all__ = ["HostSync", "HostSyncError", "HostSyncGuard", "no_host_sync"]
+__all__ = ["HostSync", "HostSyncError", "HostSyncGuard", "assert_no_cuda_sync", "no_host_sync"]
 
 _aten = torch.ops.aten
 
@@ -157,3 +157,15 @@ def no_host_sync(raise_on_sync: bool = True, allow: Sequence[str] = ()) -> Itera
     guard = HostSyncGuard(raise_on_sync=raise_on_sync, allow=allow)
     with guard:
         yield guard
+
+
+def assert_no_cuda_sync(fn: Callable[[], Any]) -> None:
+    """Run ``fn`` once to warm up (first-call allocations may synchronise), then again under
+    ``torch.cuda.set_sync_debug_mode("error")``: any host-device synchronisation in it raises."""
+    fn()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        fn()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

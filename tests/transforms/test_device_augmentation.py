@@ -14,6 +14,7 @@ from monai.transforms import Compose, Randomizable, RandRotated, RandSpatialCrop
 
 from medssl_monai.data.seeded import SeededSamples, sample_seed
 from medssl_monai.engines.prepare import ClipPrepareBatch, MaskedClipPrepareBatch
+from medssl_monai.engines.sync_guard import assert_no_cuda_sync
 from medssl_monai.transforms.device import (
     DeviceAugmentation,
     clahe,
@@ -216,13 +217,7 @@ def test_device_augmentation_does_not_synchronise():
     mask = (x[:, :1, 0] > 100).to(torch.uint8).pin_memory()
     aug = DeviceAugmentation(crop=112)
     prepare = ClipPrepareBatch(augment=aug)
-    prepare({"image": x, "label": mask}, torch.device("cuda"), non_blocking=True)  # warm-up (allocations)
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        prepare({"image": x, "label": mask}, torch.device("cuda"), non_blocking=True)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
+    assert_no_cuda_sync(lambda: prepare({"image": x, "label": mask}, torch.device("cuda"), non_blocking=True))
 
 
 # -------------------------------------------------------------------------------------- per-sample windows

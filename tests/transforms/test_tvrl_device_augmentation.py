@@ -13,6 +13,7 @@ import torch
 from monai.transforms import Compose, RandFlipd, RandRotated
 from scipy import stats
 
+from medssl_monai.engines.sync_guard import assert_no_cuda_sync
 from medssl_monai.methods.tvrl import TwoViewPrepareBatch
 from medssl_monai.transforms.device import (
     TVRLDeviceAugmentation,
@@ -296,13 +297,7 @@ def test_tvrl_device_augmentation_does_not_synchronise():
     x = torch.cat([_echo_like(seed=s) for s in range(4)]).pin_memory()
     batch = {"image": x, "image_2": x.clone().pin_memory()}
     prepare = TwoViewPrepareBatch(augment=tvrl_device_augmentation("strong", 128))
-    prepare(batch, torch.device("cuda"), non_blocking=True)  # warm-up (allocations)
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        prepare(batch, torch.device("cuda"), non_blocking=True)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
+    assert_no_cuda_sync(lambda: prepare(batch, torch.device("cuda"), non_blocking=True))
 
 
 # ------------------------------------------------------------------------------------------------ the probe

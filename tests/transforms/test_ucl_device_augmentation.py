@@ -15,6 +15,7 @@ from monai.bundle import ConfigParser
 from monai.transforms import Randomizable
 from scipy import stats
 
+from medssl_monai.engines.sync_guard import assert_no_cuda_sync
 from medssl_monai.methods.ucl import FramePrepareBatch, UCLPrepareBatch, normalize_frames
 from medssl_monai.transforms.device import (
     FrameCropDeviceAugmentation,
@@ -172,13 +173,7 @@ def test_device_crop_does_not_synchronise():
     items = [_device_item(_frames(5, 3, 256, 256 + 32 * s, seed=s), 224, 224) for s in range(4)]
     batch = {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in pad_frames_collate(items).items()}
     prepare = UCLPrepareBatch(augment=FrameCropDeviceAugmentation(224))
-    prepare(batch, torch.device("cuda"), non_blocking=True)  # warm-up (allocations)
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        prepare(batch, torch.device("cuda"), non_blocking=True)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
+    assert_no_cuda_sync(lambda: prepare(batch, torch.device("cuda"), non_blocking=True))
 
 
 # --------------------------------------------------------------------------------------------- the bundles
@@ -423,13 +418,7 @@ def test_resized_crop_prepare_batch_and_errors():
 def test_device_resized_crop_does_not_synchronise():
     batch = {"image": _frames(8, 3, 224, 224).pin_memory()}
     prepare = FramePrepareBatch(label_key=None, augment=FrameResizedCropDeviceAugmentation(224))
-    prepare(batch, torch.device("cuda"), non_blocking=True)  # warm-up (allocations)
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        prepare(batch, torch.device("cuda"), non_blocking=True)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
+    assert_no_cuda_sync(lambda: prepare(batch, torch.device("cuda"), non_blocking=True))
 
 
 def test_pocus_recipe_crops_and_flips_on_the_device_in_the_trainer_only():
