@@ -17,8 +17,8 @@ handlers (validation, checkpoints, epoch schedules) are not fired. The device is
 start and the end of the timed window, never inside it. FLOPs of one step (forward + backward, matmuls and
 convolutions) are counted with :class:`torch.utils.flop_counter.FlopCounterMode` on the eager network.
 
-:data:`ANCHORS` reproduces the issue's reference-style model steps (fp32 where the reference trains in fp32,
-random inputs) from the same bundles at the recipe sizes, so ratios can be measured on one GPU.
+:data:`ANCHORS` reproduces the reference-style model steps recorded on one H100 (fp32 where the reference trains in
+fp32, random inputs) from the same bundles at the recipe sizes, so ratios can be measured on one GPU.
 """
 
 from __future__ import annotations
@@ -846,8 +846,8 @@ class Anchor:
     """A reference-style model step (one H100, model step only, random inputs): the bundle rows' anchor.
 
     ``overrides`` set the bundle's recipe to the reference's shapes; ``batch_size`` tiles the random batch
-    (the synthetic datasets can hold fewer samples than one reference batch); ``reference`` is the issue's
-    anchor throughput (samples/s on one H100) and ``target`` the issue's end-to-end H100 goal.
+    (the synthetic datasets can hold fewer samples than one reference batch); ``reference`` is the recorded
+    anchor throughput (samples/s on one H100) and ``target`` the end-to-end H100 goal.
     """
 
     name: str
@@ -861,7 +861,7 @@ class Anchor:
     unit: str
 
 
-#: the issue's four anchors, each mapped to the bundle whose step it is
+#: the four recorded anchors, each mapped to the bundle whose step it is
 ANCHORS: dict[str, Anchor] = {
     "unilvseg_3d_unet": Anchor(
         name="unilvseg_3d_unet",
@@ -999,7 +999,7 @@ def format_table(results: Sequence[BenchResult | dict], columns: Sequence[str] =
 
 
 def format_anchor_table(results: Sequence[BenchResult | dict]) -> str:
-    """A markdown table of the anchor rows: measured samples/s against the issue's H100 anchor and target."""
+    """A markdown table of the anchor rows: measured samples/s against the recorded H100 anchor and target."""
     rows = [asdict(r) if isinstance(r, BenchResult) else dict(r) for r in results]
     lines = [
         "| anchor | samples/s | reference (H100) | ratio | target (H100, end to end) |",

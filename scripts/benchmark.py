@@ -15,7 +15,7 @@ Usage::
     OMP_NUM_THREADS=2 python scripts/benchmark.py --sizes small --steps 10 --warmup 3 --out runs/bench_cpu.json
     # one GPU, the recipe sizes, the bundles' defaults (bf16 autocast, pinned memory, 4-8 workers)
     python scripts/benchmark.py --device cuda --sizes recipe --out runs/bench_h100.json
-    # the same with torch.compile, and the issue's reference-style anchors for ratios on the same GPU
+    # the same with torch.compile, and the reference-style anchors for ratios on the same GPU
     python scripts/benchmark.py --device cuda --sizes recipe --compile --anchors --out runs/bench_h100_compile.json
     # only the anchors
     python scripts/benchmark.py --device cuda --anchors --bundles none
@@ -153,7 +153,7 @@ def main(
     cudnn_benchmark: bool | None = None,
     matmul_precision: str | None = None,
 ) -> None:
-    """Benchmark the training bundles (and optionally the issue's anchors); print a table, write JSON.
+    """Benchmark the training bundles (and optionally the reference-style anchors); print a table, write JSON.
 
     Args:
         device: ``cpu``/``cuda``/``cuda:1``; default: each bundle's (CUDA if available).

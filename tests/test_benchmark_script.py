@@ -1,4 +1,4 @@
-"""Smoke test of ``scripts/benchmark.py`` (issue 8): it runs at tiny sizes and reports the expected columns.
+"""Smoke test of ``scripts/benchmark.py``: it runs at tiny sizes and reports the expected columns.
 
 No timing assertions (the CI machine is shared); FLOPs of a known step are checked against a hand count.
 """

@@ -22,7 +22,7 @@ python - "$WORK/echonet" "$N" <<'PY'
 import os, sys, time
 from medssl_monai.data.synthetic.echonet import make_echonet
 t = time.time()
-# the issue's setting: 80-160 frames at 50 fps; seed 1 so that it is not the tests' or the demo's data
+# the recipe check's setting: 80-160 frames at 50 fps; seed 1 so that it is not the tests' or the demo's data
 make_echonet(sys.argv[1], num_videos=int(sys.argv[2]), seed=1, min_frames=80, max_frames=160,
              num_workers=os.cpu_count() or 1)
 print(f"synthetic EchoNet: {sys.argv[2]} videos in {time.time() - t:.0f} s")

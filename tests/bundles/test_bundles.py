@@ -110,7 +110,7 @@ def test_end_to_end(bundle: Path, tiny_data, tmp_path: Path):
     assert model.is_file(), "training must write models/model.pt"
     state = load_state_dict(model)
     assert all(isinstance(v, torch.Tensor) for v in state.values()), "model.pt must be a plain state_dict"
-    if _config_value(configs, "embedding_every"):  # the SSL bundles' TensorBoard projector (issue 7)
+    if _config_value(configs, "embedding_every"):  # the SSL bundles' TensorBoard projector
         assert list((work / "runs").rglob("projector_config.pbtxt")), "no embedding projection was written"
         (tensors,) = list((work / "runs").rglob("tensors.tsv"))  # the last epoch
         rows = tensors.read_text().splitlines()
