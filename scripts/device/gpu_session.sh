@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The GPU checks left open on the CPU, as one prepared script in parts that each fit one device call (< 10 min).
+#   part ef     (~5 min)  UniLVSeg recipe: train 15 epochs on 240 synthetic videos, evaluate, diagnose the EF bias
+#                         (scripts/device/ef_recipe_check.sh)
+#   part tests  (~2 min)  the CUDA-only tests: no host-device sync in the device augmentations and training steps,
+#                         no active loss scaler under bf16, TVRL attention without a key-padding mask
+#   part bench  (~8 min)  model steps at the recipe sizes with the reference-style anchors and per-bundle profiles
+# On the device machine (after scripts/device/fetch_wheels.sh here; carry: [".whl"]):
+#   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \
+#     && export PYTHONPATH=/tmp/site:$PWD && OUT=$OUT bash scripts/device/gpu_session.sh ef
+# Everything lands in $OUT (at most 8 files come back: keep to the summaries).
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-runs/gpu_session}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.csv" 2>&1 || true
+case "${1:-}" in
+  ef)
+    OUT=$OUT bash scripts/device/ef_recipe_check.sh "${2:-240}" "${3:-15}"
+    ;;
+  tests)
+    python3 -m pytest -q -p no:cacheprovider -rs tests/engines/test_host_syncs.py tests/engines/test_amp.py \
+      tests/transforms/test_device_augmentation.py tests/transforms/test_tvrl_device_augmentation.py \
+      tests/transforms/test_ucl_device_augmentation.py tests/methods/test_tvrl_attention_masks.py 2>&1 \
+      | tee "$OUT/cuda_tests.log" | tail -n 30
+    ;;
+  bench)
+    python3 scripts/benchmark.py --device cuda --sizes recipe --modes model --anchors \
+      --profile /tmp/profile --out "$OUT/bench.json" 2>&1 | tee "$OUT/bench.md" | tail -n 40
+    tar -czf "$OUT/profiles.tar.gz" -C /tmp profile 2>/dev/null || true
+    ;;
+  *)
+    echo "usage: OUT=... bash scripts/device/gpu_session.sh ef|tests|bench" >&2
+    exit 2
+    ;;
+esac
