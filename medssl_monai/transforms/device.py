@@ -17,8 +17,8 @@ TVRL's strong augmentation (rotation, RandomResizedCrop, flips, brightness and c
 same three parts: :func:`sample_tvrl_params`, the ops :func:`rotate`, :func:`resized_crop`, :func:`flip`,
 :func:`color_jitter` and :func:`gaussian_blur`, and :class:`TVRLDeviceAugmentation`. UCL's random crop of every
 frame: :func:`sample_crop_offsets`, :func:`crop_frames` and :class:`FrameCropDeviceAugmentation`; its POCUS
-preset's RandomResizedCrop and flip of every frame: :func:`sample_resized_crop_params`, :func:`resized_crop_frames`
-and :class:`FrameResizedCropDeviceAugmentation`. The classes share their trainer-owned stream,
+preset's RandomResizedCrop and flip of every frame: :func:`sample_resized_crop_params`, :func:`resized_crop` (each
+frame a one-frame clip) and :class:`FrameResizedCropDeviceAugmentation`. The classes share their trainer-owned stream,
 :class:`SeededStream`.
 
 Nothing here reads a device value on the host: the draws are made on the host, copied once per batch
@@ -65,7 +65,6 @@ __all__ = [
     "FrameCropDeviceAugmentation",
     "ResizedCropParams",
     "sample_resized_crop_params",
-    "resized_crop_frames",
     "FrameResizedCropDeviceAugmentation",
 ]
 
@@ -1035,85 +1034,6 @@ def sample_resized_crop_params(
     return ResizedCropParams(box=box, hflip=torch.rand(n, generator=generator, dtype=torch.float64) < flip_prob)
 
 
-def _interp_taps(start: torch.Tensor, length: torch.Tensor, out_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``N x out x K`` source indices and weights of torch's antialiased bilinear resize of each box side.
-
-    ``F.interpolate(mode="bilinear", antialias=True, align_corners=False)`` of the ``length`` pixels from ``start``
-    to ``out_size``, step by step in the float32/float64 mix of torch's CPU kernel (scale, centre, window bounds,
-    triangle weights normalised by their float32 sum), so the weights are the worker's bit for bit. ``K`` is the
-    batch's longest window; taps past a window weigh 0 (their index clamped into the box). Host tensors in and out.
-    """
-    f32, f64 = torch.float32, torch.float64
-    start = torch.as_tensor(start, dtype=torch.int64).cpu()
-    length = torch.as_tensor(length, dtype=torch.int64).cpu()
-    scale = length.to(f32) / out_size
-    one = torch.ones_like(scale)
-    shrink = scale >= 1
-    support = torch.where(shrink, scale, one)  # the triangle's half-width, widened by the scale when shrinking
-    invscale = torch.where(shrink, (1.0 / scale.double()).float(), one)
-    centre = (scale.double()[:, None] * (torch.arange(out_size, dtype=f64) + 0.5)).float()
-    # C++ casts truncate toward zero (.long() does too); a negative low bound is clamped to 0 either way
-    lo = ((centre - support[:, None]).double() + 0.5).long().clamp(min=0)
-    hi = ((centre + support[:, None]).double() + 0.5).long().minimum(length[:, None])
-    taps = max(1, int((hi - lo).max()))  # the longest window (the kernel's further taps weigh 0)
-    pos = lo[..., None] + torch.arange(taps)
-    arg = (((pos.to(f32) - centre[..., None]).double() + 0.5) * invscale.double()[:, None, None]).float().abs()
-    inside = (arg < 1) & (pos < hi[..., None])
-    weight = torch.where(inside, (1.0 - arg.double()).float(), torch.zeros_like(arg))
-    total = weight[..., 0]
-    for k in range(1, taps):  # the kernel's running float32 sum, in tap order
-        total = total + weight[..., k]
-    weight = weight / total[..., None]
-    index = start[:, None, None] + pos.minimum(length[:, None, None] - 1)
-    return index, weight
-
-
-def _interp_pass(x: torch.Tensor, index: torch.Tensor, weight: torch.Tensor, dim: int) -> torch.Tensor:
-    """One separable pass along ``dim`` (3: columns, 2: rows) of ``N x C x H x W`` (integer or float32 values).
-
-    Each output is ``x_0 w_0``, then ``+ x_k w_k`` for each further tap as one fused multiply-add: how torch's CPU
-    kernel sums windows of up to 4 taps (measured on torch 2.13's AVX-512 build; a CPU without FMA rounds each
-    product first, within a grey level at rare pixels). The FMA is emulated in float64, so CPU and GPU give the
-    same bits: the product of two float32 values is exact there and the sum is rounded once more to float32 (a
-    double rounding can cost one float32 ulp only when the two terms lie very many binary orders apart).
-    """
-    n = x.shape[0]
-    out_shape = list(x.shape)
-    out_shape[dim] = index.shape[1]
-    view = [n, 1, 1, 1]
-    view[dim] = index.shape[1]
-    acc = None
-    for k in range(index.shape[-1]):
-        src = x.gather(dim, index[..., k].reshape(view).expand(out_shape))  # uint8 gathers move a quarter the bytes
-        w = weight[..., k].reshape(view)
-        acc = src.float() * w if acc is None else (acc.double() + src.double() * w.double()).float()
-    return acc
-
-
-def resized_crop_frames(x: torch.Tensor, box: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Resize each frame's box ``(top, left, h, w)`` of ``N x C x H x W`` to ``size``, as the worker path does.
-
-    :func:`~medssl_monai.transforms.frames.resize_to` of the cropped box (``F.interpolate``, bilinear,
-    antialiased, float32) with a box per frame, batched: torch's weights (:func:`_interp_taps`, copied to the
-    device without a sync), the column pass then the row pass as torch's kernel, each a gather per tap
-    (:func:`_interp_pass`). Bit-identical to the worker for every box at most twice the output size (windows of
-    up to 4 taps; every box of the POCUS preset lies inside a frame of the output size); larger shrink factors
-    within a grey level at a few pixels (torch's CPU loop sums longer windows in another order).
-
-    Args:
-        x: ``uint8`` (rounded and clipped, as the worker) or float32 frames on any device.
-        box: ``N x 4`` boxes on the host (drawn there).
-        size: output ``(height, width)``.
-    """
-    box = torch.as_tensor(box, dtype=torch.int64).cpu()
-    rows = _interp_taps(box[:, 0], box[:, 2], int(size[0]))
-    cols = _interp_taps(box[:, 1], box[:, 3], int(size[1]))
-    index_r, weight_r, index_c, weight_c = (_to_device(t, x.device) for t in (*rows, *cols))
-    out = _interp_pass(x, index_c, weight_c, 3)  # columns first, as torch's separable kernel
-    out = _interp_pass(out, index_r, weight_r, 2)
-    return out.round().clamp(0, 255).to(torch.uint8) if x.dtype == torch.uint8 else out.to(x.dtype)
-
-
 class FrameResizedCropDeviceAugmentation(SeededStream):
     """The POCUS preset's ``RandomResizedCrop`` and horizontal flip of every frame, on a device batch.
 
@@ -1121,7 +1041,8 @@ class FrameResizedCropDeviceAugmentation(SeededStream):
     ``augment_on="device"`` the workers only resize every frame to ``spatial_size x spatial_size``; this draws each
     frame's box (:func:`sample_resized_crop_params`: torchvision's ten tries of area and log-uniform aspect ratio,
     else the whole frame clamped to the ratio range, the worker's rule) and flip, resizes the box to
-    ``spatial_size`` (:func:`resized_crop_frames`) and flips. Every frame gets its own draw, as in the workers.
+    ``spatial_size`` (:func:`resized_crop`, the antialiased bilinear weights of the worker's resize, one box per
+    frame) and flips. Every frame gets its own draw, as in the workers.
     The stream is a :class:`SeededStream`, as :class:`FrameCropDeviceAugmentation`'s.
 
     Args:
@@ -1156,7 +1077,7 @@ class FrameResizedCropDeviceAugmentation(SeededStream):
         """Crop, resize and flip ``image`` (``B x [K x] C x H x W``) with ``params`` (frames in batch order)."""
         frames = image.reshape(-1, *image.shape[-3:])
         size = (self.spatial_size, self.spatial_size)
-        out = resized_crop_frames(frames, params.box, size)
+        out = resized_crop(frames[:, :, None], params.box, size)[:, :, 0]  # each frame a one-frame clip
         out = flip(out, params.hflip, torch.zeros_like(params.hflip))
         return out.reshape(*image.shape[:-2], *size)
 

@@ -22,7 +22,7 @@ from medssl_monai.transforms.device import (
     FrameResizedCropDeviceAugmentation,
     ResizedCropParams,
     crop_frames,
-    resized_crop_frames,
+    resized_crop,
     sample_crop_offsets,
     sample_resized_crop_params,
 )
@@ -253,11 +253,17 @@ def _worker_resized_crop(x: torch.Tensor, size: int, seed: int) -> tuple[torch.T
     return out, ResizedCropParams(box=torch.tensor(boxes), hflip=torch.tensor(t.R.flips) < t.flip_prob)
 
 
+def _within_one_level(out: torch.Tensor, ref: torch.Tensor, fraction: float) -> None:
+    diff = (out.int() - ref.int()).abs()
+    assert diff.max() <= 1 and (diff > 0).float().mean() < fraction, (int(diff.max()), float((diff > 0).float().mean()))
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("shape", [(3, 90, 120), (4, 3, 70, 50)], ids=["frame", "stack"])
-def test_resized_crop_and_flip_match_the_worker_path_exactly(device: str, shape: tuple[int, ...]):
+def test_resized_crop_and_flip_match_the_worker_path(device: str, shape: tuple[int, ...]):
     """Workers resize to ``s x s`` only (``augment_on="device"``); the device crop, resize and flip with the worker's
-    boxes and flips is the worker's output, bit for bit (the same antialiased bilinear weights and float32 sums)."""
+    boxes and flips is the worker's output within one grey level at under 1% of the values (the same antialiased
+    bilinear weights; the float sums run in another order and are rounded once)."""
     x = _frames(*shape)
     resize_only = FrameResizedCropd(spatial_size=64, augment_on="device")
     flips = []
@@ -268,37 +274,31 @@ def test_resized_crop_and_flip_match_the_worker_path_exactly(device: str, shape:
         batch = pad_frames_collate([item])
         out = FrameResizedCropDeviceAugmentation(64).apply(batch["image"].to(device), params)
         assert out.device.type == device and out.dtype == torch.uint8 and out.shape == (1, *ref.shape)
-        assert torch.equal(out[0].cpu(), ref), seed
+        _within_one_level(out[0].cpu(), ref, 0.01)
         flips += params.hflip.tolist()
     assert set(flips) == {True, False}
 
 
 @pytest.mark.parametrize(
-    "frame,size,sides,exact",
-    [(64, 64, (0.2, 1.0), True), (96, 48, (1.0, 2.0), True), (160, 40, (2.0, 4.0), False)],
+    "frame,size,sides",
+    [(64, 64, (0.2, 1.0)), (96, 48, (1.0, 2.0)), (160, 40, (2.0, 4.0))],
     ids=["enlarge", "shrink-up-to-2x", "shrink-beyond-2x"],
 )
-def test_resized_crop_frames_against_resize_to(frame: int, size: int, sides: tuple[float, float], exact: bool):
-    """One box per frame against ``resize_to`` of the cropped box: identical up to twice the output size (torch's
-    CPU kernel sums windows of up to 4 taps as fused multiply-adds, reproduced here); beyond, within one grey
-    level at under 0.1% of the values (longer windows are summed in another order there)."""
+def test_resized_crop_of_frames_against_resize_to(frame: int, size: int, sides: tuple[float, float]):
+    """One box per frame (each frame a one-frame clip) against the workers' ``resize_to`` of the cropped box:
+    within one grey level at under 1% of the values, enlarging and shrinking (antialiased)."""
     g = torch.Generator().manual_seed(0)
     n = 24
     x = torch.randint(0, 256, (n, 3, frame, frame), dtype=torch.uint8, generator=g)
     side = (size * (sides[0] + (sides[1] - sides[0]) * torch.rand(n, 2, generator=g))).long().clamp(1, frame)
     corner = (torch.rand(n, 2, generator=g) * (frame - side + 1)).long()
     box = torch.cat([corner, side], 1)
-    out = resized_crop_frames(x, box, (size, size))
+    out = resized_crop(x[:, :, None], box, (size, size))[:, :, 0]
     ref = torch.stack(
         [resize_to(x[i, :, t : t + h, c : c + w], (size, size)) for i, (t, c, h, w) in enumerate(box.tolist())]
     )
-    diff = (out.int() - ref.int()).abs()
-    if exact:
-        assert torch.equal(out, ref)
-    else:
-        assert diff.max() <= 1 and (diff > 0).float().mean() < 1e-3
-    floats = resized_crop_frames(x.float(), box, (size, size))
-    assert floats.dtype == torch.float32 and torch.equal(floats.round().clamp(0, 255).to(torch.uint8), out)
+    assert out.dtype == torch.uint8 and out.shape == ref.shape
+    _within_one_level(out, ref, 0.01)
 
 
 class _Replay:
