@@ -5,6 +5,8 @@
 #   part tests  (~2 min)  the CUDA-only tests: no host-device sync in the device augmentations and training steps,
 #                         no active loss scaler under bf16, TVRL attention without a key-padding mask
 #   part bench  (~8 min)  model steps at the recipe sizes with the reference-style anchors and per-bundle profiles
+#   part pipeline (~8 min) writes the `bench` synthetic data with every core (timed), then the loader + step of every
+#                         training bundle at its defaults: how long the GPU waits for data
 # On the device machine (after scripts/device/fetch_wheels.sh here; carry: [".whl"]):
 #   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \
 #     && export PYTHONPATH=/tmp/site:$PWD && OUT=$OUT bash scripts/device/gpu_session.sh ef
@@ -30,8 +32,20 @@ case "${1:-}" in
       --profile /tmp/profile --out "$OUT/bench.json" 2>&1 | tee "$OUT/bench.md" | tail -n 40
     tar -czf "$OUT/profiles.tar.gz" -C /tmp profile 2>/dev/null || true
     ;;
+  pipeline)
+    python3 - <<'PY' 2>&1 | tee "$OUT/bench_data.txt"
+import os, time
+from medssl_monai.data.defaults import default_data_root
+from medssl_monai.data.synthetic import make_all
+t = time.time()
+make_all(default_data_root() / "bench-seed0", seed=0, size="bench", num_workers=os.cpu_count() or 1)
+print(f"bench synthetic data: {time.time() - t:.0f} s on {os.cpu_count()} cores")
+PY
+    python3 scripts/benchmark.py --device cuda --sizes recipe --modes pipeline,model --out "$OUT/pipeline.json" 2>&1 \
+      | tee "$OUT/pipeline.md" | tail -n 40
+    ;;
   *)
-    echo "usage: OUT=... bash scripts/device/gpu_session.sh ef|tests|bench" >&2
+    echo "usage: OUT=... bash scripts/device/gpu_session.sh ef|tests|bench|pipeline" >&2
     exit 2
     ;;
 esac
