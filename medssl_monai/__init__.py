@@ -7,5 +7,8 @@ on disk and in caches.
 
 from __future__ import annotations
 
+# registers the fork hook that configures OpenCV before any worker is forked (no cv2 import here)
+from medssl_monai import opencv as _opencv  # noqa: F401, E402
+
 __version__ = "0.1.0"
 __all__ = ["__version__"]

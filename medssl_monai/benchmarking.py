@@ -726,11 +726,7 @@ def benchmark_loader(
     units = _transform_units(chain) if chain is not None else []
     indices = _sample_indices(parser, dataset, samples)
     threads = torch.get_num_threads()
-    cv2 = _opencv()
-    cv2_threads = cv2.getNumThreads() if cv2 is not None else None
-    torch.set_num_threads(1)
-    if cv2 is not None:
-        cv2.setNumThreads(1)
+    torch.set_num_threads(1)  # OpenCV runs one thread per process already (medssl_monai.opencv)
     set_determinism(seed=0)  # the same random draws (crops, windows) every run
     try:
         for _ in range(passes):
@@ -744,8 +740,6 @@ def benchmark_loader(
             wall, cpu = time.perf_counter() - w0, time.process_time() - c0
     finally:
         torch.set_num_threads(threads)
-        if cv2 is not None:
-            cv2.setNumThreads(cv2_threads)
         set_determinism(seed=None)
     image = _image_tensor(sample)
     n = len(indices)
@@ -785,14 +779,6 @@ def benchmark_loader(
         meets_target=None if target is None else bool(1000 * cpu / n <= target),
         transforms=transforms,
     )
-
-
-def _opencv() -> Any:
-    try:
-        import cv2
-    except ImportError:
-        return None
-    return cv2
 
 
 def format_loader_tables(results: Sequence[LoaderResult | dict]) -> str:

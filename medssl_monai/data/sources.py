@@ -16,6 +16,7 @@ import numpy as np
 
 from medssl_monai.data.video import VIDEO_EXTENSIONS, read_video
 from medssl_monai.errors import DataError, VideoReadError
+from medssl_monai.opencv import import_cv2
 
 __all__ = [
     "decode_frames",
@@ -116,7 +117,7 @@ def frame_files(folder: str | Path) -> list[Path]:
 
 
 def _read_image(path: Path) -> np.ndarray:
-    import cv2
+    cv2 = import_cv2()
 
     img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if img is None:

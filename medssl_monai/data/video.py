@@ -14,17 +14,11 @@ from pathlib import Path
 import numpy as np
 
 from medssl_monai.errors import VideoReadError
+from medssl_monai.opencv import import_cv2
 
 __all__ = ["read_video", "write_video", "video_info", "to_clip", "VIDEO_EXTENSIONS"]
 
 VIDEO_EXTENSIONS = (".avi", ".mp4", ".mov", ".mkv", ".wmv")
-
-
-def _cv2():
-    import cv2
-
-    cv2.setNumThreads(1)  # decoding runs inside DataLoader workers; one thread each avoids oversubscription
-    return cv2
 
 
 def video_info(path: str | Path) -> dict:
@@ -36,7 +30,7 @@ def video_info(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise VideoReadError(path, "file not found")
-    cv2 = _cv2()
+    cv2 = import_cv2()
     cap = cv2.VideoCapture(str(path))
     try:
         if not cap.isOpened():
@@ -119,7 +113,7 @@ def read_video(path: str | Path, strict: bool = True, min_frames: int = 1) -> np
         raise VideoReadError(path, "file not found")
     if path.stat().st_size == 0:
         raise VideoReadError(path, "empty file (0 bytes)")
-    cv2 = _cv2()
+    cv2 = import_cv2()
     cap = cv2.VideoCapture(str(path))
     try:
         if not cap.isOpened():
@@ -168,7 +162,7 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float = 50.0, fourcc:
         frames = np.repeat(frames[..., None], 3, axis=-1)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] == 0:
         raise ValueError(f"{path}: frames must be T x H x W (x 3) with T > 0, got {frames.shape}")
-    cv2 = _cv2()
+    cv2 = import_cv2()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}{path.suffix}")
     height, width = frames.shape[1:3]

@@ -22,7 +22,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 import torch
@@ -32,6 +31,9 @@ from medssl_monai.engines.inferers import VideoSlidingWindowInferer
 from medssl_monai.engines.prepare import ClipPrepareBatch
 from medssl_monai.evaluation.ef import ef_from_masks
 from medssl_monai.evaluation.segmentation import frame_dice
+from medssl_monai.opencv import import_cv2
+
+cv2 = import_cv2()
 
 __all__ = [
     "Variant",

@@ -15,7 +15,6 @@ from collections.abc import Hashable, Mapping
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 from monai.config import KeysCollection
@@ -23,7 +22,10 @@ from monai.transforms import MapTransform
 
 from medssl_monai.data.sources import decode_frames
 from medssl_monai.errors import DataError
+from medssl_monai.opencv import import_cv2
 from medssl_monai.transforms.io import LoadTracingMaskd
+
+cv2 = import_cv2()
 
 __all__ = ["LoadCamusSequenced", "PHASE_CODES", "even_subsample"]
 

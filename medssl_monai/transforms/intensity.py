@@ -23,6 +23,8 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, RandomizableTransform
 
+from medssl_monai.opencv import import_cv2
+
 __all__ = [
     "ECHONET_MEAN",
     "ECHONET_STD",
@@ -128,7 +130,7 @@ def _from_frames(frames: np.ndarray, like: Any) -> Any:
 
 
 def _gray(frame: np.ndarray) -> np.ndarray:
-    import cv2
+    cv2 = import_cv2()
 
     return frame[..., 0] if frame.shape[-1] == 1 else cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
 
@@ -159,7 +161,7 @@ def _contrast(frames: np.ndarray, factor: float) -> np.ndarray:
 def _saturation(frames: np.ndarray, factor: float) -> np.ndarray:
     if factor == 1 or frames.shape[-1] == 1:  # a grey image has no saturation to change
         return frames
-    import cv2
+    cv2 = import_cv2()
 
     out = np.empty_like(frames)
     for t, frame in enumerate(frames):
@@ -172,7 +174,7 @@ def _saturation(frames: np.ndarray, factor: float) -> np.ndarray:
 def _hue(frames: np.ndarray, factor: float) -> np.ndarray:
     if factor == 0 or frames.shape[-1] == 1:
         return frames
-    import cv2
+    cv2 = import_cv2()
 
     out = np.empty_like(frames)
     if frames.dtype == np.uint8:
@@ -212,7 +214,7 @@ def _channels_equal(frames: np.ndarray) -> bool:
 @functools.lru_cache(maxsize=1)
 def _grey_lab_luts() -> tuple[np.ndarray, np.ndarray] | None:
     """OpenCV's 8-bit ``RGB2LAB`` L of each grey value, and ``LAB2RGB`` of ``(L, 128, 128)`` for each L."""
-    import cv2
+    cv2 = import_cv2()
 
     g = np.arange(256, dtype=np.uint8)
     lab = cv2.cvtColor(np.repeat(g[None, :, None], 3, axis=2), cv2.COLOR_RGB2LAB)[0]
@@ -225,7 +227,7 @@ def _grey_lab_luts() -> tuple[np.ndarray, np.ndarray] | None:
 
 def clahe_frames(frames: np.ndarray, clip_limit: float, tile_grid_size: tuple[int, int] = (8, 8)) -> np.ndarray:
     """OpenCV CLAHE with one clip limit on every ``uint8`` frame (RGB: on the L channel of LAB, as albumentations)."""
-    import cv2
+    cv2 = import_cv2()
 
     if frames.dtype != np.uint8:
         raise TypeError(f"CLAHE needs uint8 frames, got {frames.dtype}; apply it before conversion to float")
@@ -402,7 +404,7 @@ class RandClipGaussianBlurd(RandomizableTransform, MapTransform):
             self.sigma = float(self.R.uniform(*self.sigma_range))
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        import cv2
+        cv2 = import_cv2()
 
         d = dict(data)
         self.randomize()

@@ -19,6 +19,7 @@ from medssl_monai.data.cache import ClipCache
 from medssl_monai.data.sources import is_medical_image, read_medical_image
 from medssl_monai.data.tracings import MIN_TRACING_ROWS, tracing_mask
 from medssl_monai.errors import DataError, TracingError, VideoReadError
+from medssl_monai.opencv import import_cv2
 from medssl_monai.transforms.sampling import clip_indices
 
 __all__ = ["LoadClipd", "LoadSeriesd", "LoadTracingMaskd", "convert_channels", "gather_frames", "meta_key"]
@@ -41,7 +42,7 @@ def convert_channels(frames: np.ndarray, channels: int | None) -> np.ndarray:
     if channels == 1 and c == 3:
         if np.array_equal(frames[..., 0], frames[..., 1]) and np.array_equal(frames[..., 0], frames[..., 2]):
             return frames[..., :1]
-        import cv2
+        cv2 = import_cv2()
 
         flat = np.ascontiguousarray(frames.reshape(-1, frames.shape[-2], 3))
         return cv2.cvtColor(flat, cv2.COLOR_RGB2GRAY).reshape(frames.shape[:-1] + (1,))
@@ -194,7 +195,7 @@ def _read_image_file(path: Path) -> np.ndarray:
         except (ValueError, OSError) as e:
             raise DataError(path, f"cannot be read as a .npy array ({e})") from e
     else:
-        import cv2
+        cv2 = import_cv2()
 
         img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         if img is None:
@@ -252,7 +253,7 @@ class LoadSeriesd(MapTransform):
     def _load(self, paths: Sequence[str | Path]) -> np.ndarray:
         images = [_read_image_file(Path(p)) for p in paths]
         if self.size is not None:
-            import cv2
+            cv2 = import_cv2()
 
             h, w = self.size
             images = [cv2.resize(im, (w, h), interpolation=cv2.INTER_AREA).reshape(h, w, -1) for im in images]
@@ -353,7 +354,7 @@ class LoadTracingMaskd(MapTransform):
             if arr.ndim != 2:
                 raise DataError(path, f"expected a 2D W x H mask, got shape {arr.shape[::-1]} (W first)")
             return arr
-        import cv2
+        cv2 = import_cv2()
 
         arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         if arr is None:

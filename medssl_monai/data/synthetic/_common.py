@@ -43,10 +43,10 @@ _T = TypeVar("_T")
 
 
 def _cv2():
-    import cv2
+    # one OpenCV thread per process (generators run in several), set once per process tree
+    from medssl_monai.opencv import import_cv2
 
-    cv2.setNumThreads(1)  # generators may run in several processes; one thread each avoids oversubscription
-    return cv2
+    return import_cv2()
 
 
 def item_rng(seed: int, stream: str, index: int) -> np.random.Generator:

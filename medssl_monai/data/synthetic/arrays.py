@@ -14,11 +14,13 @@ import os
 from functools import partial
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 
 from medssl_monai.data.synthetic._common import parallel_map
+from medssl_monai.opencv import import_cv2
+
+cv2 = import_cv2()
 
 __all__ = ["make_arrays", "synthetic_arrays"]
 
@@ -29,7 +31,6 @@ def _write_clip(item: dict, root: Path, num_frames: int, image_size: int) -> tup
     """Convert one EchoNet datalist item to ``<root>/<video_id>.npy``; its split and CSV row."""
     from medssl_monai.data.video import read_video
 
-    cv2.setNumThreads(1)  # several converting processes: one thread each
     frames = read_video(item["image"])[..., 0]  # grey stored as RGB: one channel
     idx = np.arange(num_frames) % len(frames)
     clip = np.stack(
