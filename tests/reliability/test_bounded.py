@@ -1,0 +1,41 @@
+"""The test harness's bounded subprocess: a hang fails fast with the stacks of every process, leaving none."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import pytest
+from bounded import HungProcessError, run_bounded
+
+HANG = """
+import os, sys, time
+pid = os.fork()
+if pid == 0:
+    def stuck_in_child():
+        time.sleep(600)
+    stuck_in_child()
+def stuck_in_parent():
+    time.sleep(600)
+print('child', pid, flush=True)
+stuck_in_parent()
+"""
+
+
+def test_a_hung_run_fails_with_every_process_stack_and_leaves_no_process():
+    t0 = time.monotonic()
+    with pytest.raises(HungProcessError) as info:
+        run_bounded([sys.executable, "-c", HANG], timeout=5)
+    assert time.monotonic() - t0 < 30
+    message = str(info.value)
+    assert "stuck_in_parent" in message and "stuck_in_child" in message  # the forked child's stack too
+    child = int(message.split("child ")[1].split()[0])
+    time.sleep(0.5)
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)
+
+
+def test_a_finished_run_returns_its_output_and_status():
+    out = run_bounded([sys.executable, "-c", "import sys; print('ok'); sys.exit(3)"], timeout=60)
+    assert out.returncode == 3 and out.stdout.strip() == "ok"
