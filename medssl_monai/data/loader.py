@@ -1,0 +1,183 @@
+"""MONAI's ``DataLoader`` with a stall watchdog: a loader that delivers nothing for a long time says so.
+
+A deadlocked worker (a fork-unsafe library, a hung network file system, a stuck decoder) otherwise leaves a
+training or evaluation run waiting forever without a word. :class:`DataLoader` times every ``next()``; when one
+has waited ``stall_warning_s`` seconds (default 600, or ``$MEDSSL_LOADER_STALL_S``), a watchdog thread logs a
+WARNING with the stacks of every thread of the waiting process, then signals each worker (``SIGUSR1``), whose
+``faulthandler`` prints the stacks of its threads on the same standard error. It warns again every
+``stall_warning_s`` while the wait goes on. Nothing changes in the batches, their order or the workers' seeding
+(MONAI's ``worker_init_fn`` still runs first).
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from monai.data import DataLoader as MonaiDataLoader
+from monai.data.utils import worker_init_fn as monai_worker_init_fn
+
+__all__ = ["DataLoader", "default_stall_warning_s", "format_thread_stacks"]
+
+logger = logging.getLogger(__name__)
+
+_STACK_SIGNAL = getattr(signal, "SIGUSR1", None)
+
+
+def default_stall_warning_s() -> float:
+    """``$MEDSSL_LOADER_STALL_S`` or 600 s: how long ``next()`` may wait before the watchdog warns."""
+    return float(os.environ.get("MEDSSL_LOADER_STALL_S", 600))
+
+
+def format_thread_stacks() -> str:
+    """The Python stack of every thread of this process, most recent call last."""
+    names = {t.ident: t.name for t in threading.enumerate()}
+    parts = []
+    for ident, frame in sys._current_frames().items():
+        if names.get(ident) == _Watchdog.THREAD_NAME:
+            continue
+        parts.append(f'Thread {ident} "{names.get(ident, "?")}":\n' + "".join(traceback.format_stack(frame)))
+    return "\n".join(parts)
+
+
+class _WorkerInit:
+    """Run the loader's ``worker_init_fn``, then let ``SIGUSR1`` print this worker's stacks (picklable: spawn)."""
+
+    def __init__(self, fn: Callable[[int], Any] | None) -> None:
+        self.fn = fn
+
+    def __call__(self, worker_id: int) -> None:
+        if self.fn is not None:
+            self.fn(worker_id)
+        if _STACK_SIGNAL is not None:
+            faulthandler.register(_STACK_SIGNAL, all_threads=True, chain=False)
+
+
+class _Wait:
+    __slots__ = ("iterator", "loader", "started", "warned")
+
+    def __init__(self, iterator: Any, loader: DataLoader) -> None:
+        self.iterator, self.loader = iterator, loader
+        self.started = self.warned = time.monotonic()
+
+
+class _Watchdog:
+    """One daemon thread per process that looks at the loaders' current waits."""
+
+    THREAD_NAME = "medssl-loader-watchdog"
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.waits: dict[int, _Wait] = {}
+        self.thread: threading.Thread | None = None
+        self.pid = 0
+
+    def begin(self, iterator: Any, loader: DataLoader) -> int:
+        wait = _Wait(iterator, loader)
+        with self.lock:
+            self.waits[id(wait)] = wait
+            if self.thread is None or self.pid != os.getpid():  # none yet, or inherited through a fork
+                self.pid = os.getpid()
+                self.thread = threading.Thread(target=self._run, name=self.THREAD_NAME, daemon=True)
+                self.thread.start()
+        return id(wait)
+
+    def after_fork_in_child(self) -> None:
+        # the parent's lock may have been held by its watchdog thread, which does not exist here
+        self.lock = threading.Lock()
+        self.waits = {}
+        self.thread = None
+
+    def end(self, token: int) -> None:
+        with self.lock:
+            self.waits.pop(token, None)
+
+    def _run(self) -> None:
+        while True:
+            with self.lock:
+                waits = list(self.waits.values())
+            now = time.monotonic()
+            period = min([w.loader.stall_warning_s for w in waits] or [60.0])
+            for wait in waits:
+                if now - wait.warned >= wait.loader.stall_warning_s:
+                    wait.warned = now
+                    self._warn(wait, now - wait.started)
+            time.sleep(max(0.05, min(5.0, period / 10)))
+
+    @staticmethod
+    def _warn(wait: _Wait, waited: float) -> None:
+        workers = [w for w in getattr(wait.iterator, "_workers", []) if getattr(w, "pid", None)]
+        pids = [w.pid for w in workers]
+        dataset = type(getattr(wait.loader, "dataset", None)).__name__
+        logger.warning(
+            f"DataLoader ({dataset}, {len(pids)} workers{': pids ' + str(pids) if pids else ''}) has delivered "
+            f"no batch for {waited:.0f} s; the run may be hung. Stacks of process {os.getpid()}:\n"
+            f"{format_thread_stacks()}"
+            + ("\nEach worker prints its stacks to standard error next." if pids else "")
+        )
+        for pid in pids:
+            if _STACK_SIGNAL is None:
+                break
+            try:
+                os.kill(pid, _STACK_SIGNAL)
+            except ProcessLookupError:
+                logger.warning(f"DataLoader worker {pid} has exited")
+
+
+_WATCHDOG = _Watchdog()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_WATCHDOG.after_fork_in_child)
+
+
+class _WatchedIterator:
+    """The loader's iterator with every ``next()`` registered with the watchdog."""
+
+    def __init__(self, iterator: Any, loader: DataLoader) -> None:
+        self._iterator = iterator
+        self._loader = loader
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        token = _WATCHDOG.begin(self._iterator, self._loader)
+        try:
+            return next(self._iterator)
+        finally:
+            _WATCHDOG.end(token)
+
+    def __len__(self) -> int:
+        return len(self._iterator)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._iterator, name)
+
+
+class DataLoader(MonaiDataLoader):
+    """``monai.data.DataLoader`` that warns with stacks when no batch arrives for ``stall_warning_s`` seconds.
+
+    Args:
+        dataset: the dataset.
+        num_workers: worker processes, as for ``monai.data.DataLoader``.
+        stall_warning_s: seconds a ``next()`` may wait before the warning (``None``: $MEDSSL_LOADER_STALL_S or
+            600; ``0``: no watchdog).
+        kwargs: everything else ``monai.data.DataLoader`` takes.
+    """
+
+    def __init__(self, dataset: Any, num_workers: int = 0, stall_warning_s: float | None = None, **kwargs: Any):
+        self.stall_warning_s = default_stall_warning_s() if stall_warning_s is None else float(stall_warning_s)
+        if num_workers > 0:
+            kwargs["worker_init_fn"] = _WorkerInit(kwargs.get("worker_init_fn", monai_worker_init_fn))
+        super().__init__(dataset, num_workers=num_workers, **kwargs)
+
+    def __iter__(self) -> Any:
+        iterator = super().__iter__()
+        return _WatchedIterator(iterator, self) if self.stall_warning_s > 0 else iterator
