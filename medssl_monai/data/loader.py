@@ -120,8 +120,7 @@ class _Watchdog:
         logger.warning(
             f"DataLoader ({dataset}, {len(pids)} workers{': pids ' + str(pids) if pids else ''}) has delivered "
             f"no batch for {waited:.0f} s; the run may be hung. Stacks of process {os.getpid()}:\n"
-            f"{format_thread_stacks()}"
-            + ("\nEach worker prints its stacks to standard error next." if pids else "")
+            f"{format_thread_stacks()}" + ("\nEach worker prints its stacks to standard error next." if pids else "")
         )
         for pid in pids:
             if _STACK_SIGNAL is None:
