@@ -43,6 +43,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medssl_monai.opencv import import_cv2
+
 __all__ = [
     "AugmentParams",
     "sample_params",
@@ -229,7 +231,8 @@ def _hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """Rotate hue by ``shift`` (fraction of the circle) on ``B x 3 x T x H x W`` floats holding integers.
 
     OpenCV's 8-bit HSV: hue quantised to 180 steps and saturation to 256 before the shift (its fixed-point
-    tables), the way back in ``float32`` and truncated (OpenCV 5; OpenCV 4 rounds: within 1 level).
+    tables), the way back in ``float32``, then rounded or truncated to 8 bits as the installed OpenCV does
+    (4.x and 5.1 round, 5.0 truncated: :func:`_hsv2rgb_rounds`).
     """
     xi = x.to(torch.int64)
     r, g, b = xi[:, 0], xi[:, 1], xi[:, 2]
@@ -257,7 +260,16 @@ def _hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     out_r = torch.stack([v, q, p_, p_, t, v], 0).gather(0, i[None]).squeeze(0)
     out_g = torch.stack([t, v, v, q, p_, p_], 0).gather(0, i[None]).squeeze(0)
     out_b = torch.stack([p_, p_, t, v, v, q], 0).gather(0, i[None]).squeeze(0)
-    return (torch.stack([out_r, out_g, out_b], 1) * 255).floor().clamp(0, 255)
+    rgb = torch.stack([out_r, out_g, out_b], 1) * 255
+    return (rgb.round() if _hsv2rgb_rounds() else rgb.floor()).clamp(0, 255)
+
+
+@functools.lru_cache(maxsize=1)
+def _hsv2rgb_rounds() -> bool:
+    """Whether the installed OpenCV rounds 8-bit ``HSV2RGB`` (else it truncates): one probe pixel."""
+    cv2 = import_cv2()
+    probe = np.array([[[10, 255, 200]]], np.uint8)  # G = 200 * (1 - (1 - 1/3)) = 66.67: 67 rounded, 66 truncated
+    return int(cv2.cvtColor(probe, cv2.COLOR_HSV2RGB)[0, 0, 1]) == 67
 
 
 def color_jitter(
