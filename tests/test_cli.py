@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from bounded import run_bounded
 
 from medssl_monai.cli import CLI, detect_dataset
 
@@ -40,11 +40,15 @@ def test_cache_then_inspect(tiny_data, tmp_path):
 
 def test_module_entry_point_synth_is_idempotent(tmp_path):
     cmd = [sys.executable, "-m", "medssl_monai", "synth", "--root", str(tmp_path), "--size", "tiny"]
-    subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+    _check(run_bounded(cmd))
     marker = tmp_path / "echonet" / ".synthetic.json"
     mtime = marker.stat().st_mtime_ns
-    subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+    _check(run_bounded(cmd))
     assert marker.stat().st_mtime_ns == mtime
+
+
+def _check(proc) -> None:
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
 
 
 def test_load_datalist_accepts_a_relative_root(tiny_data, monkeypatch):

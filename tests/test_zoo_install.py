@@ -12,7 +12,6 @@ import hashlib
 import importlib.util
 import os
 import shutil
-import subprocess
 import sys
 import tarfile
 import zipfile
@@ -22,6 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from bounded import run_bounded
 
 from medssl_monai.zoo import load_network, package_bundle, wheel_metadata
 
@@ -44,7 +44,7 @@ needs_pip = pytest.mark.skipif(importlib.util.find_spec("pip") is None, reason="
 
 
 def _run(cmd: list[str], cwd: Path | None = None, env: dict | None = None) -> str:
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    proc = run_bounded(cmd, cwd=cwd, env=env, timeout=600)
     assert proc.returncode == 0, f"{cmd[:4]} failed:\n{(proc.stdout + proc.stderr)[-3000:]}"
     return proc.stdout
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from bounded import run_bounded
 from monai.bundle import ConfigParser, ConfigWorkflow
 
 from medssl_monai.bundle_tools import find_bundles, train_configs
@@ -91,7 +91,7 @@ def test_monai_bundle_runner_exits_non_zero_with_the_message(tiny_data, tmp_path
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(bundle / "configs" / "train.yaml")]
     cmd += ["--bundle_root", str(tmp_path), "--dataset_dir", str(tiny_data["echonet"])]
     cmd += ["--cache_dir", str(tmp_path / "cache"), "--num_workers", "0"]
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    result = run_bounded(cmd, env=env)
     assert result.returncode == 2, result.stderr[-3000:]
     assert re.search(
         r"error: the training loader yields no batch.* has \d+ samples, fewer than one batch \(batch size 128.*"

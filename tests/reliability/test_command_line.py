@@ -10,11 +10,11 @@ import inspect
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from bounded import run_bounded
 from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.bundle.scripts import create_workflow, run, run_workflow
 
@@ -154,13 +154,11 @@ def test_python_m_monai_bundle_run_rejects_unknown_key(tmp_path: Path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MEDSSL_DATA_DIR": str(tmp_path / "data")}
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(work / "configs" / "train.yaml")]
     cmd += ["--bundle_root", str(work)]
-    bad = subprocess.run([*cmd, "--epochz", "3"], env=env, capture_output=True, text=True, timeout=300)
+    bad = run_bounded([*cmd, "--epochz", "3"], env=env)
     assert bad.returncode != 0
     assert "unknown config key 'epochz'" in bad.stderr and "did you mean 'epochs'" in bad.stderr
     assert not (work / "models").exists() and not (tmp_path / "data").exists(), "stopped before initialize ran on"
     # control: a valid command passes the check and runs `initialize` (then an empty `finalize` as its `run`)
-    good = subprocess.run(
-        [*cmd, "--epochs", "3", "--run_id", "finalize"], env=env, capture_output=True, text=True, timeout=300
-    )
+    good = run_bounded([*cmd, "--epochs", "3", "--run_id", "finalize"], env=env)
     assert good.returncode == 0, good.stderr[-3000:]
     assert (work / "models").is_dir()

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 import torch
+from bounded import BUNDLE_RUN_TIMEOUT_S, run_bounded
 from monai.bundle import ConfigParser
 
 from medssl_monai.bundle_tools import config_path, find_bundles, train_configs
@@ -138,7 +139,7 @@ def _run(case: Case, overrides: dict, kill_at: int = 0) -> subprocess.CompletedP
     cmd = [sys.executable, str(RUNNER), json.dumps(_configs(case)), json.dumps(overrides)]
     if kill_at:
         cmd.append(str(kill_at))
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    return run_bounded(cmd, env=env, timeout=BUNDLE_RUN_TIMEOUT_S)
 
 
 def _overrides(case: Case, data: dict, root: Path) -> dict:
