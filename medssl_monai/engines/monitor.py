@@ -106,7 +106,9 @@ class RepresentationMonitor(TensorBoardEmbeddingHandler):
         encoder: module mapping 8-bit clips ``B x C x T x H x W`` to ``B x D`` (the projector's encoder).
         datalist: the monitor set (the first ``max_samples`` items); ``label_keys`` are read from the items.
         transform: the deterministic clip loader (``embedding_clip_loader``); loaded clips are kept in memory.
-        label_keys: item keys scored by kNN (binary -> AUROC, continuous -> R2); missing values are skipped.
+        labels: label name -> the item key holding it, or a function of the item (e.g. reduced EF
+            ``lambda item: float(item["ef"] < 50)``); scored by kNN (binary -> AUROC, continuous -> R2); items
+            without a value are left out of that label's score.
         monitor_every: iterations between monitor steps (0: only at the end of the run); the run's end is always
             monitored.
         collapse_std: below this normalised std a step is flagged (logged as a WARNING).
@@ -119,7 +121,7 @@ class RepresentationMonitor(TensorBoardEmbeddingHandler):
         encoder: nn.Module | Callable[..., torch.Tensor],
         datalist: Sequence[Mapping[str, Any]],
         transform: Callable[[Mapping[str, Any]], Mapping[str, Any]],
-        label_keys: Sequence[str] = ("Abnormal", "ef"),
+        labels: Mapping[str, str | Callable[[Mapping[str, Any]], Any]] | None = None,
         monitor_every: int = 100,
         collapse_std: float = 0.1,
         k: int = 10,
@@ -139,18 +141,19 @@ class RepresentationMonitor(TensorBoardEmbeddingHandler):
             summary_writer=summary_writer,
             image_key=image_key,
             input_keys=input_keys,
-            metadata_keys=list(label_keys),
+            metadata_keys=[],
             max_samples=max_samples,
             batch_size=batch_size,
             thumbnail_size=0,
             amp=amp,
         )
-        self.label_keys = list(label_keys)
+        self.labels = dict(labels if labels is not None else {"ef": "ef"})
         self.monitor_every = max(0, int(monitor_every))
         self.collapse_threshold = float(collapse_std)
         self.k = int(k)
         self.history: list[dict[str, float]] = []
         self._cache: tuple[list[dict], list[list[str]]] | None = None
+        self._label_values: dict[str, np.ndarray] = {}
 
     def attach(self, engine: Engine) -> None:
         """Monitor every ``monitor_every`` iterations and at ``COMPLETED``."""
@@ -165,17 +168,23 @@ class RepresentationMonitor(TensorBoardEmbeddingHandler):
     def _load(self) -> tuple[list[dict], list[list[str]]]:
         # the clips are deterministic: decode them once, not at every monitor step
         if self._cache is None:
-            self._cache = super()._load()
+            items, values = [], {name: [] for name in self.labels}
+            for i, item in enumerate(self.datalist):
+                try:
+                    out = self.transform(dict(item))
+                except Exception as err:  # a bad file must not stop training
+                    logger.warning("monitor: skipping item %d (%s): %s", i, item.get(self.image_key, "?"), err)
+                    continue
+                items.append({k: out[k] for k in (self.image_key, *self.input_keys.values()) if k in out})
+                for name, source in self.labels.items():
+                    values[name].append(_label(item, source))
+            self._cache = (items, [[] for _ in items])
+            self._label_values = {n: np.asarray(v, dtype=np.float64) for n, v in values.items()}
         return self._cache
 
     def _labels(self) -> dict[str, np.ndarray]:
-        rows = self._load()[1]
-        out = {}
-        for j, key in enumerate(self.label_keys):
-            values = [_number(r[j]) for r in rows]
-            if any(math.isfinite(v) for v in values):
-                out[key] = np.asarray(values)
-        return out
+        self._load()
+        return {n: v for n, v in self._label_values.items() if np.isfinite(v).any()}
 
     def measure(self) -> dict[str, float]:
         """Embed the monitor set and compute every score (one row of :attr:`history`, without the iteration)."""
@@ -235,10 +244,9 @@ class RepresentationMonitor(TensorBoardEmbeddingHandler):
         ]
 
 
-def _number(value: str) -> float:
-    if str(value).lower() in ("true", "false"):  # boolean labels come through the projector's text rows
-        return float(str(value).lower() == "true")
+def _label(item: Mapping[str, Any], source: str | Callable[[Mapping[str, Any]], Any]) -> float:
     try:
-        return float(value)
-    except (TypeError, ValueError):
+        value = source(item) if callable(source) else item.get(source)
+        return float("nan") if value is None else float(value)
+    except (TypeError, ValueError, KeyError):
         return float("nan")

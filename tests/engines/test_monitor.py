@@ -78,6 +78,7 @@ def _monitor(encoder: torch.nn.Module, tmp_path, **kw) -> RepresentationMonitor:
         encoder=encoder,
         datalist=_items(),
         transform=lambda item: {"image": torch.as_tensor(item["image"])},
+        labels={"Abnormal": "Abnormal", "ef": "ef", "reduced_ef": lambda item: item["ef"] < 50},
         log_dir=str(tmp_path),
         **kw,
     )
@@ -103,7 +104,7 @@ def test_an_informative_encoder_scores_high_every_monitor_step(tmp_path):
     assert [r["iteration"] for r in monitor.history] == [5, 10, 15, 20]
     last = monitor.history[-1]
     assert not monitor.collapsed
-    assert last["knn_auroc_Abnormal"] > 0.95 and last["knn_r2_ef"] > 0.8
+    assert last["knn_auroc_Abnormal"] > 0.95 and last["knn_r2_ef"] > 0.8 and last["knn_auroc_reduced_ef"] > 0.95
     assert any(p.name.startswith("events.out.tfevents") for p in tmp_path.iterdir())
 
 
