@@ -61,21 +61,28 @@ def _is_binary(y: np.ndarray) -> bool:
     return set(np.unique(y).tolist()) <= {0.0, 1.0}  # y is float64
 
 
-def knn_cv_score(embeddings: np.ndarray, labels: Sequence[Any], k: int = 10, folds: int = 5) -> tuple[str, float]:
+def knn_cv_score(
+    embeddings: np.ndarray, labels: Sequence[Any], k: int = 10, folds: int = 5, categorical: bool = False
+) -> tuple[str, float]:
     """Cross-validated kNN score of ``labels`` from cosine neighbours: ``("auroc", .)`` or ``("r2", .)``.
 
-    Binary labels: AUROC of the out-of-fold neighbour vote (stratified folds). Continuous labels: R2 of the
-    out-of-fold neighbour mean. NaN when the set cannot be scored (one class, fewer than 2 items per fold).
+    Binary or ``categorical`` labels (class codes ``0..C-1``): AUROC of the out-of-fold neighbour vote (stratified
+    folds; one-vs-rest macro average for more than two classes). Continuous labels: R2 of the out-of-fold
+    neighbour mean. Non-finite labels are left out. NaN when the set cannot be scored (one class, fewer than 2
+    items of a class or per fold).
     """
     y = np.asarray(labels, dtype=np.float64)
     ok = np.isfinite(y)
     z = np.asarray(embeddings, dtype=np.float64)[ok]
     y = y[ok]
     z = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)  # cosine = euclidean on the sphere
-    binary = _is_binary(y)
+    binary = categorical or _is_binary(y)
     metric = "auroc" if binary else "r2"
     if binary:
-        counts = np.bincount(y.astype(int), minlength=2)
+        y = np.unique(y, return_inverse=True)[1].astype(np.float64)  # codes 0..C-1 of the classes present
+        counts = np.bincount(y.astype(int))
+        if len(counts) < 2:
+            return metric, float("nan")
         n_folds = int(min(folds, counts.min()))
         if n_folds < 2:
             return metric, float("nan")
@@ -86,17 +93,23 @@ def knn_cv_score(embeddings: np.ndarray, labels: Sequence[Any], k: int = 10, fol
             return metric, float("nan")
         splitter = KFold(n_splits=n_folds, shuffle=False)
     pred = np.zeros(len(y))
+    probs = np.zeros((len(y), int(y.max()) + 1 if binary else 1))
     for train, test in splitter.split(z, y.astype(int) if binary else y):
         kk = max(1, min(k, len(train)))
         if binary:
             clf = KNeighborsClassifier(n_neighbors=kk, weights="distance").fit(z[train], y[train].astype(int))
-            proba = clf.predict_proba(z[test])
-            pred[test] = proba[:, list(clf.classes_).index(1)] if 1 in clf.classes_ else 0.0
+            proba = np.zeros((len(test), len(counts)))
+            proba[:, clf.classes_] = clf.predict_proba(z[test])
+            probs[test] = proba
         else:
             pred[test] = (
                 KNeighborsRegressor(n_neighbors=kk, weights="distance").fit(z[train], y[train]).predict(z[test])
             )
-    return metric, float(roc_auc_score(y.astype(int), pred) if binary else r2_score(y, pred))
+    if not binary:
+        return metric, float(r2_score(y, pred))
+    if probs.shape[1] == 2:
+        return metric, float(roc_auc_score(y.astype(int), probs[:, 1]))
+    return metric, float(roc_auc_score(y.astype(int), probs, multi_class="ovr", average="macro"))
 
 
 class RepresentationMonitor(TensorBoardEmbeddingHandler):
@@ -114,6 +127,8 @@ class RepresentationMonitor(TensorBoardEmbeddingHandler):
         collapse_std: below this normalised std a step is flagged (logged as a WARNING).
         k: neighbours of the kNN score.
         log_dir, summary_writer, image_key, input_keys, max_samples, batch_size, amp: as the projector's.
+        enabled: ``False`` attaches nothing (non-zero DDP ranks); the object still has a ``state_dict``, so it can
+            stay in the resume handler's ``save_dict`` on every rank.
     """
 
     def __init__(
@@ -132,6 +147,7 @@ class RepresentationMonitor(TensorBoardEmbeddingHandler):
         max_samples: int = 64,
         batch_size: int = 16,
         amp: bool = False,
+        enabled: bool = True,
     ) -> None:
         super().__init__(
             encoder=encoder,
@@ -151,12 +167,15 @@ class RepresentationMonitor(TensorBoardEmbeddingHandler):
         self.monitor_every = max(0, int(monitor_every))
         self.collapse_threshold = float(collapse_std)
         self.k = int(k)
+        self.enabled = bool(enabled)
         self.history: list[dict[str, float]] = []
         self._cache: tuple[list[dict], list[list[str]]] | None = None
-        self._label_values: dict[str, np.ndarray] = {}
+        self._label_values: dict[str, tuple[np.ndarray, bool]] = {}
 
     def attach(self, engine: Engine) -> None:
-        """Monitor every ``monitor_every`` iterations and at ``COMPLETED``."""
+        """Monitor every ``monitor_every`` iterations and at ``COMPLETED`` (nothing when not ``enabled``)."""
+        if not self.enabled:
+            return
         from medssl_monai.engines.tracking import _writer
 
         self.writer, self._owned = _writer(self.log_dir, self._given_writer)
@@ -179,20 +198,20 @@ class RepresentationMonitor(TensorBoardEmbeddingHandler):
                 for name, source in self.labels.items():
                     values[name].append(_label(item, source))
             self._cache = (items, [[] for _ in items])
-            self._label_values = {n: np.asarray(v, dtype=np.float64) for n, v in values.items()}
+            self._label_values = {n: _codes(v) for n, v in values.items()}
         return self._cache
 
-    def _labels(self) -> dict[str, np.ndarray]:
+    def _labels(self) -> dict[str, tuple[np.ndarray, bool]]:
         self._load()
-        return {n: v for n, v in self._label_values.items() if np.isfinite(v).any()}
+        return {n: v for n, v in self._label_values.items() if np.isfinite(v[0]).any()}
 
     def measure(self) -> dict[str, float]:
         """Embed the monitor set and compute every score (one row of :attr:`history`, without the iteration)."""
         feats, _, _ = self.embed()
         z = feats.numpy()
         row = {"std": collapse_std(z), "rankme": rankme(z), "dims": float(z.shape[1]), "clips": float(len(z))}
-        for key, y in self._labels().items():
-            metric, value = knn_cv_score(z, y, k=self.k)
+        for key, (y, categorical) in self._labels().items():
+            metric, value = knn_cv_score(z, y, k=self.k, categorical=categorical)
             row[f"knn_{metric}_{key}"] = value
         return row
 
@@ -244,9 +263,18 @@ class RepresentationMonitor(TensorBoardEmbeddingHandler):
         ]
 
 
-def _label(item: Mapping[str, Any], source: str | Callable[[Mapping[str, Any]], Any]) -> float:
+def _label(item: Mapping[str, Any], source: str | Callable[[Mapping[str, Any]], Any]) -> Any:
     try:
         value = source(item) if callable(source) else item.get(source)
-        return float("nan") if value is None else float(value)
     except (TypeError, ValueError, KeyError):
-        return float("nan")
+        return None
+    return value.item() if isinstance(value, (np.generic, torch.Tensor)) else value
+
+
+def _codes(values: Sequence[Any]) -> tuple[np.ndarray, bool]:
+    """Numbers as floats (missing: NaN); any text among them: class codes, as a categorical label."""
+    present = [v for v in values if v is not None and v == v]
+    if all(isinstance(v, (bool, int, float)) for v in present):
+        return np.asarray([float(v) if v is not None else float("nan") for v in values]), False
+    classes = sorted({str(v) for v in present})
+    return np.asarray([classes.index(str(v)) if v is not None and v == v else float("nan") for v in values]), True

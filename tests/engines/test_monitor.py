@@ -40,6 +40,10 @@ def test_knn_score_sees_a_planted_label_and_not_noise():
     metric, r2 = knn_cv_score(regressed, ef)
     assert metric == "r2" and r2 > 0.8
     assert np.isnan(knn_cv_score(noise, np.zeros(80))[1])  # one class: no AUROC
+    three = np.arange(90) % 3  # three classes, each along its own direction: one-vs-rest macro AUROC
+    separated = rng.normal(size=(90, 16))
+    separated[np.arange(90), three] += 8
+    assert knn_cv_score(separated, three, categorical=True)[1] > 0.95
 
 
 class _Planted(torch.nn.Module):
@@ -68,6 +72,7 @@ def _items(n: int = 40) -> list[dict]:
                 "image": np.full((1, 2, 4, 4), level + i % 5, np.uint8),
                 "Abnormal": bool(abnormal),
                 "ef": 30.0 + (1 - abnormal) * 30 + i % 5,
+                "view": "A4C" if abnormal else "PLAX",  # a class name: a categorical label
             }
         )
     return items
@@ -78,7 +83,7 @@ def _monitor(encoder: torch.nn.Module, tmp_path, **kw) -> RepresentationMonitor:
         encoder=encoder,
         datalist=_items(),
         transform=lambda item: {"image": torch.as_tensor(item["image"])},
-        labels={"Abnormal": "Abnormal", "ef": "ef", "reduced_ef": lambda item: item["ef"] < 50},
+        labels={"Abnormal": "Abnormal", "ef": "ef", "reduced_ef": lambda item: item["ef"] < 50, "view": "view"},
         log_dir=str(tmp_path),
         **kw,
     )
@@ -105,6 +110,7 @@ def test_an_informative_encoder_scores_high_every_monitor_step(tmp_path):
     last = monitor.history[-1]
     assert not monitor.collapsed
     assert last["knn_auroc_Abnormal"] > 0.95 and last["knn_r2_ef"] > 0.8 and last["knn_auroc_reduced_ef"] > 0.95
+    assert last["knn_auroc_view"] > 0.95
     assert any(p.name.startswith("events.out.tfevents") for p in tmp_path.iterdir())
 
 
