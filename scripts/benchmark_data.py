@@ -10,10 +10,16 @@ Methods, all sampling the same ``(video, start)`` plan:
 - ``cache_dataloader`` / ``reference_dataloader``: both through a ``torch.utils.data.DataLoader`` with
   ``--workers`` workers (worker start-up included, as in every epoch).
 
+``--mode cache-lookup`` times :class:`~medssl_monai.data.cache.ClipCache` lookups alone in caches of
+``--entries`` entries (tiny arrays, a stub decoder: only the lookup, the write and the stale-entry removal count):
+a hit, a miss (a new source), an edited source (its stale entry removed), and a miss with the previous stale-entry
+removal (a ``glob`` of the folder per miss), whose cost grows with the number of entries.
+
 Usage::
 
     python scripts/benchmark_data.py --num-videos 16 --out runs/benchmark_data.json
     python scripts/benchmark_data.py --root /data/EchoNet-Dynamic --out bench.json   # real data
+    python scripts/benchmark_data.py --mode cache-lookup --entries 100,1000,10000
 
 Prints a markdown table and writes the numbers (and the machine) to ``--out`` as JSON.
 """
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import sys
@@ -31,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+import medssl_monai.data.cache as cache_module
 from medssl_monai.data.cache import ClipCache
 from medssl_monai.data.echonet import load_echonet_datalist
 from medssl_monai.data.video import read_video, to_clip
@@ -212,9 +220,110 @@ def run_benchmark(
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _cpus() -> int:
-    import os
+class _GlobPerMissCache(ClipCache):
+    """The previous stale-entry removal: every miss lists the folder (``glob``), O(entries) per miss."""
 
+    def _drop_stale(self, keep: Path) -> None:
+        for old in self.cache_dir.glob(f"{keep.name.split('-', 1)[0]}-*.npy"):
+            if old != keep:
+                old.unlink(missing_ok=True)
+
+
+def _tiny_frames(path: Path) -> np.ndarray:
+    return np.zeros((1, 2, 2, 1), dtype=np.uint8)  # a stub decoder: the lookup is what is timed
+
+
+def _fill(folder: Path, entries: int, cache: ClipCache) -> list[Path]:
+    """``entries`` source files, each with its entry written directly (no miss path: building is not timed)."""
+    sources = []
+    folder.mkdir(parents=True)
+    cache.cache_dir.mkdir(parents=True)
+    frames = _tiny_frames(folder)
+    for i in range(entries):
+        src = folder / f"s{i:06d}.bin"
+        src.write_bytes(i.to_bytes(4, "little"))
+        np.save(cache.entry_path(src), frames, allow_pickle=False)
+        sources.append(src)
+    return sources
+
+
+def _per_call_us(fn, args: list) -> float:
+    t0 = time.perf_counter()
+    for a in args:
+        fn(a)
+    return (time.perf_counter() - t0) / len(args) * 1e6
+
+
+def run_cache_lookup(entry_counts: list[int], lookups: int, seed: int) -> dict:
+    """Per-lookup microseconds of hits and misses in caches of each size in ``entry_counts``."""
+    result: dict = {"machine": {"cpu": cpu_model(), "cpus": _cpus(), "python": platform.python_version()}}
+    rng = np.random.default_rng(seed)
+    rows = []
+    for n in entry_counts:
+        tmp = Path(tempfile.mkdtemp(prefix="medssl_lookup_"))
+        try:
+            cache = ClipCache(tmp / "cache", decoder=_tiny_frames)
+            sources = _fill(tmp / "src", n, cache)
+            listings = cache_module._INDEX.listings
+            new = [tmp / "src" / f"new{i}.bin" for i in range(2 * lookups + 1)]
+            for i, p in enumerate(new):
+                p.write_bytes(b"new" + i.to_bytes(4, "little"))
+            t0 = time.perf_counter()
+            cache.frames(new[0])  # the process's first miss in this folder: one listing
+            first = (time.perf_counter() - t0) * 1e6
+            hits = [sources[i] for i in rng.integers(0, n, lookups)]
+            hit = _per_call_us(cache.frames, hits)
+            miss = _per_call_us(cache.frames, new[1 : lookups + 1])
+            edited = [sources[i] for i in rng.choice(n, size=min(lookups, n), replace=False)]
+            for p in edited:  # a newer mtime: the entry is stale, its source misses
+                st = p.stat()
+                os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+            stale = _per_call_us(cache.frames, edited)
+            assert len(list(cache.cache_dir.glob("*.npy"))) == n + lookups + 1, "a stale entry was left behind"
+            listed = cache_module._INDEX.listings - listings
+            glob_cache = _GlobPerMissCache(tmp / "cache", decoder=_tiny_frames)
+            glob_miss = _per_call_us(glob_cache.frames, new[lookups + 1 :])
+            rows.append(
+                {
+                    "entries": n,
+                    "hit_us": hit,
+                    "miss_us": miss,
+                    "edited_us": stale,
+                    "first_miss_us": first,
+                    "listings": listed,
+                    "glob_miss_us": glob_miss,
+                }
+            )
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    result["lookups"] = lookups
+    result["rows"] = rows
+    return result
+
+
+def markdown_lookup(result: dict) -> str:
+    """The cache-lookup result as a markdown table plus the machine."""
+    lines = [
+        "| entries | hit (us) | miss (us) | edited source (us) | first miss: one listing (us) "
+        "| miss, glob per miss (previous, us) |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in result["rows"]:
+        lines.append(
+            f"| {r['entries']:,} | {r['hit_us']:.0f} | {r['miss_us']:.0f} | {r['edited_us']:.0f} "
+            f"| {r['first_miss_us']:.0f} | {r['glob_miss_us']:.0f} |"
+        )
+    m = result["machine"]
+    lines.append("")
+    lines.append(
+        f"{result['lookups']} lookups of each kind per size, mean per call; a miss includes writing the (tiny) entry "
+        f"with its fsync. Folder listings by this process: {[r['listings'] for r in result['rows']]} (one per cache)."
+    )
+    lines.append(f"Machine: {m['cpu']}, {m['cpus']} CPUs, Python {m['python']}.")
+    return "\n".join(lines)
+
+
+def _cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
@@ -254,7 +363,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    parser.add_argument("--mode", choices=("clips", "cache-lookup"), default="clips")
+    parser.add_argument("--entries", default="100,1000,10000", help="cache-lookup: cache sizes, comma-separated")
+    parser.add_argument("--lookups", type=int, default=200, help="cache-lookup: lookups of each kind per size")
     args = parser.parse_args(argv)
+    if args.mode == "cache-lookup":
+        result = run_cache_lookup([int(n) for n in args.entries.split(",")], args.lookups, args.seed)
+        print(markdown_lookup(result))
+        if args.out is not None:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(result, indent=2))
+        return result
     result = run_benchmark(
         args.root,
         args.num_videos,

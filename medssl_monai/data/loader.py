@@ -25,6 +25,8 @@ from typing import Any
 from monai.data import DataLoader as MonaiDataLoader
 from monai.data.utils import worker_init_fn as monai_worker_init_fn
 
+from medssl_monai.data.cache import check_dataset_cache_space
+
 __all__ = ["DataLoader", "default_stall_warning_s", "format_thread_stacks"]
 
 logger = logging.getLogger(__name__)
@@ -163,6 +165,9 @@ class _WatchedIterator:
 class DataLoader(MonaiDataLoader):
     """``monai.data.DataLoader`` that warns with stacks when no batch arrives for ``stall_warning_s`` seconds.
 
+    On construction it checks that the decoded-clip cache the dataset reads through has room for the entries still
+    to build (:func:`~medssl_monai.data.cache.check_dataset_cache_space`).
+
     Args:
         dataset: the dataset.
         num_workers: worker processes, as for ``monai.data.DataLoader``.
@@ -172,6 +177,8 @@ class DataLoader(MonaiDataLoader):
     """
 
     def __init__(self, dataset: Any, num_workers: int = 0, stall_warning_s: float | None = None, **kwargs: Any):
+        # every bundle loader is built before the first epoch: a clip cache its disk cannot hold stops the run here
+        check_dataset_cache_space(dataset)
         self.stall_warning_s = default_stall_warning_s() if stall_warning_s is None else float(stall_warning_s)
         if num_workers > 0:
             kwargs["worker_init_fn"] = _WorkerInit(kwargs.get("worker_init_fn", monai_worker_init_fn))

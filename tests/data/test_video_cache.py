@@ -154,3 +154,62 @@ def test_parallel_build(tmp_path: Path) -> None:
     assert cache.build(paths, progress=False) == {"built": 0, "cached": 3, "failed": {}}
     for p in paths:
         np.testing.assert_array_equal(cache.frames(p), read_video(p))
+
+
+def _no_listing(*args, **kwargs):
+    raise AssertionError("a cache lookup listed the cache folder")
+
+
+def test_miss_does_not_list_the_folder_and_an_edit_invalidates(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(cache_module, "_INDEX", cache_module._EntryIndex())  # this test's process-level index
+    cache = ClipCache(tmp_path / "cache")
+    edited, fresh = write_video(tmp_path / "a.avi", _frames(seed=1)), tmp_path / "b.avi"
+    for i in range(20):  # other entries in the folder: a listing would see them
+        cache._write(cache.cache_dir / f"{i:040x}-1-1.npy", _frames(t=1))
+    cache.frames(edited)  # the first miss of this process lists the folder once
+    assert cache_module._INDEX.listings == 1
+    old_entry = cache.entry_path(edited)
+
+    write_video(edited, _frames(t=4, seed=2))  # edited in place: a new size and mtime
+    st = edited.stat()
+    os.utime(edited, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    write_video(fresh, _frames(seed=3))
+    monkeypatch.setattr(os, "scandir", _no_listing)
+    monkeypatch.setattr(os, "listdir", _no_listing)
+    monkeypatch.setattr(Path, "glob", _no_listing)
+    monkeypatch.setattr(Path, "iterdir", _no_listing)
+    monkeypatch.setattr(Path, "rglob", _no_listing)
+
+    assert edited not in cache
+    np.testing.assert_array_equal(cache.frames(edited), read_video(edited))  # rebuilt from the edited file
+    assert cache.frames(edited).shape[0] == 4 and not old_entry.exists()  # the stale entry is gone
+    np.testing.assert_array_equal(cache.frames(fresh), read_video(fresh))  # a plain miss
+    assert cache_module._INDEX.listings == 1
+    monkeypatch.undo()
+    assert sum(1 for _ in cache.cache_dir.glob("*.npy")) == 22  # 20 others + the two sources, one entry each
+
+
+def test_stale_entry_of_an_earlier_process_is_removed(tmp_path: Path, video: Path, monkeypatch) -> None:
+    cache = ClipCache(tmp_path / "cache")
+    entry = cache.entry_path(video)
+    earlier = entry.with_name(f"{entry.name.split('-', 1)[0]}-1-1.npy")  # the source at another fingerprint
+    cache._write(earlier, _frames(t=2))
+    monkeypatch.setattr(cache_module, "_INDEX", cache_module._EntryIndex())  # a new process: nothing listed yet
+    cache.frames(video)
+    assert _entries(cache.cache_dir) == [entry]
+
+
+def _child_listings(cache_dir: str, path: str, queue) -> None:
+    ClipCache(cache_dir).frames(path)
+    queue.put(cache_module._INDEX.listings)
+
+
+def test_each_process_lists_once(tmp_path: Path, video: Path) -> None:
+    # a forked worker must not trust its parent's listing (its lock may even have been held at the fork)
+    ClipCache(tmp_path / "cache").frames(write_video(tmp_path / "parent.avi", _frames(seed=4)))
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child_listings, args=(str(tmp_path / "cache"), str(video), queue))
+    proc.start()
+    proc.join(timeout=60)
+    assert proc.exitcode == 0 and queue.get(timeout=5) == 1
