@@ -2,15 +2,20 @@
 
 Every bundle's ``dataset_dir`` defaults to :func:`synthetic_dataset`, which writes the synthetic dataset on
 first use (deterministic, a few seconds) and returns its folder. Point ``--dataset_dir`` at a real dataset
-(EchoNet-Dynamic, CAMUS, ...) to use that instead.
+(EchoNet-Dynamic, CAMUS, ...) to use that instead. A run on the built-in data logs one WARNING naming it and its
+folder (:func:`warn_synthetic`, once per folder and process), so a forgotten ``--dataset_dir`` is not silent.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
-__all__ = ["default_data_root", "default_num_workers", "synthetic_dataset"]
+__all__ = ["default_data_root", "default_num_workers", "synthetic_dataset", "warn_synthetic"]
+
+logger = logging.getLogger(__name__)
+_WARNED: set[str] = set()  # folders already announced in this process
 
 _MAKERS = {
     "echonet": "make_echonet",
@@ -43,12 +48,14 @@ def synthetic_dataset(
     size: str | None = None,
     seed: int = 0,
     num_workers: int | None = None,
+    warn: bool = True,
 ) -> str:
     """Folder of the synthetic dataset ``kind`` (one of ``echonet``, ``camus``, ``ultrasound``, ``timed_series``),
     written by :func:`medssl_monai.data.synthetic.make_all` if it is not there yet.
 
     ``size`` defaults to ``$MEDSSL_SYNTHETIC_SIZE`` or ``"small"`` (the tests set ``tiny``); ``num_workers`` to
-    :func:`default_num_workers` (the files do not depend on it).
+    :func:`default_num_workers` (the files do not depend on it). ``warn``: log :func:`warn_synthetic` (a bundle's
+    default ``dataset_dir``; off for a caller that builds on it and warns itself).
     """
     size = size or os.environ.get("MEDSSL_SYNTHETIC_SIZE", "small")
     if kind not in _MAKERS:
@@ -61,4 +68,18 @@ def synthetic_dataset(
         size=size,
         num_workers=default_num_workers(size) if num_workers is None else num_workers,
     )
+    if warn:
+        warn_synthetic(kind, out[kind])
     return str(out[kind])
+
+
+def warn_synthetic(kind: str, folder: str | Path) -> None:
+    """Log one WARNING (per ``folder`` and process) that a run uses the built-in synthetic ``kind`` data there."""
+    key = str(Path(folder).resolve())
+    if key in _WARNED:
+        return
+    _WARNED.add(key)
+    logger.warning(
+        f"using the built-in synthetic {kind} dataset in {folder} (no --dataset_dir given): a demonstration, not real "
+        "data; pass --dataset_dir to train, evaluate or infer on a real dataset"
+    )

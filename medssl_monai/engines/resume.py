@@ -18,6 +18,13 @@
    draws, batches discarded without a training step) and then restores the saved RNG states, so the next batch,
    masks and dropout are the ones the uninterrupted run used.
 
+The checkpoint also holds the run record (:mod:`~medssl_monai.engines.run_record`: the resolved settings that
+define the run); a file of a run with other settings stops the run before training (exit status 2 on a command
+line) naming each difference. The previous checkpoint is kept as ``<filename>.prev``: a damaged file (empty,
+truncated, not a checkpoint) is named with what is wrong and that one is resumed instead
+(:mod:`~medssl_monai.engines.resume_files`). Temporary files of interrupted writes in ``save_dir`` are removed at
+start, and every model file the run writes there gets its record as ``<model file>.json``.
+
 Exactness holds on the CPU with ``num_workers=0`` or non-persistent workers (workers are re-seeded per epoch
 from the reseeded torch RNG). With ``persistent_workers=True`` the workers' transform RNGs carry over epochs and
 are not in the checkpoint: the data order is still exact, augmentation draws after a resume are not, unless the
@@ -40,6 +47,13 @@ from ignite.handlers import Checkpoint
 
 from medssl_monai.distributed import rank as dist_rank
 from medssl_monai.engines.checkpoint import atomic_torch_save, load_rng_state_dict, rng_state_dict
+from medssl_monai.engines.resume_files import (
+    DamagedCheckpointError,
+    keep_previous,
+    read_resume_file,
+    remove_stale_temp_files,
+)
+from medssl_monai.engines.run_record import ModelRecordWriter, check_resume_record, current_run_record, stop_run
 
 __all__ = ["ResumeHandler", "EarlyStopState", "epoch_seed", "seed_everything"]
 
@@ -136,6 +150,9 @@ class ResumeHandler:
         save: write checkpoints (``False`` on non-zero DDP ranks); resume loading happens regardless.
         evaluator: optional validator whose ``best_metric``/``best_metric_epoch`` are saved and restored.
         reseed_each_epoch: reseed at each ``EPOCH_STARTED`` (required for an exact mid-epoch resume).
+        run_record: what defines the run (:func:`~medssl_monai.engines.run_record.build_run_record`), saved in the
+            checkpoint and compared on resume; ``"auto"``: from the bundle config that builds this handler
+            (``None`` outside one); ``None``: none (not checked).
     """
 
     def __init__(
@@ -149,17 +166,28 @@ class ResumeHandler:
         save: bool = True,
         evaluator: Any = None,
         reseed_each_epoch: bool = True,
+        run_record: Mapping[str, Any] | str | None = "auto",
     ) -> None:
         if "trainer" in save_dict:
             raise ValueError("ResumeHandler: save_dict must not contain 'trainer' (the attached engine is added)")
         if int(checkpoint_every) < 0:
             raise ValueError(f"ResumeHandler: checkpoint_every must be >= 0, got {checkpoint_every}")
         self.path = Path(save_dir) / filename
+        self.prev_path = self.path.with_name(self.path.name + ".prev")  # the checkpoint before the last one
+        if isinstance(run_record, str):
+            if run_record != "auto":
+                raise ValueError(f"ResumeHandler: run_record must be a mapping, 'auto' or None, got {run_record!r}")
+            run_record = current_run_record()
+        self.run_record: dict[str, Any] | None = None if run_record is None else dict(run_record)
+        self._keep_previous = True  # False after resuming from .prev: the damaged file is not kept as previous
         self.save_dict = dict(save_dict)
         self.seed = int(seed)
         self.resume = bool(resume)
         self.checkpoint_every = int(checkpoint_every)
         self.save_enabled = bool(save)
+        self._model_records = (
+            ModelRecordWriter(save_dir, self.run_record) if self.run_record is not None and self.save_enabled else None
+        )
         self.evaluator = evaluator
         self.reseed_each_epoch = bool(reseed_each_epoch)
         self.resumed_from: int | None = None  # iteration the run resumed from (None: fresh start)
@@ -171,8 +199,18 @@ class ResumeHandler:
     # ---- attach / events -------------------------------------------------------------------------------
     def attach(self, engine: Engine) -> None:
         """Load the checkpoint (if ``resume`` and present), then register the seeding and saving handlers."""
+        if self.save_enabled:  # only the writing rank: another rank's live temporary file looks the same
+            remove_stale_temp_files(self.path.parent)
         if self.resume and self.path.is_file():
             self.load(engine)
+        elif self.resume and self.prev_path.is_file():
+            logger.warning(
+                f"resume: no {self.path.name} but {self.prev_path} exists: starting over (to resume from it, rename "
+                f"it to {self.path.name})"
+            )
+        if self._model_records is not None:
+            self._model_records.snapshot()  # model files already there are an earlier run's until rewritten
+            engine.add_event_handler(Events.COMPLETED, self._model_records.update)
         engine.add_event_handler(Events.STARTED, self._started)
         engine.add_event_handler(Events.EPOCH_STARTED, self._epoch_started)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_completed)
@@ -223,6 +261,8 @@ class ResumeHandler:
             "rng": rng_state_dict(),
             "seed": self.seed,
         }
+        if self.run_record is not None:
+            state["run_record"] = self.run_record
         if self.evaluator is not None:
             best = getattr(self.evaluator.state, "best_metric", None)
             state["evaluator"] = {
@@ -232,15 +272,52 @@ class ResumeHandler:
         return state
 
     def save(self, engine: Engine) -> None:
-        """Write the checkpoint atomically (a crash while writing keeps the previous one)."""
+        """Write the checkpoint atomically (a crash while writing keeps the previous one), keep the one it
+        replaces as ``<filename>.prev``, and write the record of any model file written since the last save."""
         if self.save_enabled:
+            if self._keep_previous:
+                keep_previous(self.path, self.prev_path)
+            self._keep_previous = True
             atomic_torch_save(self.state_dict(engine), self.path)
+            if self._model_records is not None:
+                self._model_records.update(engine)
+
+    def _read(self) -> dict[str, Any]:
+        """The checkpoint in ``self.path`` or, when that file is damaged, in ``self.prev_path`` (with a warning).
+
+        Stops the run (exit status 2 on a command line, else :class:`DamagedCheckpointError`) naming both files
+        and what is wrong when neither can be used.
+        """
+        try:
+            return read_resume_file(self.path)
+        except DamagedCheckpointError as e:
+            damaged = e
+        if not self.prev_path.is_file():
+            previous = f"{self.prev_path} does not exist"
+        else:
+            try:
+                ckpt = read_resume_file(self.prev_path)
+            except DamagedCheckpointError as e:
+                previous = str(e)
+            else:
+                logger.warning(f"resume: {damaged}; resuming from the previous checkpoint {self.prev_path} instead")
+                self._keep_previous = False
+                return ckpt
+        stop_run(
+            DamagedCheckpointError(
+                self.path,
+                f"{damaged.problem}, and there is no usable previous checkpoint ({previous}); cannot resume. "
+                f"Delete {self.path} or add --resume False to start over.",
+            )
+        )
+        raise AssertionError("unreachable")  # stop_run always raises
 
     def load(self, engine: Engine) -> None:
         """Restore objects, counters and RNG from ``self.path`` (``weights_only=True``: no code runs)."""
-        ckpt = torch.load(self.path, map_location="cpu", weights_only=True)
+        ckpt = self._read()
         if ckpt.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{self.path}: unknown resume checkpoint format {ckpt.get('format_version')!r}")
+        check_resume_record(self.path, ckpt.get("run_record"), self.run_record)  # before anything is restored
         missing = sorted(set(self.save_dict) - set(ckpt["objects"]))
         if missing:
             raise KeyError(f"{self.path}: checkpoint lacks {missing} (it has {sorted(ckpt['objects'])})")

@@ -81,10 +81,12 @@ def synthetic_arrays(
 
     ``num_workers`` defaults as in :func:`~medssl_monai.data.defaults.synthetic_dataset`.
     """
-    from medssl_monai.data.defaults import default_num_workers, synthetic_dataset
+    from medssl_monai.data.defaults import default_num_workers, synthetic_dataset, warn_synthetic
 
     size = size or os.environ.get("MEDSSL_SYNTHETIC_SIZE", "small")
     workers = default_num_workers(size) if num_workers is None else num_workers
-    echonet = Path(synthetic_dataset("echonet", size=size, seed=seed, num_workers=workers))
-    out = echonet.parent / f"arrays_{num_frames}x{image_size}"
-    return str(make_arrays(out, echonet, num_frames, image_size, num_workers=workers))
+    echonet = Path(synthetic_dataset("echonet", size=size, seed=seed, num_workers=workers, warn=False))
+    root = echonet.parent / f"arrays_{num_frames}x{image_size}"
+    out = make_arrays(root, echonet, num_frames, image_size, num_workers=workers)
+    warn_synthetic("arrays", out)  # the folder this run reads, not the EchoNet set it is converted from
+    return str(out)
