@@ -3,7 +3,8 @@
 * :func:`atomic_torch_save`: ``torch.save`` to a temporary file in the target folder, ``fsync``, then
   ``os.replace``: a crash or a full disk while writing leaves the previous file intact.
 * :class:`AtomicCheckpointSaver`: MONAI's ``CheckpointSaver`` (which writes in place, ``atomic=False``) with
-  every file written by :func:`atomic_torch_save`.
+  every file written by :func:`atomic_torch_save`, never of NaN weights, and final files only for a run that
+  ended (not one that raised or was interrupted).
 * :func:`rng_state_dict` / :func:`load_rng_state_dict`: the python, numpy and torch (CPU and CUDA) generator
   states as tensors and numbers only, so a checkpoint never needs pickled objects.
 """
@@ -17,7 +18,7 @@ import re
 import stat
 import tempfile
 import types
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,8 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
 from monai.handlers import CheckpointSaver
+
+from medssl_monai.engines.finite import before_checkpoint_write
 
 __all__ = ["atomic_torch_save", "AtomicCheckpointSaver", "rng_state_dict", "load_rng_state_dict"]
 
@@ -63,43 +66,81 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     return path
 
 
-def _atomic_save_func(self: Any, checkpoint: Mapping, path: Path, func: Any) -> None:
-    """Replacement for ignite ``DiskSaver._save_func`` (``self`` is the saver) writing via ``atomic_torch_save``."""
-    if func is torch.save:
-        atomic_torch_save(checkpoint, path)
-        os.chmod(path, os.stat(path).st_mode | stat.S_IRGRP | stat.S_IROTH)
-    else:  # e.g. xla's save: keep ignite's behaviour
-        func(checkpoint, path, **self.kwargs)
+def _atomic_save_func(saver: AtomicCheckpointSaver, objects: Mapping[str, Any], pending: list[str]) -> Callable:
+    """Replacement for ignite ``DiskSaver._save_func`` writing via ``atomic_torch_save``.
+
+    Before writing, the trainer's :class:`~medssl_monai.engines.finite.NonFiniteGuard` (if any) and the
+    finiteness of the weights in ``objects`` are checked (a diverged run raises, and the file keeps its previous
+    content); after writing, the files the rotation dropped (``pending``) are deleted.
+    """
+
+    def save(handler: Any, checkpoint: Mapping, path: Path, func: Any) -> None:
+        # this writer runs on one DDP rank only: no collective in the guard's check
+        before_checkpoint_write(saver.engine, path, objects, collective=False)
+        if func is torch.save:
+            atomic_torch_save(checkpoint, path)
+            os.chmod(path, os.stat(path).st_mode | stat.S_IRGRP | stat.S_IROTH)
+        else:  # e.g. xla's save: keep ignite's behaviour
+            func(checkpoint, path, **handler.kwargs)
+        for name in pending:
+            if name != Path(path).name:
+                (Path(handler.dirname) / name).unlink(missing_ok=True)
+        pending.clear()
+
+    return save
 
 
 class AtomicCheckpointSaver(CheckpointSaver):
-    """MONAI ``CheckpointSaver`` whose final, key-metric and interval files are written atomically.
+    """MONAI ``CheckpointSaver`` whose final, key-metric and interval files are written atomically and never hold
+    NaN weights; the final file only when the run ended.
 
     MONAI builds its ignite ``DiskSaver`` with ``atomic=False`` (to keep group read permission), so a kill
-    during ``torch.save`` leaves a truncated ``model.pt``. This subclass keeps every argument and behaviour of
-    ``CheckpointSaver`` and swaps the savers' write for :func:`atomic_torch_save` (permissions kept). After a
-    resume it also keeps the best-model file unless a validation beats the restored best score.
+    during ``torch.save`` leaves a truncated ``model.pt``. This subclass keeps every argument of
+    ``CheckpointSaver`` and
+
+    * swaps the savers' write for :func:`atomic_torch_save` (permissions kept); a file the rotation drops
+      (``n_saved``) is deleted after the new one is written, not before;
+    * before every write consults the trainer's :class:`~medssl_monai.engines.finite.NonFiniteGuard` and checks
+      that the modules' weights and the optimizer state are finite
+      (:class:`~medssl_monai.errors.NonFiniteStateError` otherwise; the file keeps its previous content);
+    * writes the final file (``save_final``) at ``COMPLETED`` only: when the run reached ``max_epochs`` or was
+      stopped by ``terminate()`` (early stopping, the resume of a finished run). MONAI's saver also writes it on
+      ``EXCEPTION_RAISED``: half-trained weights named like a finished model after a crash or Ctrl-C;
+    * after a resume keeps the best-model file unless a validation beats the restored best score.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.engine: Engine | None = None  # set by attach (its guard is consulted before each write)
         self._key_metric_sign = -1.0 if kwargs.get("key_metric_negative_sign", False) else 1.0
         for ckpt in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
             if ckpt is not None:
                 handler = ckpt.save_handler
-                handler._save_func = types.MethodType(_atomic_save_func, handler)
+                pending: list[str] = []
+                handler._save_func = types.MethodType(_atomic_save_func(self, ckpt.to_save, pending), handler)
                 if getattr(handler, "filename", None) is not None:
                     # a fixed name (model.pt) is replaced atomically: ignite's remove-then-write would leave
                     # no file at all if killed in between
                     handler.remove = lambda filename: None
+                else:  # deleted once the next file is written: a refused or failed write keeps the last one
+                    handler.remove = pending.append
 
     def attach(self, engine: Engine) -> None:
         """``CheckpointSaver.attach`` plus, for the key-metric file, remembering a resumed run's best score."""
+        self.engine = engine
         super().attach(engine)
         if self._key_metric_checkpoint is not None:
             engine.add_event_handler(Events.STARTED, self._remember_best)
         if self._interval_checkpoint is not None:
             engine.add_event_handler(Events.STARTED, self._remember_interval_files)
+
+    def exception_raised(self, engine: Engine, e: Exception) -> None:
+        """Re-raise ``e`` without saving: weights of a run that failed are not a final model.
+
+        It stays registered for ``EXCEPTION_RAISED`` (``CheckpointSaver.attach``): removing it would leave ignite an
+        empty handler list for that event, and ignite then swallows the exception instead of raising it.
+        """
+        raise e
 
     def _remember_interval_files(self, engine: Engine) -> None:
         """After a resume, count the interval files the killed run left (``checkpoint_epoch=K.pt``) towards

@@ -47,6 +47,7 @@ from ignite.handlers import Checkpoint
 
 from medssl_monai.distributed import rank as dist_rank
 from medssl_monai.engines.checkpoint import atomic_torch_save, load_rng_state_dict, rng_state_dict
+from medssl_monai.engines.finite import before_checkpoint_write
 from medssl_monai.engines.resume_files import (
     DamagedCheckpointError,
     keep_previous,
@@ -273,7 +274,10 @@ class ResumeHandler:
 
     def save(self, engine: Engine) -> None:
         """Write the checkpoint atomically (a crash while writing keeps the previous one), keep the one it
-        replaces as ``<filename>.prev``, and write the record of any model file written since the last save."""
+        replaces as ``<filename>.prev``, and write the record of any model file written since the last save.
+
+        A diverged run (a NaN loss so far, NaN weights) raises first: the file keeps the last finite state."""
+        before_checkpoint_write(engine, self.path, self.save_dict)  # every rank: all of them stop together
         if self.save_enabled:
             if self._keep_previous:
                 keep_previous(self.path, self.prev_path)
