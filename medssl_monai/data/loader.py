@@ -7,6 +7,12 @@ WARNING with the stacks of every thread of the waiting process, then signals eac
 ``faulthandler`` prints the stacks of its threads on the same standard error. It warns again every
 ``stall_warning_s`` while the wait goes on. Nothing changes in the batches, their order or the workers' seeding
 (MONAI's ``worker_init_fn`` still runs first).
+
+Unreadable samples (:mod:`medssl_monai.data.robust`): with ``on_bad_sample`` (validation, evaluation, inference)
+the loader wraps its dataset in ``SkipBadSamples(replace=False)`` and its collate in ``SkipBadCollate``; each pass
+collects the samples left out in ``loader.bad_samples`` and leaves out a batch that became empty. For a dataset
+that already is a ``SkipBadSamples`` (training), the skips of every worker are added up, logged and checked against
+its ``max_bad_fraction`` when the pass's last batch arrives.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from monai.data import DataLoader as MonaiDataLoader
 from monai.data.utils import worker_init_fn as monai_worker_init_fn
 
 from medssl_monai.data.cache import check_dataset_cache_space
+from medssl_monai.data.robust import BAD_SAMPLES_KEY, BadSample, SkipBadCollate, SkipBadSamples
 
 __all__ = ["DataLoader", "default_stall_warning_s", "format_thread_stacks"]
 
@@ -162,6 +169,71 @@ class _WatchedIterator:
         return getattr(self._iterator, name)
 
 
+class _PassIterator:
+    """One pass of a loader over a ``SkipBadSamples`` dataset: markers collected, empty batches left out, and the
+    pass's skips checked when its last batch arrives (training stops at ``max_bad_fraction``).
+
+    Nothing starts before the first ``next()``: Ignite creates an iterator it never reads when an evaluator's epoch
+    ends early (:class:`~medssl_monai.data.robust.SkippedSamplesHandler`), which must neither start workers nor
+    clear the last pass's :attr:`DataLoader.bad_samples`.
+    """
+
+    def __init__(self, loader: DataLoader, skipping: SkipBadSamples) -> None:
+        self._loader = loader
+        self._skipping = skipping
+        self._iterator: Any = None
+        self._start: tuple[int, int] = (0, 0)
+        self._total = len(loader)
+        self._fetched = 0
+        self._finished = False
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __len__(self) -> int:
+        return self._total
+
+    def _begin(self) -> None:
+        self._start = self._skipping.counts()  # before the workers start on this pass
+        self._iterator = self._loader._batches()
+        self._total = len(self._iterator)
+        self._loader.bad_samples = []
+
+    def _finish(self) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        bad: list[BadSample] = self._loader.bad_samples
+        if not self._skipping.replace and bad:
+            # the whole pass in one place: the workers' lines are interleaved with everything else
+            files = "; ".join(f"{s.file} ({s.reason})" for s in bad[:20]) + (" ..." if len(bad) > 20 else "")
+            requested = self._skipping.counts()[0] - self._start[0]
+            logger.warning(f"{len(bad)} of {requested} samples could not be read and were left out: {files}")
+        elif self._skipping.replace:
+            self._skipping.check_pass(self._start)
+
+    def __next__(self) -> Any:
+        if self._iterator is None:
+            self._begin()
+        while True:
+            try:
+                batch = next(self._iterator)
+            except StopIteration:
+                self._finish()
+                raise
+            self._fetched += 1
+            if isinstance(batch, dict) and BAD_SAMPLES_KEY in batch:
+                self._loader.bad_samples.extend(batch.pop(BAD_SAMPLES_KEY))
+            if self._fetched >= self._total:
+                # Ignite stops at the epoch length without asking for more: the last batch ends the pass
+                self._finish()
+            if isinstance(batch, dict) and not batch:
+                if self._fetched >= self._total:
+                    raise StopIteration
+                continue  # every sample of the batch was left out
+            return batch
+
+
 class DataLoader(MonaiDataLoader):
     """``monai.data.DataLoader`` that warns with stacks when no batch arrives for ``stall_warning_s`` seconds.
 
@@ -173,17 +245,41 @@ class DataLoader(MonaiDataLoader):
         num_workers: worker processes, as for ``monai.data.DataLoader``.
         stall_warning_s: seconds a ``next()`` may wait before the warning (``None``: $MEDSSL_LOADER_STALL_S or
             600; ``0``: no watchdog).
+        on_bad_sample: ``None`` (default: samples are loaded as they are), ``"skip"`` (an unreadable sample is
+            logged and left out of its batch; :attr:`bad_samples` lists it) or ``"raise"`` (it stops the run,
+            naming the file): see :class:`~medssl_monai.data.robust.SkipBadSamples` with ``replace=False``.
         kwargs: everything else ``monai.data.DataLoader`` takes.
+
+    Attributes:
+        bad_samples: the :class:`~medssl_monai.data.robust.BadSample` markers left out in the current (or last)
+            pass, in loader order (main process).
     """
 
-    def __init__(self, dataset: Any, num_workers: int = 0, stall_warning_s: float | None = None, **kwargs: Any):
+    def __init__(
+        self,
+        dataset: Any,
+        num_workers: int = 0,
+        stall_warning_s: float | None = None,
+        on_bad_sample: str | None = None,
+        **kwargs: Any,
+    ):
         # every bundle loader is built before the first epoch: a clip cache its disk cannot hold stops the run here
         check_dataset_cache_space(dataset)
         self.stall_warning_s = default_stall_warning_s() if stall_warning_s is None else float(stall_warning_s)
         if num_workers > 0:
             kwargs["worker_init_fn"] = _WorkerInit(kwargs.get("worker_init_fn", monai_worker_init_fn))
+        if on_bad_sample is not None:
+            dataset = SkipBadSamples(dataset, on_bad_sample=on_bad_sample, replace=False)
+        if isinstance(dataset, SkipBadSamples) and not dataset.replace:
+            kwargs["collate_fn"] = SkipBadCollate(kwargs.get("collate_fn"))
+        self.bad_samples: list[BadSample] = []
         super().__init__(dataset, num_workers=num_workers, **kwargs)
 
-    def __iter__(self) -> Any:
+    def _batches(self) -> Any:
         iterator = super().__iter__()
         return _WatchedIterator(iterator, self) if self.stall_warning_s > 0 else iterator
+
+    def __iter__(self) -> Any:
+        if isinstance(self.dataset, SkipBadSamples):
+            return _PassIterator(self, self.dataset)
+        return self._batches()

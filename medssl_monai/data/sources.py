@@ -5,10 +5,17 @@ Sources: video files (``.avi``, ``.mp4``, ...), frame folders (``00000.jpg``, ``
 ``uint8``) and medical image sequences: NIfTI (``.nii``/``.nii.gz``, stored ``W x H x T`` as CAMUS does, or
 ``W x H x 1 x T``; read with nibabel) and ITK MetaImage (``.mhd`` + ``.raw`` or ``.mha``, the original CAMUS release;
 read with ITK).
+
+Arrays and sequences that are not 8-bit are converted where the intent is clear and refused with the file and the
+problem otherwise (:func:`to_uint8`): float intensities in ``[0, 1]`` are scaled to ``0..255``, whole numbers in
+``0..255`` kept. A 3D sequence is read with time last (``W x H x T``) unless its shape says otherwise
+(:func:`sequence_layout`): square frames stored time first (``T x H x W``, a numpy video saved as it is) are read
+time first.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
@@ -28,7 +35,14 @@ __all__ = [
     "is_nifti",
     "METAIMAGE_EXTENSIONS",
     "read_medical_image",
+    "sequence_layout",
+    "to_uint8",
 ]
+
+logger = logging.getLogger(__name__)
+
+# a frame side below this is not an image one would segment or embed: used to tell time from space
+_MIN_FRAME_SIDE = 16
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 METAIMAGE_EXTENSIONS = (".mhd", ".mha")
@@ -142,31 +156,85 @@ def _decode_folder(folder: Path) -> np.ndarray:
     return np.stack(frames)
 
 
+def to_uint8(data: np.ndarray, path: str | Path) -> np.ndarray:
+    """Intensities as ``uint8`` where the intent is clear, else a :class:`DataError` naming the file and the problem.
+
+    ``uint8`` is kept; integers (and whole-number floats, e.g. a label sequence saved as float) in ``0..255`` are
+    cast; floats in ``[0, 1]`` with fractional values (a normalised image) are scaled by 255 and rounded; floats in
+    ``[0, 255]`` are rounded. NaN / infinite values, negative values and values above 255 are errors.
+    """
+    data = np.asarray(data)
+    if data.dtype == np.uint8:
+        return data
+    if data.dtype == bool or data.size == 0:
+        return data.astype(np.uint8)
+    if not np.issubdtype(data.dtype, np.number) or np.iscomplexobj(data):
+        raise DataError(path, f"{data.dtype} intensities cannot be read as 8-bit frames")
+    if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
+        raise DataError(path, f"NaN or infinite intensities ({int((~np.isfinite(data)).sum())} values)")
+    lo, hi = data.min(), data.max()
+    if lo < 0 or hi > 255:
+        raise DataError(
+            path, f"intensities {lo:g}..{hi:g} outside 0..255 (and not 0..1): expected 8-bit frames; rescale them"
+        )
+    if np.issubdtype(data.dtype, np.floating):
+        whole = bool(np.all(data == np.round(data)))
+        if hi <= 1.0 and not whole:  # a normalised [0, 1] image
+            return np.rint(data * 255.0).astype(np.uint8)
+        return np.rint(data).astype(np.uint8)
+    return data.astype(np.uint8)
+
+
 def _decode_npy(path: Path) -> np.ndarray:
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError) as e:
         raise DataError(path, f"cannot be read as a .npy array ({e})") from e
-    if arr.dtype != np.uint8:
-        raise DataError(path, f"expected uint8 frames, got {arr.dtype}")
     if arr.ndim == 3:
-        return np.asarray(arr)[..., None]
+        return to_uint8(arr, path)[..., None]
     if arr.ndim == 4 and arr.shape[-1] in (1, 3):
-        return np.asarray(arr)
+        return to_uint8(arr, path)
     raise DataError(path, f"expected T x H x W or T x H x W x C (C in 1, 3), got shape {arr.shape}")
 
 
+def sequence_layout(shape: tuple[int, ...]) -> str:
+    """``"time_last"`` or ``"time_first"``: how a 3D sequence of stored shape ``shape`` (fastest axis first, as
+    nibabel reports it) holds its frames.
+
+    ``W x H x T`` (time last, the NIfTI / CAMUS convention) unless the shape says otherwise: square frames with time
+    first (``T x H x W`` with ``H == W != T``, a numpy video saved as it is), or time last would give frames narrower
+    than 16 pixels while time first would not. Anything else (all sides different and plausible) is read time last.
+    """
+    s0, s1, s2 = shape
+    if s0 == s1:  # square frames first: time last
+        return "time_last"
+    if s1 == s2:  # square frames last: time first
+        return "time_first"
+    if min(s0, s1) < _MIN_FRAME_SIDE <= min(s1, s2):
+        return "time_first"
+    return "time_last"
+
+
 def _decode_sequence(path: Path) -> np.ndarray:
-    data = read_medical_image(path)  # T x H x W (or T x 1 x H x W: NIfTI W x H x 1 x T)
-    if data.ndim == 4 and data.shape[1] == 1:
-        data = data[:, 0]
-    if data.ndim != 3:
-        raise DataError(path, f"expected a W x H x T sequence, got shape {data.shape[::-1]} (W first)")
-    if data.dtype != np.uint8:
-        if data.min() < 0 or data.max() > 255:
-            raise DataError(path, f"intensities outside 0..255 ({data.min()}..{data.max()}); expected 8-bit frames")
-        data = data.astype(np.uint8)
-    return np.ascontiguousarray(data[..., None])  # T x H x W x 1
+    stored = read_medical_image(path).T  # as stored, fastest axis first: W x H x T (CAMUS), W x H x 1 x T, ...
+    shape = tuple(int(s) for s in stored.shape)
+    sides = [s for s in shape if s > 1]
+    if len(sides) == 2:  # one frame: W x H (x 1)
+        frames = stored.reshape(sides).T[None]
+    elif len(sides) == 3:
+        stored = stored.reshape(sides)
+        if sequence_layout(tuple(sides)) == "time_first":
+            logger.info(f"{path}: stored {' x '.join(map(str, sides))} with time first (T x H x W): read so")
+            frames = stored  # T x H x W already
+        else:
+            frames = stored.T  # W x H x T -> T x H x W
+    else:
+        raise DataError(
+            path,
+            f"expected a 2D sequence W x H x T, got shape {' x '.join(map(str, shape))} "
+            f"({len(sides)} axes longer than 1)",
+        )
+    return np.ascontiguousarray(to_uint8(frames, path)[..., None])  # T x H x W x 1
 
 
 def decode_frames(path: str | Path, min_frames: int = 1) -> np.ndarray:

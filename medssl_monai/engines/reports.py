@@ -9,7 +9,12 @@
 - :class:`VideoMaskWriter`: whole-video inference outputs: a mask for every frame (NIfTI), an overlay video,
   the LV area curve (CSV and PNG) and the EF estimated from the masks (JSON).
 
-All gather on the evaluator's process and write on :meth:`completed`; under DDP run evaluation on one rank.
+All gather on the evaluator's process and write on :meth:`completed`; under DDP run evaluation on one rank. The
+per-video tables (``per_video_ef.csv``, ``predictions.csv``) are appended and flushed as each batch ends, so a crash
+keeps the finished videos. Inputs the loader left out because they could not be read
+(``DataLoader(on_bad_sample="skip")``, :mod:`medssl_monai.data.robust`) are listed: ``summary.json["skipped"]``
+(per report, each file with its reason) and rows with ``status`` ``skipped`` in the per-video tables; the metrics
+are computed on the inputs that were read.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ import pandas as pd
 import torch
 from ignite.engine import Engine, Events
 
+from medssl_monai.data.robust import BadSample, SkipCursor, attach_skipped_samples, skipped_summary
+from medssl_monai.engines.writers import StreamingCsv, sample_id
 from medssl_monai.evaluation.bootstrap import bootstrap_ci, dice_summary
 from medssl_monai.evaluation.ef import ef_from_masks
 from medssl_monai.evaluation.plots import (
@@ -59,6 +66,20 @@ def update_json(path: str | Path, updates: dict) -> Path:
     return path
 
 
+def _with_skipped(path: Path, section: str, samples: list[BadSample], unit: str) -> dict:
+    """The ``skipped`` entry of ``summary.json`` with ``section``'s list of unreadable files replaced."""
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    skipped = dict(data.get("skipped") or {})
+    skipped[section] = skipped_summary(samples, unit)
+    return {"skipped": skipped}
+
+
+def _output_name(vid: str) -> Path:
+    """A relative output path for an input id (``a/1`` -> ``a/1``): no absolute part, no ``..``."""
+    parts = [p for p in Path(str(vid).replace("\\", "/")).parts if p not in ("", ".", "..", "/") and ":" not in p]
+    return Path(*parts) if parts else Path("unnamed")
+
+
 def _list(value, n: int) -> list:
     if isinstance(value, torch.Tensor):
         return value.detach().cpu().reshape(-1).tolist()
@@ -88,9 +109,7 @@ def _dice_table(df: pd.DataFrame, n_resamples: int, seed: int, bootstrap_unit: s
     if bootstrap_unit not in ("frame", "video"):
         raise ValueError(f"bootstrap_unit must be 'frame' or 'video', got {bootstrap_unit!r}")
     groups = df["video_id"].astype(str).to_numpy() if bootstrap_unit == "video" else None
-    results = dice_summary(
-        df["inter"], df["pred_sum"], df["true_sum"], df["phase"], n_resamples, seed, groups=groups
-    )
+    results = dice_summary(df["inter"], df["pred_sum"], df["true_sum"], df["phase"], n_resamples, seed, groups=groups)
     return {
         name: {**r.as_dict(), "frames": len(df) if name == "overall" else int((df["phase"] == name).sum())}
         for name, r in results.items()
@@ -105,14 +124,24 @@ class _Report:
         self.n_resamples = n_resamples
         self.seed = seed
         self.summary: dict = {}
+        self._skips = SkipCursor()
+        self.skipped: list[BadSample] = []
 
     def attach(self, engine: Engine) -> None:
+        attach_skipped_samples(engine)  # the epoch ends where the data does when inputs were left out
         engine.add_event_handler(Events.STARTED, self.reset)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self.iteration_completed)
         engine.add_event_handler(Events.COMPLETED, self.completed)
 
     def reset(self, engine: Engine | None = None) -> None:
         self.rows: list[dict] = []
+        self.skipped = []
+        self._skips.reset()
+
+    def _take_skipped(self, engine: Engine | None) -> list[BadSample]:
+        new = self._skips.take(engine)
+        self.skipped += new
+        return new
 
     def iteration_completed(self, engine: Engine) -> None:
         raise NotImplementedError
@@ -181,15 +210,26 @@ class TracedFrameReport(_Report):
         self.labels.extend((label > 0.5).numpy().astype(np.uint8))
 
     def completed(self, engine: Engine) -> None:
+        self._take_skipped(engine)
+        path = self.output_dir / "summary.json"
         if not self.rows:
-            logger.warning("TracedFrameReport: no frames were evaluated")
+            logger.warning("TracedFrameReport: no frames were evaluated (%d could not be read)", len(self.skipped))
+            update_json(path, _with_skipped(path, "dice", self.skipped, "frames"))
             return
         df = pd.DataFrame(self.rows)
         df["dice"] = frame_dice(df["inter"], df["pred_sum"], df["true_sum"])
         self.output_dir.mkdir(parents=True, exist_ok=True)
         df.to_csv(self.output_dir / "per_frame_dice.csv", index=False)
         self.summary = _dice_table(df, self.n_resamples, self.seed, self.bootstrap_unit)
-        update_json(self.output_dir / "summary.json", {"dice": self.summary})
+        update_json(path, {"dice": self.summary, **_with_skipped(path, "dice", self.skipped, "frames")})
+        if self.skipped:
+            logger.warning(
+                "TracedFrameReport: %d traced frames of %d files could not be read and are not in the Dice "
+                "(listed in %s under 'skipped')",
+                len(self.skipped),
+                len({s.file for s in self.skipped}),
+                path,
+            )
         plot_dice_histogram(df["dice"].to_numpy(), self.output_dir / "dice_histogram.png")
         order = np.argsort(df["dice"].to_numpy(), kind="stable")
         k = min(self.num_overlays, len(order))
@@ -249,19 +289,24 @@ class SequenceDiceReport(_Report):
                 )
 
     def completed(self, engine: Engine) -> None:
+        self._take_skipped(engine)
+        path = self.output_dir / "summary.json"
+        skipped = _with_skipped(path, self.summary_key, self.skipped, "sequences")
         if not self.rows:
             logger.warning("SequenceDiceReport: no frame with ground truth was evaluated")
+            update_json(path, skipped)
             return
         df = pd.DataFrame(self.rows)
         df["dice"] = frame_dice(df["inter"], df["pred_sum"], df["true_sum"])
         self.output_dir.mkdir(parents=True, exist_ok=True)
         df.to_csv(self.output_dir / "per_frame_dice.csv", index=False)
         self.summary = _dice_table(df, self.n_resamples, self.seed)
-        update_json(self.output_dir / "summary.json", {self.summary_key: self.summary})
+        update_json(path, {self.summary_key: self.summary, **skipped})
         logger.info(
-            "Sequence Dice over %d frames of %d videos:\n%s",
+            "Sequence Dice over %d frames of %d videos%s:\n%s",
             len(df),
             df["video_id"].nunique(),
+            f" ({len(self.skipped)} sequences could not be read, listed in {path})" if self.skipped else "",
             format_dice_table(self.summary),
         )
 
@@ -272,7 +317,8 @@ class VideoEFReport(_Report):
     Writes, besides the summary (key ``ef`` of ``summary.json``) and the Bland-Altman and scatter plots:
 
     - ``per_video_ef.csv``: per video the true and estimated EF, the error, and for every beat found its ED and ES
-      frames, areas (pixels), volumes and EF (space-separated, one entry per beat);
+      frames, areas (pixels), volumes and EF (space-separated, one entry per beat), then ``status`` (``ok``, or
+      ``skipped`` for a video that could not be read) and ``reason``; appended and flushed as each video ends;
     - ``per_frame_area.csv``: per video and frame the LV area of the cleaned mask, the smoothed area the frames were
       picked on, the volume, and whether the frame was taken as ED or ES;
     - ``area_curves/<video>.png`` for the ``num_curves`` videos with the largest absolute EF error: the area curve,
@@ -304,10 +350,34 @@ class VideoEFReport(_Report):
         self.num_curves = num_curves
         self.frames: list[pd.DataFrame] = []
         self.curves: dict[str, dict] = {}
+        self._csv: StreamingCsv | None = None
 
     def reset(self, engine: Engine | None = None) -> None:
         super().reset(engine)
         self.frames, self.curves = [], {}
+        if getattr(self, "_csv", None) is not None and self._csv.opened:
+            self._csv.close()
+        self._csv = StreamingCsv(self.output_dir / "per_video_ef.csv", EF_COLUMNS)
+
+    def _stream(self) -> StreamingCsv:
+        if getattr(self, "_csv", None) is None:
+            self._csv = StreamingCsv(self.output_dir / "per_video_ef.csv", EF_COLUMNS)
+        return self._csv
+
+    def _append(self, engine: Engine | None, first: int) -> None:
+        """Write the videos left out since the last call (they came before this batch), then the rows from ``first``."""
+        rows = [
+            {
+                "video_id": sample_id(s, "video_id"),
+                "ef_true": s.item.get(self.ef_key, ""),
+                "status": "skipped",
+                "reason": s.reason,
+            }
+            for s in self._take_skipped(engine)
+        ]
+        rows += [{**r, "status": "ok", "reason": ""} for r in self.rows[first:]]
+        if rows:
+            self._stream().write(rows)
 
     @staticmethod
     def _traced(batch: dict, b: int) -> dict[str, int]:
@@ -322,6 +392,13 @@ class VideoEFReport(_Report):
         return out
 
     def iteration_completed(self, engine: Engine) -> None:
+        first = len(self.rows)
+        try:
+            self._iteration(engine)
+        finally:  # the videos done so far are on disk whatever the next one does
+            self._append(engine, first)
+
+    def _iteration(self, engine: Engine) -> None:
         pred, batch = engine.state.output["pred"].detach().float().cpu(), engine.state.batch
         n = pred.shape[0]
         ids, efs = _list(batch.get("video_id"), n), _list(batch.get(self.ef_key), n)
@@ -391,18 +468,28 @@ class VideoEFReport(_Report):
             )
 
     def completed(self, engine: Engine) -> None:
+        self._append(engine, len(self.rows))
+        self._stream().close()
+        self._csv = None
+        path = self.output_dir / "summary.json"
+        skipped = _with_skipped(path, "ef", self.skipped, "videos")
         if not self.rows:
+            self.summary = {"videos": 0, "videos_without_mask": 0, "videos_skipped": len(self.skipped)}
+            update_json(path, {"ef": self.summary, **skipped})
             return
         df = pd.DataFrame(self.rows)
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        df.to_csv(self.output_dir / "per_video_ef.csv", index=False)
         if self.frames:
             pd.concat(self.frames, ignore_index=True).to_csv(self.output_dir / "per_frame_area.csv", index=False)
         if self.num_curves > 0:
             self._write_curves(df)
         ok = df.dropna(subset=["ef_pred", "ef_true"])
         t, p = ok["ef_true"].to_numpy(float), ok["ef_pred"].to_numpy(float)
-        self.summary = {"videos": len(df), "videos_without_mask": int(len(df) - len(ok))}
+        self.summary = {
+            "videos": len(df),
+            "videos_without_mask": int(len(df) - len(ok)),
+            "videos_skipped": len(self.skipped),  # could not be read: not in the metrics
+        }
         if len(ok) >= 1:
             self.summary["bias"] = float(np.mean(p - t))
         if len(ok) >= 2:
@@ -417,15 +504,37 @@ class VideoEFReport(_Report):
             plot_bland_altman(t, p, self.output_dir / "ef_bland_altman.png", title="EF from masks vs true EF")
             plot_scatter(t, p, self.output_dir / "ef_scatter.png", title="EF from masks", unit="%")
             logger.info(
-                "EF from masks: MAE %.2f, RMSE %.2f, r %.3f, bias %+.2f over %d videos; area curves of the worst in %s",
+                "EF from masks: MAE %.2f, RMSE %.2f, r %.3f, bias %+.2f over %d videos%s; area curves of the worst "
+                "in %s",
                 self.summary["mae"]["estimate"],
                 self.summary["rmse"]["estimate"],
                 self.summary["pearson_r"]["estimate"],
                 self.summary["bias"],
                 len(ok),
+                f" ({len(self.skipped)} could not be read, listed in {path})" if self.skipped else "",
                 self.output_dir / "area_curves",
             )
-        update_json(self.output_dir / "summary.json", {"ef": self.summary})
+        update_json(path, {"ef": self.summary, **skipped})
+
+
+#: the columns of ``per_video_ef.csv``
+EF_COLUMNS = (
+    "video_id",
+    "ef_true",
+    "ef_pred",
+    "error",
+    "frames",
+    "beats",
+    "ed_frames",
+    "es_frames",
+    "ed_areas",
+    "es_areas",
+    "edv",
+    "esv",
+    "beat_ef",
+    "status",
+    "reason",
+)
 
 
 def _pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -442,7 +551,10 @@ class VideoMaskWriter:
     Per video ``<id>``: ``<id>_mask.nii.gz`` (uint8 {0, 1}, stored ``W x H x T`` like CAMUS sequences, so
     :func:`medssl_monai.data.sources.decode_frames` reads it back as ``T x H x W``), ``<id>_overlay.avi`` (the video
     with the mask outline in red), ``<id>_area.csv`` and ``<id>_area.png`` (LV area per frame with ED/ES marked),
-    and ``<id>_ef.json`` (EF from the masks, beats). ``predictions.csv`` lists every video.
+    and ``<id>_ef.json`` (EF from the masks, beats). An id that is a relative path (``a/1`` for ``a/1.avi``, see
+    :func:`medssl_monai.data.inputs.inference_datalist`) writes into that subfolder, so ``a/1.avi`` and ``b/1.avi``
+    do not overwrite each other. ``predictions.csv`` lists every video as it is written (appended and flushed),
+    with ``status`` ``ok``, or ``skipped`` and the ``reason`` for a video that could not be read.
 
     Args:
         output_dir: the output folder.
@@ -450,6 +562,8 @@ class VideoMaskWriter:
         method, min_distance: EF estimation (see :class:`VideoEFReport`).
         fps: overlay frame rate when the batch gives none.
     """
+
+    COLUMNS = ("video_id", "frames", "mask_pixels_mean", "ef", "beats", "status", "reason")
 
     def __init__(
         self,
@@ -464,29 +578,62 @@ class VideoMaskWriter:
         self.method = method
         self.min_distance = min_distance
         self.fps = fps
-        self.rows: list[dict] = []
+        self._skips = SkipCursor()
+        self._csv: StreamingCsv | None = None
+        self.reset()
 
     def attach(self, engine: Engine) -> None:
+        attach_skipped_samples(engine)  # the epoch ends where the data does when videos were left out
+        engine.add_event_handler(Events.STARTED, self.reset)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self.iteration_completed)
         engine.add_event_handler(Events.COMPLETED, self.completed)
 
+    def reset(self, engine: Engine | None = None) -> None:
+        self.rows: list[dict] = []
+        self.skipped: list[BadSample] = []
+        self._skips.reset()
+        if self._csv is not None and self._csv.opened:
+            self._csv.close()
+        self._csv = StreamingCsv(self.output_dir / "predictions.csv", self.COLUMNS)
+
+    def _append(self, engine: Engine | None, rows: list[dict]) -> None:
+        new = self._skips.take(engine)  # left out before this batch arrived (or within it): listed first
+        self.skipped += new
+        listed = [{"video_id": sample_id(s, "video_id"), "status": "skipped", "reason": s.reason} for s in new]
+        rows = listed + [{**r, "status": "ok", "reason": ""} for r in rows]
+        if rows:
+            if self._csv is None:
+                self._csv = StreamingCsv(self.output_dir / "predictions.csv", self.COLUMNS)
+            self._csv.write(rows)
+
     def iteration_completed(self, engine: Engine) -> None:
+        first = len(self.rows)
+        try:
+            self._iteration(engine)
+        finally:  # the videos written so far are listed whatever the next one does
+            self._append(engine, self.rows[first:])
+
+    def _iteration(self, engine: Engine) -> None:
         import nibabel as nib
 
         from medssl_monai.data.video import write_video
 
         pred, batch = engine.state.output["pred"].detach().float().cpu(), engine.state.batch
         n = pred.shape[0]
-        ids = _list(batch.get("video_id", batch.get("image_meta_dict", {}).get("filename_or_obj")), n)
+        if batch.get("video_id") is not None:
+            ids = [str(v) for v in _list(batch["video_id"], n)]
+        else:  # no id: the file name without its extension
+            ids = [Path(str(f)).name.split(".")[0] for f in _list(batch["image_meta_dict"]["filename_or_obj"], n)]
         fps = _list(batch.get("fps", self.fps), n)
         image = torch.as_tensor(batch["image"]).cpu()
-        self.output_dir.mkdir(parents=True, exist_ok=True)
         for b in range(n):
-            vid = Path(str(ids[b])).name.split(".")[0]
+            vid = ids[b]
+            stem = self.output_dir / _output_name(vid)  # a/1 -> output_dir/a/1_mask.nii.gz
+            stem.parent.mkdir(parents=True, exist_ok=True)
             masks = (pred[b, 0] > 0).numpy().astype(np.uint8)  # T x H x W
             nib.save(
                 nib.Nifti1Image(np.ascontiguousarray(masks.transpose(2, 1, 0)), np.eye(4)),
-                str(self.output_dir / f"{vid}_mask.nii.gz"),
+                f"{stem}_mask.nii.gz",
             )
             row = {"video_id": vid, "frames": int(masks.shape[0]), "mask_pixels_mean": float(masks.sum((1, 2)).mean())}
             raw_area = masks.sum(axis=(1, 2)).astype(float)
@@ -495,7 +642,7 @@ class VideoMaskWriter:
                 res = ef_from_masks(masks, method=self.method, min_distance=self.min_distance)
                 area = res.area
                 row.update(ef=res.ef, beats=len(res.beats))
-                (self.output_dir / f"{vid}_ef.json").write_text(
+                Path(f"{stem}_ef.json").write_text(
                     json.dumps(
                         {"video_id": vid, "ef": res.ef, "method": res.method, "beats": [vars(bt) for bt in res.beats]},
                         indent=2,
@@ -506,24 +653,31 @@ class VideoMaskWriter:
                     area,
                     res.ed_frames,
                     res.es_frames,
-                    self.output_dir / f"{vid}_area.png",
+                    Path(f"{stem}_area.png"),
                     title=f"{vid}: LV area (EF {res.ef:.1f}%)",
                     smoothed=res.curve,
                 )
             except ValueError as e:
                 logger.warning("VideoMaskWriter: %s: no EF (%s)", vid, e)
                 row.update(ef=float("nan"), beats=0)
-            pd.DataFrame(
-                {"frame": np.arange(len(area)), "lv_area_pixels": area, "raw_mask_pixels": raw_area}
-            ).to_csv(self.output_dir / f"{vid}_area.csv", index=False)
+            pd.DataFrame({"frame": np.arange(len(area)), "lv_area_pixels": area, "raw_mask_pixels": raw_area}).to_csv(
+                f"{stem}_area.csv", index=False
+            )
             if self.write_video:
-                write_video(self.output_dir / f"{vid}_overlay.avi", _overlay(image[b], masks), fps=float(fps[b]))
+                write_video(Path(f"{stem}_overlay.avi"), _overlay(image[b], masks), fps=float(fps[b]))
             self.rows.append(row)
 
     def completed(self, engine: Engine) -> None:
-        if self.rows:
-            pd.DataFrame(self.rows).to_csv(self.output_dir / "predictions.csv", index=False)
-            logger.info("VideoMaskWriter: wrote masks for %d videos to %s", len(self.rows), self.output_dir)
+        self._append(engine, [])
+        if self._csv is not None:
+            self._csv.close()
+            self._csv = None
+        logger.info(
+            "VideoMaskWriter: wrote masks for %d videos to %s%s",
+            len(self.rows),
+            self.output_dir,
+            f"; {len(self.skipped)} could not be read (predictions.csv, status 'skipped')" if self.skipped else "",
+        )
 
 
 def _overlay(clip: torch.Tensor, masks: np.ndarray) -> np.ndarray:

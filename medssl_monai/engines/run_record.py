@@ -89,6 +89,7 @@ RUN_CONTROL_KEYS: Mapping[str, str] = {
     "monitor_every": "representation monitor frequency (it does not touch the training state)",
     "monitor_samples": "representation monitor size",
     "on_bad_sample": "what an unreadable sample does",
+    "max_bad_fraction": "how much unreadable data stops the run (raised to go on after such a stop)",
     "augment_on": "where the augmentation runs (same augmentation, other random stream)",
     "amp": "mixed precision (device speed setting)",
     "fused_optimizer": "fused optimizer kernels (device speed setting)",

@@ -23,6 +23,7 @@ from ignite.engine import Engine, Events
 from ignite.metrics import Metric
 from sklearn.metrics import confusion_matrix
 
+from medssl_monai.data.robust import BadSample, SkipCursor, attach_skipped_samples, skipped_summary
 from medssl_monai.evaluation.bootstrap import bootstrap_ci
 from medssl_monai.evaluation.plots import plot_roc
 
@@ -298,7 +299,10 @@ class ClassificationReportHandler:
     ``metrics.json`` (frame- and video-level metrics with cluster-bootstrap CIs over videos, confusion matrices)
     ``confusion_matrix_frames.png`` / ``confusion_matrix_videos.png`` and ``roc_frames.png`` / ``roc_videos.png``
     (the binary ``positive_classes``-vs-rest ROC of the summed positive probabilities). Without labels
-    (inference) only the predictions are written (plus ``video_predictions.json``).
+    (inference) only the predictions are written (plus ``video_predictions.json``). ``frame_predictions.csv`` is
+    appended and flushed as each batch ends. Videos whose frames could not be read (left out by the loader,
+    :mod:`medssl_monai.data.robust`) are not in the metrics: ``video_predictions.csv`` / ``.json`` list them with
+    ``status`` ``skipped`` and the ``reason``, ``metrics.json`` under ``skipped``.
 
     Args:
         output_dir: where the files go.
@@ -329,45 +333,95 @@ class ClassificationReportHandler:
         self.seed = seed
         self.enabled = enabled
         self.results: dict[str, Any] = {}
+        self._skips = SkipCursor()
+        self._frame_file: Any = None
 
     def attach(self, engine: Engine) -> None:
+        attach_skipped_samples(engine)  # the epoch ends where the data does when frames were left out
         engine.add_event_handler(Events.STARTED, self._reset)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
         engine.add_event_handler(Events.COMPLETED, self._write)
 
-    def _reset(self, engine: Engine) -> None:
+    def _reset(self, engine: Engine | None) -> None:
         self._ids: list[str] = []
         self._frames: list[int] = []
         self._labels: list[int] = []
         self._probs: list[np.ndarray] = []
+        self.skipped: list[BadSample] = []
+        self._skips.reset()
+        self._close_frames()
+        self._streamed = 0
+
+    def _close_frames(self) -> None:
+        if getattr(self, "_frame_file", None) is not None:
+            self._frame_file.close()
+        self._frame_file = None
+
+    def _stream_frames(self, start: int, probs: np.ndarray, has_labels: bool) -> None:
+        """Append the frames from ``start`` on to ``frame_predictions.csv`` (header first) and flush."""
+        if self._frame_file is None:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            self._frame_file = open(self.output_dir / "frame_predictions.csv", "w", newline="")  # noqa: SIM115
+            names = self._names(probs.shape[1])
+            csv.writer(self._frame_file).writerow(
+                ["video_id", "frame_index", "label", "pred", *[f"prob_{n}" for n in names]]
+            )
+        w = csv.writer(self._frame_file)
+        for i, p in enumerate(probs, start=start):
+            label = self._labels[i] if has_labels else ""
+            w.writerow([self._ids[i], self._frames[i], label, int(p.argmax()), *[f"{x:.6f}" for x in p]])
+        self._frame_file.flush()
+        self._streamed = start + len(probs)
 
     def _collect(self, engine: Engine) -> None:
         out, batch = engine.state.output, engine.state.batch
         pred = out["pred"] if isinstance(out, dict) else torch.stack([o["pred"] for o in out])
         probs = _probs(pred).cpu().numpy()
         n = len(probs)
+        start = len(self._ids)
         self._probs.append(probs)
         self._ids.extend(str(v) for v in batch.get(self.id_key, [""] * n))
         self._frames.extend(int(v) for v in torch.as_tensor(batch.get(self.frame_key, [-1] * n)).reshape(-1))
         if self.label_key in batch:
             self._labels.extend(int(v) for v in torch.as_tensor(batch[self.label_key]).reshape(-1))
+        self.skipped += self._skips.take(engine)
+        if self.enabled:
+            self._stream_frames(start, probs, len(self._labels) == len(self._ids))
 
     def _names(self, c: int) -> list[str]:
         return self.class_names if self.class_names and len(self.class_names) == c else [str(i) for i in range(c)]
 
-    def _write(self, engine: Engine) -> None:
-        if not self.enabled or not self._probs:
+    def _skipped_videos(self, has_labels: bool) -> list[dict[str, Any]]:
+        """One entry per video left out (all its frames could not be read): id, label, file, reason."""
+        videos: dict[str, dict[str, Any]] = {}
+        for s in self.skipped:
+            vid = str(s.item.get(self.id_key) or Path(s.file).stem)
+            label = s.item.get(self.label_key) if has_labels else None
+            videos.setdefault(vid, {"video_id": vid, "label": label, "file": s.file, "reason": s.reason})
+        return list(videos.values())
+
+    def _write(self, engine: Engine | None) -> None:
+        self.skipped += self._skips.take(engine)
+        if not self.enabled:
+            return
+        if not self._probs:
+            self._close_frames()
+            if self.skipped:
+                logger.warning("no frame could be read; skipped: %s", skipped_summary(self.skipped, "frames"))
+                self.output_dir.mkdir(parents=True, exist_ok=True)
+                (self.output_dir / "metrics.json").write_text(
+                    json.dumps({"skipped": skipped_summary(self.skipped, "frames")}, indent=2)
+                )
             return
         probs = np.concatenate(self._probs)
         names = self._names(probs.shape[1])
         has_labels = len(self._labels) == len(probs)
         labels = np.asarray(self._labels) if has_labels else None
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.output_dir / "frame_predictions.csv", "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["video_id", "frame_index", "label", "pred", *[f"prob_{n}" for n in names]])
-            for i, (v, t, p) in enumerate(zip(self._ids, self._frames, probs)):
-                w.writerow([v, t, int(labels[i]) if has_labels else "", int(p.argmax()), *[f"{x:.6f}" for x in p]])
+        if self._streamed < len(probs):  # rows given without an engine (pool_fold_reports)
+            self._stream_frames(self._streamed, probs[self._streamed :], has_labels)
+        self._close_frames()
+        skipped_videos = self._skipped_videos(has_labels)
         vids, vprobs, vlabels = aggregate_by_video(self._ids, probs, labels)
         videos = [
             {
@@ -382,7 +436,18 @@ class ClassificationReportHandler:
         ]
         with open(self.output_dir / "video_predictions.csv", "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["video_id", "label", "pred", "pred_name", "num_frames", *[f"prob_{n}" for n in names]])
+            w.writerow(
+                [
+                    "video_id",
+                    "label",
+                    "pred",
+                    "pred_name",
+                    "num_frames",
+                    *[f"prob_{n}" for n in names],
+                    "status",
+                    "reason",
+                ]
+            )
             for r in videos:
                 w.writerow(
                     [
@@ -393,12 +458,29 @@ class ClassificationReportHandler:
                         r["num_frames"],
                     ]
                     + [f"{r['probs'][n]:.6f}" for n in names]
+                    + ["ok", ""]
                 )
+            for r in skipped_videos:  # no prediction: listed with why
+                label = "" if r["label"] is None else r["label"]
+                w.writerow([r["video_id"], label, "", "", 0, *[""] * len(names), "skipped", r["reason"]])
+        skipped = skipped_summary(self.skipped, "frames")
+        if self.skipped:
+            logger.warning(
+                "%d videos (%d frames) could not be read and are not in the results: %s",
+                len(skipped_videos),
+                len(self.skipped),
+                "; ".join(f"{r['file']} ({r['reason']})" for r in skipped_videos),
+            )
         if not has_labels:
-            (self.output_dir / "video_predictions.json").write_text(json.dumps(videos, indent=2))
-            self.results = {"videos": videos}
+            listed = videos + [{**r, "status": "skipped"} for r in skipped_videos]
+            (self.output_dir / "video_predictions.json").write_text(json.dumps(listed, indent=2))
+            self.results = {"videos": videos, "skipped": skipped}
             return
-        report: dict[str, Any] = {"class_names": names, "positive_classes": list(self.positive_classes)}
+        report: dict[str, Any] = {
+            "class_names": names,
+            "positive_classes": list(self.positive_classes),
+            "skipped": skipped,  # could not be read: not in the metrics
+        }
         for level, (ids, y, p) in {
             "frame": (self._ids, labels, probs),
             "video": (vids, vlabels, vprobs),

@@ -31,6 +31,7 @@ import torch
 from ignite.engine import Engine, Events
 from sklearn.metrics import balanced_accuracy_score
 
+from medssl_monai.data.robust import attach_skipped_samples, skipped_samples, skipped_summary
 from medssl_monai.engines.prepare import ClipPrepareBatch
 from medssl_monai.evaluation.anomaly import binary_score_metrics, knn_anomaly_scores
 from medssl_monai.evaluation.knn import knn_predict_proba, linear_probe_predict_proba
@@ -265,6 +266,7 @@ class FeatureEvaluationHandler:
         self._targets: list[float] = []
 
     def attach(self, engine: Engine) -> None:
+        attach_skipped_samples(engine)  # the epoch ends where the data does when clips were left out
         engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
@@ -316,6 +318,14 @@ class FeatureEvaluationHandler:
             "eval_abnormal": int(labels[ev].sum()),
         }
         results["clips"] = {"clips": len(clip_feats), "videos": len(feats)}  # test-time averaging
+        # clips that could not be read (left out by the loader): the results are on the others
+        results["skipped"] = skipped_summary(skipped_samples(engine), "clips")
+        if results["skipped"]["count"]:
+            logger.warning(
+                "feature evaluation without %d videos that could not be read: %s",
+                results["skipped"]["count"],
+                "; ".join(f"{f['file']} ({f['reason']})" for f in results["skipped"]["files"]),
+            )
         self.output_dir.mkdir(parents=True, exist_ok=True)
         (self.output_dir / "feature_metrics.json").write_text(json.dumps(results, indent=2))
         table = results_table({"encoder": results})

@@ -42,8 +42,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from medssl_monai.bundle_tools import load_state_dict
+from medssl_monai.data.robust import BadSample, SkipCursor, attach_skipped_samples, skipped_summary
 from medssl_monai.distributed import is_dist, world_size
 from medssl_monai.engines.prepare import ClipPrepareBatch
+from medssl_monai.engines.writers import StreamingCsv, sample_id
 
 __all__ = [
     "LinearProbe",
@@ -318,24 +320,50 @@ class ProbeScore(Metric):
 class ProbeMetricsWriter:
     """Evaluator handler: collect every prediction, then compute :func:`probe_metrics` and write them as JSON.
 
+    ``predictions.csv`` (next to the JSON: id, label, prediction, status, reason) is appended and flushed as each
+    batch ends. Samples the loader left out because they could not be read (:mod:`medssl_monai.data.robust`) are
+    rows with ``status`` ``skipped`` and the ``reason``, and are listed under ``skipped`` in the JSON; the metrics
+    are computed on the samples that were read.
+
     Args:
         task: ``"regression"`` or ``"classification"``.
-        output_file: the JSON file (also ``predictions.csv`` next to it: id, label, prediction; and ``roc.png``
-            for classification or ``scatter.png`` + ``bland_altman.png`` for regression).
+        output_file: the JSON file (also ``predictions.csv`` next to it, and ``roc.png`` for classification or
+            ``scatter.png`` + ``bland_altman.png`` for regression).
         id_key: batch key of the sample ids written to the CSV.
     """
 
     def __init__(self, task: str, output_file: str | Path, id_key: str = "video_id") -> None:
         _check_task(task)
         self.task, self.output_file, self.id_key = task, Path(output_file), id_key
+        self._skips = SkipCursor()
+        self._csv: StreamingCsv | None = None
 
     def attach(self, engine: Engine) -> None:
+        attach_skipped_samples(engine)  # the epoch ends where the data does when samples were left out
         engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self._write)
+        # COMPLETED: also after a pass in which nothing could be read (no EPOCH_COMPLETED then), to list the files
+        engine.add_event_handler(Events.COMPLETED, self._write)
 
-    def _reset(self, engine: Engine) -> None:
+    def _reset(self, engine: Engine | None) -> None:
         self._pred, self._true, self._ids = [], [], []
+        self.skipped: list[BadSample] = []
+        self._skips.reset()
+        if self._csv is not None and self._csv.opened:
+            self._csv.close()
+        self._csv = StreamingCsv(
+            self.output_file.with_name("predictions.csv"), ["id", "label", "prediction", "status", "reason"]
+        )
+
+    def _value(self, pred: np.ndarray) -> np.ndarray:
+        return pred[:, 0] if self.task == "regression" or pred.shape[1] == 1 else _probabilities(pred)
+
+    def _append_skipped(self, engine: Engine | None) -> None:
+        new = self._skips.take(engine)
+        self.skipped += new
+        if new:
+            rows = [{"id": sample_id(s, self.id_key), "status": "skipped", "reason": s.reason} for s in new]
+            self._csv.write(rows)
 
     def _collect(self, engine: Engine) -> None:
         out = engine.state.output
@@ -343,18 +371,27 @@ class ProbeMetricsWriter:
         self._pred.append(pred.detach().float().cpu().reshape(len(pred), -1).numpy())
         self._true.append(label.detach().float().cpu().reshape(-1).numpy())
         ids = engine.state.batch.get(self.id_key) if isinstance(engine.state.batch, Mapping) else None
-        self._ids += [str(i) for i in ids] if ids is not None else [""] * len(pred)
+        ids = [str(i) for i in ids] if ids is not None else [""] * len(pred)
+        self._ids += ids
+        self._append_skipped(engine)  # left out before this batch arrived (or within it): listed first
+        rows = zip(ids, self._true[-1], self._value(self._pred[-1]))
+        self._csv.write([{"id": i, "label": f"{t:.6g}", "prediction": f"{v:.6g}", "status": "ok"} for i, t, v in rows])
 
     def _write(self, engine: Engine) -> None:
+        self._append_skipped(engine)
+        self._csv.close()
+        skipped = skipped_summary(self.skipped)
+        self.output_file.parent.mkdir(parents=True, exist_ok=True)
+        if not self._pred:
+            self.output_file.write_text(json.dumps({"n": 0, "skipped": skipped}, indent=2))
+            logger.warning("probe test: no sample could be read (%d skipped)", len(self.skipped))
+            return
         pred, true = np.concatenate(self._pred), np.concatenate(self._true)
         metrics = probe_metrics(self.task, true, pred)
         metrics["n"] = len(true)
-        self.output_file.parent.mkdir(parents=True, exist_ok=True)
-        self.output_file.write_text(json.dumps(metrics, indent=2))
-        value = pred[:, 0] if self.task == "regression" or pred.shape[1] == 1 else _probabilities(pred)
-        lines = ["id,label,prediction"] + [f"{i},{t:.6g},{v:.6g}" for i, t, v in zip(self._ids, true, value)]
-        self.output_file.with_name("predictions.csv").write_text("\n".join(lines) + "\n")
-        self._plot(true, value)
+        metrics["skipped"] = len(self.skipped)  # could not be read: not in the metrics
+        self.output_file.write_text(json.dumps({**metrics, "skipped_files": skipped["files"]}, indent=2))
+        self._plot(true, self._value(pred))
         engine.state.metrics.update({f"test_{k}": v for k, v in metrics.items()})
         logger.info("probe test metrics: %s", metrics)
 

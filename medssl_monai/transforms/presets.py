@@ -230,6 +230,7 @@ def ssl_clip_transforms(
     spatial_size: int | Sequence[int] | None = None,
     augment: bool = True,
     augment_on: str = "workers",
+    min_frames: int = 1,
 ) -> Compose:
     """Self-supervised pretraining clips (SimLVSeg ``Seg3DSSLMaskingDataset``): a random window, the same
     augmentation as :func:`unilvseg_train_transforms`, no mask. Temporal masking follows separately (on the
@@ -238,6 +239,7 @@ def ssl_clip_transforms(
     ``augment=False`` (validation) replaces the augmentation by a centre pad-or-crop to ``crop``; ``mode="start"``
     makes the window deterministic too. ``augment_on="device"`` stops after loading (and resizing): the
     augmentation then runs in ``prepare_batch`` (:class:`~medssl_monai.transforms.device.DeviceAugmentation`).
+    A video with fewer than ``min_frames`` frames is an error naming it (shorter ones are padded, ``pad_mode``).
     """
     in_workers = _check_augment_on(augment_on)
     ts: list = [
@@ -250,6 +252,7 @@ def ssl_clip_transforms(
             cache_dir=cache_dir,
             channels=channels,
             pad_mode=pad_mode,
+            min_frames=min_frames,
         )
     ]
     if spatial_size is not None:
@@ -267,16 +270,20 @@ def video_transforms(
     cache_dir: str | Path | None = None,
     channels: int | None = 3,
     spatial_size: int | Sequence[int] | None = None,
+    min_frames: int = 1,
 ) -> Compose:
     """Whole-video inference: every frame (``C x T x H x W`` uint8), optionally resized to the training size.
 
     Used with :class:`~medssl_monai.engines.inferers.VideoSlidingWindowInferer` (UniLVSeg inference and the
     EF-from-masks evaluation), which slides the training window over the whole video. Item fields that are
-    ``None`` (e.g. ``traced_frames`` of an untraced video) are dropped so that such videos collate.
+    ``None`` (e.g. ``traced_frames`` of an untraced video) are dropped so that such videos collate. A video with
+    fewer than ``min_frames`` frames is an error naming it.
     """
     ts: list = [
         Lambda(func=drop_none_fields),
-        LoadClipd(keys=image_key, mode="all", cache=cache, cache_dir=cache_dir, channels=channels),
+        LoadClipd(
+            keys=image_key, mode="all", cache=cache, cache_dir=cache_dir, channels=channels, min_frames=min_frames
+        ),
     ]
     if spatial_size is not None:
         ts.append(_resize([image_key], spatial_size, (image_key,)))
@@ -294,18 +301,26 @@ def embedding_clip_loader(
     period: int = 1,
     cache_dir: str | Path | None = None,
     pad_mode: str = "repeat",
+    min_frames: int = 1,
 ) -> LoadClipd | LoadSeriesd:
     """A deterministic clip for embedding views (TensorBoard projector, frozen features): no augmentation.
 
     ``source="video"``: ``num_frames`` frames every ``period`` from the first frame of a video, frame folder or
     ``.npy`` (8-bit ``C x T x H x W``); ``source="series"``: the last ``num_frames`` visits of a timed series with
     their ``times`` and ``frame_mask`` (TVRL's longitudinal setting). Frame size and normalisation are left to the
-    encoder (:class:`~medssl_monai.encoders.ClipEncoder`).
+    encoder (:class:`~medssl_monai.encoders.ClipEncoder`). A video with fewer than ``min_frames`` frames is an error
+    naming it (shorter ones are padded as ``pad_mode`` says).
     """
     if source == "series":
         return LoadSeriesd(keys="image", num_frames=num_frames)
     if source != "video":
         raise ValueError(f"source must be 'video' or 'series', got {source!r}")
     return LoadClipd(
-        keys="image", num_frames=num_frames, period=period, mode="start", cache_dir=cache_dir, pad_mode=pad_mode
+        keys="image",
+        num_frames=num_frames,
+        period=period,
+        mode="start",
+        cache_dir=cache_dir,
+        pad_mode=pad_mode,
+        min_frames=min_frames,
     )

@@ -551,10 +551,12 @@ def tvrl_probe_transforms(
     channels: int | None = 1,
     relative_time: bool = True,
     augment_on: str = "workers",
+    min_frames: int = 1,
 ) -> Compose:
     """Probe clips: ``stage="train"`` a random window + TVRL's finetune augmentation; ``"eval"`` the whole video
     (every frame, for :class:`~medssl_monai.evaluation.probe.DenseClipInferer`) or the last ``num_frames``
-    visits of a series, resized only. Writes ``times`` and ``frame_mask`` as the encoder expects.
+    visits of a series, resized only. Writes ``times`` and ``frame_mask`` as the encoder expects. A video with
+    fewer than ``min_frames`` frames is an error naming it.
 
     ``augment_on="device"`` leaves the training augmentation (and its resize) to
     :func:`tvrl_probe_device_augmentation` in the trainer's ``prepare_batch``: the workers only load the window.
@@ -573,6 +575,7 @@ def tvrl_probe_transforms(
                 mode="random" if train else "all",
                 cache_dir=cache_dir,
                 channels=channels,
+                min_frames=min_frames,
             )
         ]
         if train:

@@ -54,7 +54,8 @@ def test_prediction_writer_regression(tmp_path: Path):
         [({"subject_id": ["s1", "s2"]}, torch.tensor([[55.5], [61.0]]))],
     )
     table = pd.read_csv(tmp_path / "predictions.csv")
-    assert list(table.columns) == ["id", "prediction"] and list(table["prediction"]) == [55.5, 61.0]
+    assert list(table.columns) == ["id", "prediction", "status", "reason"]
+    assert list(table["prediction"]) == [55.5, 61.0] and list(table["status"]) == ["ok", "ok"]
 
 
 def test_prediction_writer_rejects_bad_names(tmp_path: Path):

@@ -175,7 +175,8 @@ def test_probe_metrics_writer_writes_json_csv_and_plots(task: str, tmp_path):
     engine.run(batches, max_epochs=1)
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     rows = (tmp_path / "eval" / "predictions.csv").read_text().splitlines()
-    assert rows[0] == "id,label,prediction" and [r.split(",")[0] for r in rows[1:]] == ["a", "b", "c", "d"]
+    assert rows[0] == "id,label,prediction,status,reason" and [r.split(",")[0] for r in rows[1:]] == list("abcd")
+    assert all(r.endswith(",ok,") for r in rows[1:])
     if task == "classification":
         assert metrics["auroc"] == pytest.approx(1.0)  # every positive scores above every negative
         assert (tmp_path / "eval" / "roc.png").is_file()
