@@ -185,6 +185,12 @@ def _plain_fields(item: Any) -> dict:
     return {str(k): v for k, v in item.items() if isinstance(v, (str, int, float, bool, np.integer, np.floating))}
 
 
+def _world_size() -> int:
+    """The number of DDP processes (1 without a process group)."""
+    dist = torch.distributed
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
 def _is_index(value: Any) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
@@ -421,9 +427,11 @@ class SkippedSamplesHandler:
     where the data ends instead (``terminate_epoch`` on ``DATALOADER_STOP_ITERATION``). When nothing at all could be
     read, the epoch ends without ``EPOCH_COMPLETED``: no metric is computed from no data (a pooled Dice of nothing
     would be 1.0), no best-model checkpoint is written and the best metric is kept; ``COMPLETED`` still fires, so
-    the reports list the skipped files. ``engine.state.metrics["skipped_samples"]`` holds the number left out
-    (logged with the other metrics). The reports of :mod:`medssl_monai.engines` attach it themselves
-    (:func:`attach_skipped_samples`); an evaluator without one lists it first in its handlers.
+    the reports list the skipped files. Under DDP a rank that read nothing still completes its epoch: the metrics
+    all-reduce across ranks there, and the other ranks' data makes them right.
+    ``engine.state.metrics["skipped_samples"]`` holds the number left out (logged with the other metrics). The
+    reports of :mod:`medssl_monai.engines` attach it themselves (:func:`attach_skipped_samples`); an evaluator
+    without one lists it first in its handlers.
     """
 
     def __init__(self) -> None:
@@ -452,7 +460,7 @@ class SkippedSamplesHandler:
             return
         skipped = len(skipped_samples(engine))
         engine.state.metrics["skipped_samples"] = skipped
-        nothing_read = engine.state.iteration == self._epoch_start
+        nothing_read = engine.state.iteration == self._epoch_start and _world_size() == 1
         if nothing_read:
             logger.warning(
                 f"none of the samples could be read ({skipped} left out): no metric is computed and no checkpoint "

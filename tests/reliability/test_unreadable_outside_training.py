@@ -121,6 +121,19 @@ def test_a_validation_that_reads_nothing_computes_no_metric_and_keeps_the_best(t
     assert evaluator.state.best_metric == pytest.approx(1.0) and evaluator.state.metrics["skipped_samples"] == 1
 
 
+def test_under_ddp_a_rank_that_reads_nothing_still_completes_its_epoch(monkeypatch):
+    """The metrics all-reduce at EPOCH_COMPLETED: a rank that skipped it would leave the others waiting."""
+    import medssl_monai.data.robust as robust
+
+    monkeypatch.setattr(robust, "_world_size", lambda: 2)
+    engine = Engine(lambda e, b: None)
+    SkippedSamplesHandler().attach(engine)
+    completed: list[int] = []
+    engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: completed.append(e.state.epoch))
+    engine.run(DataLoader(Videos(2, bad={0, 1}), batch_size=1, on_bad_sample="skip"), max_epochs=1)
+    assert completed == [1] and engine.state.metrics["skipped_samples"] == 2
+
+
 def test_training_skips_of_every_worker_are_added_up_and_limited(caplog):
     """Each worker is a process: only the shared counts let the main process see what all of them skipped."""
     dataset = SkipBadSamples(Videos(8, bad={1, 6}), max_bad_fraction=0.5)
