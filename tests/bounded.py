@@ -2,9 +2,10 @@
 
 Tests that start a bundle run (or anything that forks DataLoader workers) use :func:`run_bounded` instead of
 ``subprocess.run``. The command runs in a session (process group) of its own with Python's faulthandler on. On
-timeout every process of the group gets SIGABRT, so each Python process (the runner and its forked workers,
-which inherit the handler) prints the stack of every thread; then the whole group is SIGKILLed, and the test
-fails with those stacks. After a normal exit the group is killed too, so no worker outlives its runner.
+timeout every process of the group, and of the groups its descendants started (``torchrun`` runs each worker in a
+session of its own), gets SIGABRT, so each Python process (the runner and its forked workers, which inherit the
+handler) prints the stack of every thread; then those groups are SIGKILLed, and the test fails with those stacks.
+After a normal exit the group is killed too, so no worker outlives its runner.
 """
 
 from __future__ import annotations
@@ -29,6 +30,30 @@ def _kill_group(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _groups_of_tree(pid: int) -> set[int]:
+    """``pid`` and the process groups of all its descendants (Linux ``/proc``; elsewhere ``{pid}``).
+
+    ``torchrun`` starts each worker in a session of its own, which a signal to the runner's group misses; once
+    the runner is dead its workers are reparented, so the tree is read before any signal.
+    """
+    children: dict[int, list[tuple[int, int]]] = {}
+    proc_dir = Path("/proc")
+    for entry in proc_dir.iterdir() if proc_dir.is_dir() else ():
+        if not entry.name.isdigit():
+            continue
+        try:  # the fields after the ")" closing the command name: state, ppid, pgrp, ...
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # exited meanwhile
+        children.setdefault(int(fields[1]), []).append((int(entry.name), int(fields[2])))
+    groups, todo = {pid}, [pid]
+    while todo:
+        for child, pgid in children.get(todo.pop(), []):
+            groups.add(pgid)
+            todo.append(child)
+    return groups
 
 
 def run_bounded(
@@ -58,9 +83,12 @@ def run_bounded(
     try:
         out, err = proc.communicate(input=input, timeout=timeout)
     except subprocess.TimeoutExpired:
-        _kill_group(proc.pid, signal.SIGABRT)  # faulthandler: every thread's stack, in every Python process
+        groups = _groups_of_tree(proc.pid)
+        for pgid in groups:
+            _kill_group(pgid, signal.SIGABRT)  # faulthandler: every thread's stack, in every Python process
         time.sleep(3)
-        _kill_group(proc.pid, signal.SIGKILL)
+        for pgid in groups:
+            _kill_group(pgid, signal.SIGKILL)
         out, err = proc.communicate()
         raise HungProcessError(
             f"{' '.join(map(str, cmd))[:500]}\nran past {timeout:.0f} s; stacks and output tail:\n"

@@ -10,7 +10,8 @@
    :func:`~medssl_monai.engines.checkpoint.atomic_torch_save`: the ``state_dict`` of every object in
    ``save_dict`` (the network or whole SSL method module with its EMA teacher, queues and prototypes; the
    optimizer; the LR scheduler; ...), ``trainer.state_dict()`` (iteration, epoch length, max epochs), the global
-   RNG states as tensors, and the validator's best metric;
+   RNG states as tensors (under DDP every rank's, gathered into the one file, and the world size), and the
+   validator's best metric;
 3. on ``attach`` with ``resume=True`` loads that file with ``torch.load(weights_only=True)``, restores the
    trainer counters (``Engine.load_state_dict``), at ``STARTED`` every object (ignite ``Checkpoint.load_objects``,
    after any ``pretrained_ckpt`` loader so the resumed weights win), and, if
@@ -45,7 +46,9 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
 
+from medssl_monai.distributed import all_gather_object, check_resume_world_size, check_same_resume_iteration
 from medssl_monai.distributed import rank as dist_rank
+from medssl_monai.distributed import world_size as dist_world_size
 from medssl_monai.engines.checkpoint import atomic_torch_save, load_rng_state_dict, rng_state_dict
 from medssl_monai.engines.finite import before_checkpoint_write
 from medssl_monai.engines.resume_files import (
@@ -148,7 +151,9 @@ class ResumeHandler:
         resume: load ``save_dir/filename`` on attach when it exists.
         checkpoint_every: also checkpoint every this many iterations (0: only at epoch ends).
         filename: checkpoint file name.
-        save: write checkpoints (``False`` on non-zero DDP ranks); resume loading happens regardless.
+        save: write checkpoints (``False`` on non-zero DDP ranks); resume loading happens regardless. Under DDP
+            every rank attaches the handler: saving gathers the ranks' RNG states and loading checks that all
+            ranks resume from the same iteration (collectives).
         evaluator: optional validator whose ``best_metric``/``best_metric_epoch`` are saved and restored.
         reseed_each_epoch: reseed at each ``EPOCH_STARTED`` (required for an exact mid-epoch resume).
         run_record: what defines the run (:func:`~medssl_monai.engines.run_record.build_run_record`), saved in the
@@ -209,6 +214,8 @@ class ResumeHandler:
                 f"resume: no {self.path.name} but {self.prev_path} exists: starting over (to resume from it, rename "
                 f"it to {self.path.name})"
             )
+        # every rank, also a fresh start: a rank that read another file (or none) would train from another point
+        check_same_resume_iteration(self.resumed_from, self.path)
         if self._model_records is not None:
             self._model_records.snapshot()  # model files already there are an earlier run's until rewritten
             engine.add_event_handler(Events.COMPLETED, self._model_records.update)
@@ -253,15 +260,22 @@ class ResumeHandler:
         self.save(engine)
 
     # ---- save / load -----------------------------------------------------------------------------------
-    def state_dict(self, engine: Engine) -> dict[str, Any]:
-        """Everything needed to continue: objects' state_dicts, trainer counters, RNG states, best metric."""
+    def state_dict(self, engine: Engine, rng_ranks: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """Everything needed to continue: objects' state_dicts, trainer counters, RNG states, best metric.
+
+        ``rng_ranks``: every rank's RNG states, in rank order (:meth:`save` gathers them under DDP); stored when
+        there are several, so that each rank resumes its own random streams.
+        """
         state: dict[str, Any] = {
             "format_version": FORMAT_VERSION,
             "objects": {k: v.state_dict() for k, v in self.save_dict.items()},
             "trainer": {k: int(v) for k, v in engine.state_dict().items() if v is not None},
             "rng": rng_state_dict(),
             "seed": self.seed,
+            "world_size": dist_world_size(),
         }
+        if rng_ranks is not None and len(rng_ranks) > 1:
+            state["rng_ranks"] = rng_ranks
         if self.run_record is not None:
             state["run_record"] = self.run_record
         if self.evaluator is not None:
@@ -276,13 +290,17 @@ class ResumeHandler:
         """Write the checkpoint atomically (a crash while writing keeps the previous one), keep the one it
         replaces as ``<filename>.prev``, and write the record of any model file written since the last save.
 
+        Under DDP every rank calls it (a collective gathers the ranks' RNG states into the one file, so all of them
+        are of the same iteration however a crash interleaves with the write); only ``save=True`` writes.
+
         A diverged run (a NaN loss so far, NaN weights) raises first: the file keeps the last finite state."""
         before_checkpoint_write(engine, self.path, self.save_dict)  # every rank: all of them stop together
+        rng_ranks = all_gather_object(rng_state_dict())
         if self.save_enabled:
             if self._keep_previous:
                 keep_previous(self.path, self.prev_path)
             self._keep_previous = True
-            atomic_torch_save(self.state_dict(engine), self.path)
+            atomic_torch_save(self.state_dict(engine, rng_ranks), self.path)
             if self._model_records is not None:
                 self._model_records.update(engine)
 
@@ -321,6 +339,10 @@ class ResumeHandler:
         ckpt = self._read()
         if ckpt.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{self.path}: unknown resume checkpoint format {ckpt.get('format_version')!r}")
+        # first: another world size also changes the epoch length, whose check would hide the real cause
+        check_resume_world_size(ckpt.get("world_size"), self.path)
+        # this rank's RNG states (files from before per-rank states hold rank 0's only)
+        rng = ckpt["rng_ranks"][dist_rank()] if "rng_ranks" in ckpt else ckpt["rng"]
         check_resume_record(self.path, ckpt.get("run_record"), self.run_record)  # before anything is restored
         missing = sorted(set(self.save_dict) - set(ckpt["objects"]))
         if missing:
@@ -350,7 +372,7 @@ class ResumeHandler:
         self.resumed_from = iteration
         if max_epochs is not None and iteration >= max_epochs * epoch_length:
             self._done_state = {"iteration": iteration, "epoch": iteration // epoch_length}
-        self._pending = (iteration % epoch_length, ckpt["rng"])
+        self._pending = (iteration % epoch_length, rng)
         if iteration % epoch_length == 0:  # saved at an epoch end: the state any EPOCH_STARTED handler sees
-            load_rng_state_dict(ckpt["rng"])
+            load_rng_state_dict(rng)
         logger.info(f"resume: {self.path} -> iteration {iteration} (epoch {iteration // epoch_length + 1} continues)")

@@ -15,13 +15,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from bounded import run_bounded
 
 from medssl_monai.bundle_tools import find_bundles, load_state_dict
 
@@ -57,7 +57,7 @@ def test_torchrun_two_processes(bundle: Path, tiny_data, tmp_path: Path):
         "--epochs", "1", "--num_workers", "0", "--batch_size", "2", "--log_every", "1",
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=540)
+    proc = run_bounded(cmd, cwd=work, env=env, timeout=540)  # a hang fails with every process's stacks
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
 
     state = load_state_dict(work / "models" / "model.pt")

@@ -39,3 +39,28 @@ def test_a_hung_run_fails_with_every_process_stack_and_leaves_no_process():
 def test_a_finished_run_returns_its_output_and_status():
     out = run_bounded([sys.executable, "-c", "import sys; print('ok'); sys.exit(3)"], timeout=60)
     assert out.returncode == 3 and out.stdout.strip() == "ok"
+
+
+# a child in a session of its own, as torchrun starts its workers: the runner's group signal would miss it
+HANG_SETSID = """
+import subprocess, sys, time
+child = subprocess.Popen(
+    [sys.executable, "-c", "import time\\ndef stuck_in_own_session():\\n    time.sleep(600)\\nstuck_in_own_session()"],
+    start_new_session=True,
+)
+print('session-child', child.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_hung_run_also_stops_descendants_in_sessions_of_their_own():
+    t0 = time.monotonic()
+    with pytest.raises(HungProcessError) as info:
+        run_bounded([sys.executable, "-c", HANG_SETSID], timeout=5)
+    assert time.monotonic() - t0 < 30, "the child kept the output pipe open"
+    message = str(info.value)
+    assert "stuck_in_own_session" in message  # its stack too
+    child = int(message.split("session-child ")[1].split()[0])
+    time.sleep(0.5)
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)
