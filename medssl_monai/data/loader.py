@@ -67,7 +67,14 @@ class _WorkerInit:
         if self.fn is not None:
             self.fn(worker_id)
         if _STACK_SIGNAL is not None:
-            faulthandler.register(_STACK_SIGNAL, all_threads=True, chain=False)
+            try:  # sys.stderr may be replaced by an object without a file descriptor (pytest, notebooks)
+                fd = sys.stderr.fileno()
+            except (AttributeError, OSError, ValueError):
+                fd = 2
+            try:
+                faulthandler.register(_STACK_SIGNAL, file=fd, all_threads=True, chain=False)
+            except (OSError, ValueError, RuntimeError) as err:  # a diagnostic must never stop a worker
+                logger.debug("no stack dump on SIGUSR1 in worker %d: %s", worker_id, err)
 
 
 class _Wait:
@@ -119,6 +126,8 @@ class _Watchdog:
                 if now - wait.warned >= wait.loader.stall_warning_s:
                     wait.warned = now
                     self._warn(wait, now - wait.started)
+            # hold no finished wait while asleep: its iterator (and persistent workers) must be collectable
+            waits = wait = None  # noqa: F841
             time.sleep(max(0.05, min(5.0, period / 10)))
 
     @staticmethod

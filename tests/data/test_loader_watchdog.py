@@ -63,3 +63,17 @@ def test_the_workers_still_run_monais_worker_init():
     assert isinstance(loader.worker_init_fn, _WorkerInit) and loader.worker_init_fn.fn is worker_init_fn
     assert DataLoader([1], num_workers=1, worker_init_fn=None).worker_init_fn.fn is None
     assert DataLoader([1], num_workers=0).worker_init_fn is not None  # MONAI's default, untouched
+
+
+def test_workers_start_when_stderr_has_no_file_descriptor(monkeypatch):
+    """pytest's capsys and notebooks replace sys.stderr with an object without fileno(): workers still start."""
+    import io
+
+    import torch
+
+    from medssl_monai.data.loader import DataLoader
+
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    loader = DataLoader(list(range(4)), batch_size=2, num_workers=1)
+    assert [b.tolist() for b in loader] == [[0, 1], [2, 3]]
+    assert torch.utils.data.get_worker_info() is None
