@@ -1,234 +1,515 @@
-"""The representation benchmark: pretrain or take every encoder, probe it frozen, one table, one chart.
+"""The representation benchmark: pretrain every encoder, probe it frozen beside positive controls, claim nothing
+that a paired interval does not support.
 
-Usage::
+Usage (from the repository root; the full protocol is one command, about an hour on a 2-core CPU)::
 
-    OMP_NUM_THREADS=1 python scripts/benchmark_representations.py --config scripts/benchmark_representations.yaml
-    python scripts/benchmark_representations.py --config ... --skip-pretraining   # reuse the checkpoints
+    python scripts/benchmark_representations.py --config scripts/benchmark_representations.yaml
+    python scripts/benchmark_representations.py --config ... --dataset_dir /data/EchoNet-Dynamic
+    python scripts/benchmark_representations.py --config ... --skip-pretraining      # reuse the checkpoints
+    python scripts/benchmark_representations.py --config ... --publish docs/benchmark # copy the results there
 
-Steps (all settings in the YAML):
+Stages (all settings in the YAML; ``results.json`` records each stage's wall time):
 
-1. synthetic data (``make_all`` + a larger EchoNet set) under ``data_root``;
-2. every ``pretrain: true`` encoder: its bundle's ``train.yaml`` + ``small.yaml`` (+ extra configs, overrides)
-   through ``ConfigWorkflow``, checkpoints under ``output_dir/<name>/models``;
-3. :func:`~medssl_monai.encoders.build_encoder` from those checkpoints (or random init), frozen features of the
-   EchoNet clips (EF, ``Abnormal``) and of the timed series (progression label, visit times);
-4. the probes of :mod:`medssl_monai.evaluation.benchmark` (fit on TRAIN only), few-label segmentation through the
-   UniLVSeg segmentation bundle for encoders with a spatial decoder;
-5. ``results.json``, ``benchmark.md`` (the table) and ``benchmark.png`` (the chart) in ``output_dir``.
+1. ``data``: the synthetic EchoNet videos, ultrasound sweeps and timed series (or ``--dataset_dir``, any
+   EchoNet-format folder, for the echo tasks), and the per-frame LV volumes of the oracle row;
+2. ``cache``: every echo video decoded once (shared clip cache) and kept in memory, grey, at ``probe_size``;
+3. ``pretrain``: every encoder's bundle with ``train.yaml`` + ``cpu.yaml`` (+ ``overrides``), on TRAIN only;
+4. ``supervised``: the same architectures trained on the TRAIN labels for the same steps and batch size;
+5. ``features``: motion-keeping frozen features (:mod:`medssl_monai.evaluation.temporal`) of every row:
+   random init, SSL, supervised, the oracle and pixel controls (:mod:`medssl_monai.evaluation.controls`);
+6. ``probes``: cross-validated probes on TRAIN, bootstrap intervals on the evaluation videos
+   (:mod:`medssl_monai.evaluation.protocol`), the label-efficiency curve and the paired claims;
+7. ``write``: ``results.json``, ``benchmark.md`` (refused when the oracle row is below EF R2 0.9 or abnormal AUROC
+   0.95), ``benchmark.png``, ``claims.json`` and ``controls.json`` in ``output_dir``.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import platform
+import shutil
 import time
+from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import yaml
 
-from medssl_monai.demo import run_bundle
 from medssl_monai.encoders import ENCODER_BUNDLES, build_encoder
-from medssl_monai.evaluation.benchmark import NOT_APPLICABLE, benchmark_chart, benchmark_table, probe_task
+from medssl_monai.evaluation.benchmark import METRICS, benchmark_chart, benchmark_table
+from medssl_monai.evaluation.clips import embed_videos, layout_indices, load_frame_store, load_series
+from medssl_monai.evaluation.controls import (
+    dark_area_features,
+    edv_esv_features,
+    lv_volume_curves,
+    oracle_features,
+    std_map_features,
+    train_supervised,
+    write_lv_volumes,
+)
+from medssl_monai.evaluation.protocol import (
+    ProbeData,
+    evaluate_row,
+    label_efficiency,
+    paired_claims,
+    validate_claims,
+    validate_controls,
+    write_json,
+)
+from medssl_monai.evaluation.temporal import TemporalFeatures
 
 logger = logging.getLogger("benchmark_representations")
 
+ORACLE = "oracle_lv_volume"
+PIXEL_ROWS = ("pixels_std_map", "pixels_dark_area")
+COLUMNS = tuple(c for c in METRICS if c[0] != "segmentation")
+METRIC_NAMES = {f"{t}_{m}" if t != "ef" else f"ef_{m}": h for t, m, h, _ in COLUMNS}
 
-def make_data(cfg: dict) -> dict[str, Path]:
-    from medssl_monai.data.synthetic import make_all
-    from medssl_monai.data.synthetic.echonet import make_echonet
 
-    root = Path(cfg["data_root"])
-    paths = {k: Path(v) for k, v in make_all(root, seed=cfg["data_seed"], size=cfg["data_size"]).items()}
-    echo = root / f"echonet_{cfg['echonet_videos']}"
-    if not (echo / "FileList.csv").is_file():
-        make_echonet(echo, num_videos=cfg["echonet_videos"], seed=cfg["data_seed"])
-    paths["echonet"] = echo
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children (loader workers, data-generation processes)."""
+    import resource
+
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+class Stages:
+    """Wall and CPU time per stage (summed over calls), for ``results.json`` and the time estimate.
+
+    On a shared machine the wall time depends on the other jobs; the CPU time is what the stage costs, so a run
+    measured there can still be extrapolated to an idle machine (wall >= CPU / cores).
+    """
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.cpu_seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str):
+        t0, c0 = time.perf_counter(), _cpu_seconds()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - t0, 1)
+            self.cpu_seconds[name] = round(self.cpu_seconds.get(name, 0.0) + _cpu_seconds() - c0, 1)
+            logger.info("stage %s: %.0f s wall, %.0f s CPU so far", name, self.seconds[name], self.cpu_seconds[name])
+
+
+# ---- 1. data ----------------------------------------------------------------------------------------------
+
+
+def make_data(cfg: dict, dataset_dir: str | None) -> dict[str, Path]:
+    """The echo set (``--dataset_dir`` or synthetic), the ultrasound sweeps and the timed series."""
+    from medssl_monai.data.synthetic import make_echonet, make_frame_folders, make_timed_series
+
+    root, seed, d, workers = Path(cfg["data_root"]), cfg["data_seed"], cfg["data"], cfg.get("num_workers", 1)
+    paths = {
+        "echonet": Path(dataset_dir)
+        if dataset_dir
+        else make_echonet(root / f"echonet_{d['echonet_videos']}", d["echonet_videos"], seed, num_workers=workers),
+        "ultrasound": make_frame_folders(
+            root / f"ultrasound_{d['ultrasound_videos']}", d["ultrasound_videos"], seed, num_workers=workers
+        ),
+        "timed_series": make_timed_series(
+            root / f"timed_series_{d['series_subjects']}", d["series_subjects"], seed, num_workers=workers
+        ),
+    }
     return paths
 
 
-def pretrain(name: str, spec: dict, data: dict[str, Path], out: Path) -> Path:
-    """Run the encoder's pretraining bundle at small settings; returns ``models/model.pt``."""
-    bundle, extra = ENCODER_BUNDLES[spec["kind"]]
-    ckpt_dir = out / name / "models"
-    ckpt = ckpt_dir / "model.pt"
-    dataset = data["ultrasound"] if spec["kind"] == "ucl" else data["echonet"]  # UCL: its own domain (lung US)
-    t0 = time.time()
-    run_bundle(
-        bundle,
-        ["train.yaml", "small.yaml", *extra, *spec.get("configs", [])],
-        dataset_dir=str(dataset),
-        ckpt_dir=str(ckpt_dir),
-        output_dir=str(out / name / "runs"),
-        **spec.get("overrides", {}),
+def echo_items(root: Path) -> list[dict]:
+    """Every labelled video with ``abnormal``: the synthetic ``Abnormal`` column, else EF < 50 (reduced EF)."""
+    from medssl_monai.data.echonet import load_echonet_datalist
+
+    truth = root / "SyntheticTruth.csv"
+    items = load_echonet_datalist(root, labels_csv=truth.name if truth.is_file() else None)
+    for it in items:
+        it["abnormal"] = int(it["Abnormal"]) if "Abnormal" in it else int(float(it["ef"]) < 50.0)
+    return [it for it in items if np.isfinite(float(it["ef"]))]
+
+
+# ---- 3. pretraining ---------------------------------------------------------------------------------------
+
+
+def run_workflow(bundle: str, configs: list[str], **overrides: Any) -> int:
+    """One bundle training run through ``ConfigWorkflow``; returns the optimizer steps it took.
+
+    The benchmark runs the workflow itself (initialize, run, finalize) rather than ``demo.run_bundle``, to read
+    the trainer's iteration count (the supervised row's budget); the bundles' properties are checked by their
+    own tests (tests/bundles).
+    """
+    from monai.bundle import ConfigWorkflow
+
+    from medssl_monai.config_checks import check_overrides
+    from medssl_monai.demo import BUNDLES_DIR
+
+    root = BUNDLES_DIR / bundle
+    files = [str(root / "configs" / c) for c in configs]
+    check_overrides(files, overrides)
+    wf = ConfigWorkflow(
+        config_file=files, workflow_type="train", logging_file=False, bundle_root=str(root), **overrides
     )
-    logger.info("pretrained %s in %.0f s", name, time.time() - t0)
+    wf.initialize()
+    wf.run()
+    steps = int(wf.parser.get_parsed_content("train#trainer").state.iteration)
+    wf.finalize()
+    del wf
+    gc.collect()  # persistent loader workers sit in reference cycles: collect them in this process (demo.run_bundle)
+    return steps
+
+
+def pretrain(name: str, spec: dict, data: dict[str, Path], out: Path, cache_dir: Path, skip: bool) -> dict:
+    """The encoder's pretraining bundle with ``train.yaml`` + its ``configs``; ``{"checkpoint", "steps",
+    "batch_size", "seconds"}`` (kept in ``<name>/pretrain.json`` so ``--skip-pretraining`` knows the budget)."""
+    bundle, extra = ENCODER_BUNDLES[spec["kind"]]
+    ckpt = out / name / "models" / "model.pt"
+    record = out / name / "pretrain.json"
+    if skip and ckpt.is_file() and record.is_file():
+        logger.info("%s: reusing %s", name, ckpt)
+        return json.loads(record.read_text())
+    dataset = data["ultrasound"] if spec["kind"] == "ucl" else data["echonet"]  # UCL: its own domain
+    t0 = time.time()
+    overrides = dict(spec.get("overrides", {}))
+    steps = run_workflow(
+        bundle,
+        ["train.yaml", *spec.get("configs", []), *extra],
+        dataset_dir=str(dataset),
+        ckpt_dir=str(ckpt.parent),
+        output_dir=str(out / name / "runs"),
+        cache_dir=str(cache_dir),
+        **overrides,
+    )
     if not ckpt.is_file():
         raise FileNotFoundError(f"{name}: pretraining wrote no {ckpt}")
-    return ckpt
+    parser = _bundle_parser(spec)
+    info = {
+        "checkpoint": str(ckpt),
+        "steps": steps,
+        "batch_size": int(parser.get_parsed_content("batch_size")),
+        "seconds": round(time.time() - t0, 1),
+    }
+    record.write_text(json.dumps(info, indent=1))
+    logger.info("pretrained %s: %d steps in %.0f s", name, steps, info["seconds"])
+    return info
+
+
+def _bundle_parser(spec: dict):
+    from medssl_monai.encoders import encoder_config
+
+    return encoder_config(spec["kind"], configs=("train.yaml", *spec.get("configs", [])), **_arch(spec))
+
+
+def _arch(spec: dict) -> dict:
+    """The overrides that shape the network (not the training length or the loader)."""
+    skip = {"epochs", "num_workers", "warmup_epochs", "curriculum_start_epoch", "mlm_start_epoch", "val_interval"}
+    return {k: v for k, v in spec.get("overrides", {}).items() if k not in skip and "#" not in k}
+
+
+def _encoder(spec: dict, ckpt: str | None):
+    torch.manual_seed(0)
+    return build_encoder(
+        spec["kind"], ckpt, configs=("train.yaml", *spec.get("configs", [])), seed=0, **_arch(spec)
+    ).eval()
+
+
+# ---- 5. features ------------------------------------------------------------------------------------------
+
+
+def echo_features(
+    fn: Callable[[torch.Tensor], torch.Tensor], ids, store, layout: dict, clips: int, batch_size: int
+) -> np.ndarray:
+    return embed_videos(fn, store, ids, layout["num_frames"], layout["period"], clips, batch_size)
 
 
 @torch.no_grad()
-def features(encoder, datalist: list[dict], transform, keys: tuple[str, ...], batch_size: int) -> dict[str, np.ndarray]:
-    from monai.data import DataLoader, Dataset
-
-    loader = DataLoader(Dataset(datalist, transform), batch_size=batch_size, num_workers=0)
-    out: dict[str, list] = {"features": [], **{k: [] for k in keys}}
-    for batch in loader:
-        kwargs = {k: batch[k] for k in ("times", "frame_mask") if k in batch}
-        out["features"].append(encoder(batch["image"], **kwargs).float().numpy())
-        for k in keys:
-            v = batch[k]
-            out[k].extend(v.tolist() if isinstance(v, torch.Tensor) else list(v))
-    return {k: np.concatenate(v) if k == "features" else np.asarray(v) for k, v in out.items()}
+def series_features(fn, series: dict[str, torch.Tensor], batch_size: int, with_times: bool) -> np.ndarray:
+    out = []
+    for i in range(0, len(series["image"]), batch_size):
+        x = series["image"][i : i + batch_size]
+        if with_times:
+            out.append(fn(x, series["times"][i : i + batch_size], series["frame_mask"][i : i + batch_size]))
+        else:
+            out.append(fn(x))
+    return torch.cat(out).float().numpy()
 
 
-def probe_all(feats: dict, series: dict, cfg: dict) -> dict:
-    """Every probe task on one encoder's features: TRAIN fits, ``eval_splits`` scores."""
-    evals = {s.upper() for s in cfg["eval_splits"]}
-    kw = {"seeds": cfg["probe_seeds"], "n_resamples": cfg["n_resamples"], **cfg.get("probe", {})}
-    res = {}
-    split = np.char.upper(feats["split"].astype(str))
-    tr, ev = split == "TRAIN", np.isin(split, list(evals))
-    x = feats["features"]
-    for task, key in (
-        ("ef", "ef"),
-        ("abnormal_knn", "Abnormal"),
-        ("abnormal_lin", "Abnormal"),
-        ("anomaly", "Abnormal"),
-    ):
-        y = feats[key].astype(float)
-        res[task] = probe_task(task, x[tr], y[tr], x[ev], y[ev], **kw)
-    split = np.char.upper(series["split"].astype(str))
-    tr, ev = split == "TRAIN", np.isin(split, list(evals))
-    y = series["label"].astype(int)
-    res["progression"] = probe_task("progression", series["features"][tr], y[tr], series["features"][ev], y[ev], **kw)
-    return res
+def train_clips(ids, store, layout: dict, clips: int) -> torch.Tensor:
+    """Every TRAIN video's probe clips, ``N clips x 1 x T x S x S`` uint8 (the supervised row's data)."""
+    arr = [store[i][layout_indices(len(store[i]), layout["num_frames"], layout["period"], clips)] for i in ids]
+    return torch.from_numpy(np.concatenate(arr))[:, None]
 
 
-def segmentation(name: str, spec: dict, ckpt: Path | None, data: dict[str, Path], cfg: dict, out: Path) -> dict:
-    """Few-label segmentation with the UniLVSeg segmentation bundle (pooled Dice on TEST), one run per seed."""
-    from monai.utils import set_determinism
-
-    seg = cfg["segmentation"]
-    values = []
-    for seed in seg["seeds"]:
-        run_dir = out / name / f"segmentation_seed{seed}"
-        common = {
-            "dataset_dir": str(data["echonet"]),
-            "ckpt_dir": str(run_dir / "models"),
-            "output_dir": str(run_dir / "runs"),
-            "pretrained_ckpt": str(ckpt) if ckpt else None,
-            "label_fraction": seg["label_fraction"],
-            **seg.get("overrides", {}),
-        }
-        set_determinism(seed=seed)
-        run_bundle("unilvseg_echo_lv_segmentation", ["train.yaml", "small.yaml"], **common)
-        run_bundle(
-            "unilvseg_echo_lv_segmentation",
-            ["train.yaml", "small.yaml", "evaluate.yaml"],
-            workflow_type="eval",
-            eval_dir=str(run_dir / "eval"),
-            n_resamples=cfg["n_resamples"],
-            **common,
-        )
-        summary = json.loads((run_dir / "eval" / "summary.json").read_text())
-        values.append(summary["dice"]["overall"])
-    est = [v["estimate"] for v in values]
-    return {
-        "dice": {
-            "values": est,
-            "mean": float(np.mean(est)),
-            "std": float(np.std(est, ddof=1)) if len(est) > 1 else 0.0,
-            "ci_low": values[0]["ci_low"],
-            "ci_high": values[0]["ci_high"],
-        }
-    }
+# ---- main -------------------------------------------------------------------------------------------------
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="scripts/benchmark_representations.yaml")
-    ap.add_argument("--skip-pretraining", action="store_true", help="reuse output_dir/<name>/models/model.pt")
-    ap.add_argument("--only", nargs="*", help="encoder names to run (default: all)")
-    ap.add_argument("--resume", action="store_true", help="keep the encoders already in output_dir/results.json")
-    args = ap.parse_args()
+    ap.add_argument("--dataset_dir", help="an EchoNet-format folder for the echo tasks (default: synthetic)")
+    ap.add_argument("--output_dir", help="overrides the config's output_dir")
+    ap.add_argument("--skip-pretraining", action="store_true", help="reuse <output_dir>/<name>/models/model.pt")
+    ap.add_argument("--only", nargs="*", help="encoder names to run (default: all); controls always run")
+    ap.add_argument("--publish", help="copy claims.json, controls.json, benchmark.md and benchmark.png there")
+    args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     cfg = yaml.safe_load(Path(args.config).read_text())
-    out = Path(cfg["output_dir"])
+    out = Path(args.output_dir or cfg["output_dir"])
+    if args.output_dir:
+        cfg["data_root"] = str(out / "data")
     out.mkdir(parents=True, exist_ok=True)
+    cache_dir = out / "cache"
+    torch.set_num_threads(int(cfg.get("threads", 2)))
+    stages = Stages()
     t_start = time.time()
+    n_res, seed, evals = cfg["n_resamples"], cfg["seed"], cfg["eval_splits"]
 
-    from medssl_monai.data.echonet import load_echonet_datalist
-    from medssl_monai.data.timed_series import load_timed_series_datalist
-    from medssl_monai.transforms.io import LoadClipd, LoadSeriesd
+    with stages("data"):
+        data = make_data(cfg, args.dataset_dir)
+        items = echo_items(data["echonet"])
+        ids = [str(it["video_id"]) for it in items]
+        split = np.array([str(it["split"]).upper() for it in items])
+        ef = np.array([float(it["ef"]) for it in items])
+        abnormal = np.array([int(it["abnormal"]) for it in items])
+        curves = lv_volume_curves(data["echonet"])
+        if curves is not None:
+            write_lv_volumes({i: curves[i] for i in ids}, out / "LVVolumes.csv")  # the oracle's sidecar
+        from medssl_monai.data.timed_series import load_timed_series_datalist
 
-    data = make_data(cfg)
-    clips = load_echonet_datalist(data["echonet"], labels_csv="SyntheticTruth.csv")
-    series_list = load_timed_series_datalist(data["timed_series"] / "series.csv")
-    c = cfg["clip"]
-    clip_tf = LoadClipd(keys="image", num_frames=c["num_frames"], period=c["period"], mode="start")
-    series_tf = LoadSeriesd(keys="image", num_frames=cfg["series_frames"])
+        series_items = load_timed_series_datalist(data["timed_series"] / "series.csv")
+        series = load_series(series_items, cfg["series_frames"])
+    with stages("cache"):
+        from medssl_monai.data.cache import ClipCache
 
-    results, timings = {}, {}
-    if args.resume and (out / "results.json").is_file():
-        previous = json.loads((out / "results.json").read_text())
-        results = previous["results"]
-        timings = previous.get("timings_s") or previous.get("meta", {}).get("timings_s", {})
-    names = args.only or list(cfg["encoders"])
-    for name in names:
-        if name in results:
-            logger.info("%s: kept from results.json", name)
-            continue
-        spec = cfg["encoders"][name]
-        t0 = time.time()
-        ckpt = None
-        if spec.get("pretrain"):
-            ckpt = out / name / "models" / "model.pt"
-            if not (args.skip_pretraining and ckpt.is_file()):
-                ckpt = pretrain(name, spec, data, out)
-        torch.manual_seed(0)
-        enc = build_encoder(
-            spec["kind"],
-            ckpt,
-            configs=("train.yaml", "small.yaml", *spec.get("configs", [])),
-            seed=0,
-            **{k: v for k, v in spec.get("overrides", {}).items() if k not in ("epochs", "num_workers")},
-        )
-        f = features(enc, clips, clip_tf, ("ef", "Abnormal", "split", "video_id"), cfg["batch_size"])
-        s = features(enc, series_list, series_tf, ("label", "split"), cfg["batch_size"])
-        np.savez(out / f"{name}_features.npz", clips=f["features"], series=s["features"])
-        res = probe_all(f, s, cfg)
-        if spec["kind"] in cfg["segmentation"]["kinds"]:
-            res["segmentation"] = segmentation(name, spec, ckpt, data, cfg, out)
+        ClipCache(cache_dir).build([it["image"] for it in items], num_workers=cfg.get("num_workers", 0))
+        store = load_frame_store(items, cfg["probe_size"], cache_dir)
+
+    echo_labels = {"ef": ef, "abnormal": abnormal}
+    s_split = np.array([str(it["split"]).upper() for it in series_items])
+    s_groups = np.array([str(it.get("subject_id", i)) for i, it in enumerate(series_items)])
+    s_labels = {"progression": np.array([int(it["label"]) for it in series_items])}
+    groups = np.array(ids)
+    rows: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}  # row -> (echo features, series features)
+    meta_rows: dict[str, dict] = {}
+
+    # controls: the oracle and the pixel rows
+    with stages("features"):
+        pix = cfg["controls"]["pixels"]
+        lay = pix["layout"]
+        if curves is not None:
+            n_clips = cfg["clips_per_video"]
+            idx = {i: layout_indices(len(store[i]), lay["num_frames"], lay["period"], n_clips) for i in ids}
+            x = np.stack([oracle_features(curves[i], idx[i]).mean(axis=0) for i in ids])
+            meta_rows[ORACLE] = {"source": "per-frame LV volumes (method of discs of every frame's tracing)"}
         else:
-            res["segmentation"] = NOT_APPLICABLE  # no spatial decoder to fine-tune
-        results[name] = res
-        timings[name] = round(time.time() - t0, 1)
-        logger.info("%s done in %.0f s", name, timings[name])
-        (out / "results.json").write_text(json.dumps({"results": results, "timings_s": timings}, indent=1))
+            x = edv_esv_features(items)
+            meta_rows[ORACLE] = {"source": "EDV, ESV, ESV/EDV from FileList.csv (no per-frame volumes)"}
+        rows[ORACLE] = (x, None)  # no LV in the timed series: progression n/a
+        fns = {
+            "pixels_std_map": lambda v: std_map_features(v, pix["grid"]),
+            "pixels_dark_area": lambda v: dark_area_features(v, pix["dark_thresholds"]),
+        }
+        for name, fn in fns.items():
+            rows[name] = (
+                echo_features(fn, ids, store, lay, cfg["clips_per_video"], cfg["batch_size"]),
+                series_features(lambda v, fn=fn: fn(v), series, cfg["batch_size"], False),
+            )
+            meta_rows[name] = {"layout": lay}
 
-    missing = [n for n in names if n not in results]
-    if missing:
-        raise RuntimeError(f"encoders without results: {missing}")
-    results = {n: results[n] for n in names}
-    table = benchmark_table(results)
-    (out / "benchmark.md").write_text(table)
-    benchmark_chart(results, out / "benchmark.png")
-    meta = {
-        "machine": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} torch threads".strip(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "total_s": round(time.time() - t_start, 1),
-        "timings_s": timings,
-        "config": cfg,
-    }
-    (out / "results.json").write_text(json.dumps({"results": results, "meta": meta}, indent=1))
-    print(table)
-    print(json.dumps({k: meta[k] for k in ("machine", "total_s", "timings_s")}, indent=1))
+    # an entry is named after its SSL row (``tvrl_ssl``); its other rows share the method name (``tvrl_random``)
+    names = args.only or [n for n, e in cfg["encoders"].items() if e.get("enabled", True)]
+    unknown = [n for n in names if n not in cfg["encoders"] or not n.endswith("_ssl")]
+    if unknown:
+        raise SystemExit(f"--only / encoders: unknown or not named <method>_ssl: {unknown}")
+    tr_mask = split == "TRAIN"
+    comparisons: list[tuple[str, str, str]] = []
+    for entry in names:
+        spec = cfg["encoders"][entry]
+        name = entry[: -len("_ssl")]
+        lay = spec["layout"]
+        n_clips = int(spec.get("clips_per_video", cfg["clips_per_video"]))
+        with stages("pretrain"):
+            info = pretrain(name, spec, data, out, cache_dir, args.skip_pretraining)
+        variants = {f"{name}_random": None, f"{name}_ssl": info["checkpoint"]}
+        if spec.get("supervised"):
+            variants[f"{name}_supervised"] = "supervised"
+        for row, ckpt in variants.items():
+            enc = _encoder(spec, None if ckpt == "supervised" else ckpt)
+            if ckpt == "supervised":
+                with stages("supervised"):
+                    t0 = time.time()
+                    train_ids = [i for i, m in zip(ids, tr_mask) if m]
+                    clips = train_clips(train_ids, store, lay, n_clips)
+                    rep = np.repeat(np.flatnonzero(tr_mask), n_clips)
+                    losses = train_supervised(
+                        enc,
+                        clips,
+                        ef[rep],
+                        abnormal[rep],
+                        steps=info["steps"],
+                        batch_size=info["batch_size"],
+                        learning_rate=cfg["supervised"]["learning_rate"],
+                        weight_decay=cfg["supervised"]["weight_decay"],
+                        seed=seed,
+                    )
+                    meta_rows[row] = {
+                        "steps": info["steps"],
+                        "batch_size": info["batch_size"],
+                        "loss_first_last": [losses[0], losses[-1]],
+                        "seconds": round(time.time() - t0, 1),
+                    }
+            with stages("features"):
+                t0 = time.time()
+                feat = TemporalFeatures(enc).eval()
+                x = echo_features(feat, ids, store, lay, n_clips, cfg["batch_size"])
+                s = series_features(feat, series, cfg["batch_size"], spec["kind"] == "tvrl")
+            rows[row] = (x, s)
+            meta_rows.setdefault(row, {}).update(
+                {"layout": lay, "clips_per_video": n_clips, "dim": int(x.shape[1]), "feature_s": time.time() - t0}
+            )
+            if ckpt and ckpt != "supervised":
+                meta_rows[row].update({k: info[k] for k in ("steps", "batch_size", "seconds")})
+            np.savez_compressed(out / f"{row}_features.npz", echo=x, series=s)
+        comparisons.append((name, f"{name}_ssl", f"{name}_random"))
+        if spec.get("supervised"):
+            comparisons.append((name, f"{name}_ssl", f"{name}_supervised"))
+        comparisons.extend((name, f"{name}_ssl", p) for p in PIXEL_ROWS)
+
+    results: dict[str, Any] = {}
+    scores: dict[str, dict[str, np.ndarray]] = {}
+    efficiency: dict[str, Any] = {}
+    with stages("probes"):
+        for row, (x, s) in rows.items():
+            echo = ProbeData(x, echo_labels, split, groups)
+            ser = None if s is None else ProbeData(s, s_labels, s_split, s_groups)
+            results[row], scores[row] = evaluate_row(echo, ser, eval_splits=evals, n_resamples=n_res, seed=seed)
+            efficiency[row] = label_efficiency(echo, cfg["label_fractions"], cfg["label_seeds"], evals)
+            logger.info("probed %s", row)
+        ev = np.isin(split, [e.upper() for e in evals])
+        s_ev = np.isin(s_split, [e.upper() for e in evals])
+        task_labels = {
+            "ef": ef[ev],
+            "abnormal_lin": abnormal[ev],
+            "abnormal_knn": abnormal[ev],
+            "anomaly": abnormal[ev],
+            "progression": s_labels["progression"][s_ev],
+        }
+        claims = paired_claims(comparisons, scores, task_labels, n_resamples=n_res, seed=seed, names=METRIC_NAMES)
+
+    with stages("write"):
+        table_rows = {r: {k: v for k, v in res.items() if k != "_probe"} for r, res in results.items()}
+        table = benchmark_table(table_rows, COLUMNS, oracle_row=ORACLE)  # refuses a broken protocol
+        benchmark_chart(table_rows, out / "benchmark.png", COLUMNS)
+        oracle = results[ORACLE]
+        controls = {
+            "oracle_row": ORACLE,
+            "source": meta_rows[ORACLE]["source"],
+            "ef_r2": oracle["ef"]["r2"]["estimate"],
+            "ef_r2_ci95": [oracle["ef"]["r2"]["ci_low"], oracle["ef"]["r2"]["ci_high"]],
+            "abnormal_auroc": oracle["abnormal_lin"]["auroc"]["estimate"],
+            "abnormal_auroc_ci95": [oracle["abnormal_lin"]["auroc"][k] for k in ("ci_low", "ci_high")],
+            "thresholds": {"ef_r2": 0.9, "abnormal_auroc": 0.95},
+            "pixel_rows": {
+                r: {
+                    "ef_r2": results[r]["ef"]["r2"]["estimate"],
+                    "abnormal_auroc": results[r]["abnormal_lin"]["auroc"]["estimate"],
+                }
+                for r in PIXEL_ROWS
+            },
+            "protocol": cfg.get("protocol", "custom"),
+            "n_eval_videos": int(ev.sum()),
+            "n_eval_abnormal": int(abnormal[ev].sum()),
+        }
+        write_json(out / "claims.json", claims, validate_claims)
+        write_json(out / "controls.json", controls, validate_controls)
+        markdown = render_markdown(table, claims, efficiency, cfg, controls)
+        (out / "benchmark.md").write_text(markdown)
+        meta = {
+            "protocol": cfg.get("protocol", "custom"),
+            "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+            "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "stages_s": stages.seconds,
+            "stages_cpu_s": stages.cpu_seconds,
+            "total_s": round(time.time() - t_start, 1),
+            "counts": {
+                "videos": len(ids),
+                "train": int(tr_mask.sum()),
+                "eval": int(ev.sum()),
+                "eval_abnormal": int(abnormal[ev].sum()),
+                "series_eval": int(s_ev.sum()),
+            },
+            "rows": meta_rows,
+            "config": cfg,
+        }
+        payload = {
+            "results": results,
+            "label_efficiency": efficiency,
+            "claims": claims,
+            "controls": controls,
+            "meta": meta,
+        }
+    meta["total_s"] = round(time.time() - t_start, 1)  # after the write stage, so that it is counted too
+    (out / "results.json").write_text(json.dumps(payload, indent=1, default=_jsonable))
+    if args.publish:
+        dest = Path(args.publish)
+        dest.mkdir(parents=True, exist_ok=True)
+        for f in ("claims.json", "controls.json", "benchmark.md", "benchmark.png"):
+            shutil.copy2(out / f, dest / f)
+    print(markdown)
+    print(json.dumps({k: meta[k] for k in ("total_s", "stages_s", "stages_cpu_s", "counts")}, indent=1))
+    return payload
+
+
+def _jsonable(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def _fmt(v: float) -> str:
+    return f"{v:+.3f}" if np.isfinite(v) else "nan"
+
+
+def render_markdown(table: str, claims: list[dict], efficiency: dict, cfg: dict, controls: dict) -> str:
+    """The main table, the label-efficiency table and the paired claims, as markdown."""
+    lines = [
+        f"Protocol: {cfg.get('protocol', 'custom')}; {controls['n_eval_videos']} evaluation videos "
+        f"({controls['n_eval_abnormal']} abnormal). Cells: estimate [95% bootstrap interval over evaluation videos].",
+        "",
+        table,
+        "EF R2 by share of TRAIN labels (ridge, alpha by CV inside the share; mean +- std over draws):",
+        "",
+    ]
+    first = next(iter(efficiency.values()))
+    lines.append("| row | " + " | ".join(f"{float(f):.0%} ({first[f]['n_train']} videos)" for f in first) + " |")
+    lines.append("| --- |" + " --- |" * len(first))
+    for row, eff in efficiency.items():
+        cells = [f"{eff[f]['r2_mean']:.3f} +- {eff[f]['r2_std']:.3f}" for f in first]
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Paired comparisons (SSL minus baseline on the same videos; 95% paired bootstrap interval):",
+        "",
+        "| method | SSL row | baseline row | metric | SSL | baseline | difference [95% CI] | verdict |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for c in claims:
+        lo, hi = c["diff_ci95"]
+        lines.append(
+            f"| {c['method']} | {c['ssl_row']} | {c['baseline_row']} | {METRIC_NAMES.get(c['metric'], c['metric'])} | "
+            f"{c['ssl']:.3f} | {c['baseline']:.3f} | {_fmt(c['diff'])} [{_fmt(lo)}, {_fmt(hi)}] | {c['verdict']} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

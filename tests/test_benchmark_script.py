@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
+import yaml
 
 from medssl_monai.benchmarking import TABLE_COLUMNS, count_step_flops, format_table, random_like_batch
 
@@ -203,3 +207,226 @@ def test_benchmark_script_profile_writes_tables_and_trace(tmp_path, monkeypatch)
     assert any(r["dtype"] == "bfloat16" for r in summary["precision"])
     trace = json.loads((tmp_path / f"{name}.trace.json").read_text())
     assert any(e.get("name") == "train_step_0" for e in trace["traceEvents"])
+
+
+# ---- the representation benchmark (scripts/benchmark_representations.py) and its CPU presets ---------------
+
+PRETRAINING = ("unilvseg_echo_ssl_pretraining", "tvrl_echo_ssl_pretraining", "discovr_echo_ssl_pretraining")
+PRETRAINING_US = "ucl_us_ssl_pretraining"
+#: TRAIN items of the `bench` sets the presets' step counts are stated for (717 EchoNet videos, 1,280 sweeps)
+BENCH_TRAIN = {"echo": 717, "ultrasound": 1280}
+
+
+def _preset(bundle: str):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    configs = ROOT / "bundles" / bundle / "configs"
+    parser.read_config([str(configs / "train.yaml"), str(configs / "cpu.yaml")])
+    return parser, (configs / "cpu.yaml").read_text()
+
+
+@pytest.mark.parametrize("bundle", [*PRETRAINING, PRETRAINING_US])
+def test_cpu_preset_states_its_steps_and_spans_a_beat(bundle):
+    import math
+    import re
+
+    parser, text = _preset(bundle)
+    epochs, batch = int(parser["epochs"]), int(parser["batch_size"])
+    # the comment's budget: "<epochs> epochs x ... = <steps> optimizer steps", checked against the arithmetic
+    m = re.search(r"Budget: (\d+) epochs x .*?= ([\d,]+) optimizer steps", text)
+    assert m, "cpu.yaml must report its number of optimizer steps"
+    if bundle == PRETRAINING_US:  # UCL keeps a partial last batch
+        per_epoch = math.ceil(BENCH_TRAIN["ultrasound"] / batch)
+    else:
+        per_epoch = BENCH_TRAIN["echo"] // batch  # drop_last
+    assert int(m.group(1)) == epochs and int(m.group(2).replace(",", "")) == epochs * per_epoch
+    bench = yaml.safe_load((ROOT / "scripts" / "benchmark_representations.yaml").read_text())
+    kind = bundle.split("_")[0]
+    layout = bench["encoders"][f"{kind}_ssl"]["layout"]
+    fps, slowest_beat_bpm = 50.0, 50.0  # the synthetic echo videos; 50 bpm is the slowest heart rate drawn
+    if bundle == PRETRAINING_US:
+        assert layout["num_frames"] > 1  # frame encoder: probed per frame over a beat-long clip
+    else:
+        frames = int(parser["num_frames"])
+        if kind == "unilvseg":  # its clip loader's stride (1 in train.yaml: consecutive frames)
+            period = int(parser["train#preprocessing#period"])
+        else:
+            period = int(parser["period"] if kind == "tvrl" else parser["sampling_rate"])
+        # the benchmark probes each encoder in its pretraining layout, and that layout spans a beat
+        assert (layout["num_frames"], layout["period"]) == (frames, period)
+        assert ((frames - 1) * period + 1) / fps >= 60.0 / slowest_beat_bpm * 0.97
+        if kind == "unilvseg":  # the validation clips and embedding views use the same stride
+            assert parser["validate#preprocessing#period"] == parser["train#embedding_transform#period"] == period
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bundle", [*PRETRAINING, PRETRAINING_US])
+def test_cpu_preset_trains_two_iterations(bundle, tiny_data, tmp_path):
+    import shutil
+    import sys
+
+    from bounded import run_bounded
+
+    work = tmp_path / bundle
+    shutil.copytree(ROOT / "bundles" / bundle, work, ignore=shutil.ignore_patterns("models", "runs", "eval"))
+    data = tiny_data["ultrasound" if bundle == PRETRAINING_US else "echonet"]
+    # tiny: 4 TRAIN echo videos at batch 2 (drop_last), 6 sweeps at batch 3: two iterations either way
+    batch = 3 if bundle == PRETRAINING_US else 2
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        "['configs/train.yaml','configs/cpu.yaml']",
+        "--bundle_root",
+        str(work),
+        "--dataset_dir",
+        str(data),
+        "--cache_dir",
+        str(tmp_path / "cache"),
+        "--epochs",
+        "1",
+        "--batch_size",
+        str(batch),
+        "--num_workers",
+        "0",
+        "--log_every",
+        "1",
+    ]
+    if bundle == "unilvseg_echo_ssl_pretraining":
+        cmd += ["--val_interval", "1"]  # validation writes models/model.pt
+    if bundle == "discovr_echo_ssl_pretraining":
+        cmd += ["--val_interval", "1"]
+    proc = run_bounded(cmd, cwd=work, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    assert "Iter: 2/2" in log, log[-4000:]
+    assert (work / "models" / "model.pt").is_file()
+
+
+TINY_BENCHMARK = {
+    "protocol": "tiny (CI)",
+    "data_seed": 0,
+    "data": {"echonet_videos": 30, "ultrasound_videos": 8, "series_subjects": 40},
+    "num_workers": 0,
+    "threads": 1,
+    "seed": 0,
+    "eval_splits": ["VAL", "TEST"],
+    "n_resamples": 100,
+    "probe_size": 32,
+    "clips_per_video": 2,
+    "batch_size": 8,
+    "series_frames": 4,
+    "label_fractions": [0.25, 1.0],
+    "label_seeds": [0, 1],
+    "supervised": {"learning_rate": 0.001, "weight_decay": 0.05},
+    "controls": {"pixels": {"layout": {"num_frames": 32, "period": 2}, "grid": 14, "dark_thresholds": [0.05, 0.12]}},
+    "encoders": {
+        "unilvseg_ssl": {
+            "kind": "unilvseg",
+            "configs": ["cpu.yaml"],
+            "layout": {"num_frames": 32, "period": 2},
+            "supervised": True,
+            "overrides": {"epochs": 1, "batch_size": 4, "val_interval": 1, "num_workers": 0},
+        },
+        "tvrl_ssl": {
+            "kind": "tvrl",
+            "configs": ["cpu.yaml"],
+            "layout": {"num_frames": 16, "period": 4},
+            "supervised": True,
+            "overrides": {"epochs": 1, "batch_size": 4, "warmup_epochs": 0, "mlm_start_epoch": 0, "num_workers": 0},
+        },
+        "discovr_ssl": {
+            "kind": "discovr",
+            "configs": ["cpu.yaml"],
+            "layout": {"num_frames": 16, "period": 4},
+            "supervised": True,
+            "overrides": {"epochs": 1, "batch_size": 4, "warmup_epochs": 0, "val_interval": 1, "num_workers": 0},
+        },
+        "ucl_ssl": {
+            "kind": "ucl",
+            "configs": ["cpu.yaml"],
+            "layout": {"num_frames": 16, "period": 4},
+            "supervised": True,
+            "overrides": {
+                "epochs": 1,
+                "batch_size": 4,
+                "warmup_epochs": 0,
+                "curriculum_start_epoch": 0,
+                "num_workers": 0,
+            },
+        },
+    },
+}
+
+
+@pytest.mark.slow
+def test_representation_benchmark_tiny_end_to_end(tmp_path):
+    """Every stage of the benchmark at toy sizes: data, cache, pretraining of all four bundles, supervised rows,
+    features, CV probes, label efficiency, paired claims, the oracle check and every output file (~1-2 min)."""
+    import sys
+
+    from bounded import run_bounded
+
+    from medssl_monai.evaluation.protocol import validate_claims, validate_controls
+
+    out = tmp_path / "out"
+    cfg = {**TINY_BENCHMARK, "output_dir": str(out), "data_root": str(out / "data")}
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    script = ROOT / "scripts" / "benchmark_representations.py"
+    cmd = [sys.executable, str(script), "--config", str(config), "--publish", str(tmp_path / "published")]
+    proc = run_bounded(cmd, timeout=900, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+
+    payload = json.loads((out / "results.json").read_text())
+    stages = payload["meta"]["stages_s"]
+    assert set(stages) == {"data", "cache", "pretrain", "supervised", "features", "probes", "write"}
+    rows = set(payload["results"])
+    kinds = ("unilvseg", "tvrl", "discovr", "ucl")
+    expected = {f"{k}_{v}" for k in kinds for v in ("random", "ssl", "supervised")}
+    assert rows == expected | {"oracle_lv_volume", "pixels_std_map", "pixels_dark_area"}
+    assert payload["results"]["oracle_lv_volume"]["progression"] == "n/a"
+    for k in kinds:  # the supervised budget is the SSL run's steps and batch size
+        meta = payload["meta"]["rows"]
+        assert meta[f"{k}_supervised"]["steps"] == meta[f"{k}_ssl"]["steps"] > 0
+
+    claims = json.loads((out / "claims.json").read_text())
+    validate_claims(claims)
+    pairs = {(c["ssl_row"], c["baseline_row"]) for c in claims}
+    for k in kinds:
+        for base in ("random", "supervised"):
+            assert (f"{k}_ssl", f"{k}_{base}") in pairs
+        assert (f"{k}_ssl", "pixels_std_map") in pairs
+    controls = json.loads((out / "controls.json").read_text())
+    validate_controls(controls)
+    assert controls["ef_r2"] >= 0.9 and controls["abnormal_auroc"] >= 0.95  # else no table would be written
+
+    md = (out / "benchmark.md").read_text()
+    assert "| oracle_lv_volume |" in md and "Paired comparisons" in md and "EF R2 by share of TRAIN labels" in md
+    assert (out / "benchmark.png").stat().st_size > 0 and (out / "LVVolumes.csv").is_file()
+    for name in ("claims.json", "controls.json", "benchmark.md", "benchmark.png"):
+        assert (tmp_path / "published" / name).is_file()
+
+
+def test_representation_benchmark_reads_any_echonet_folder(tiny_data, tmp_path):
+    """``--dataset_dir`` without the synthetic files: abnormal = EF < 50 and the oracle falls back to EDV/ESV."""
+    import shutil
+
+    from medssl_monai.evaluation.controls import edv_esv_features, lv_volume_curves
+
+    spec = importlib.util.spec_from_file_location("bench_repr", ROOT / "scripts" / "benchmark_representations.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    real = tmp_path / "echonet"
+    shutil.copytree(tiny_data["echonet"], real, ignore=shutil.ignore_patterns("SyntheticTruth.csv", ".synthetic.json"))
+    items = module.echo_items(real)
+    assert items and all(it["abnormal"] == int(it["ef"] < 50.0) for it in items)
+    assert lv_volume_curves(real) is None  # no per-frame volumes: the oracle row uses EDV / ESV
+    x = edv_esv_features(items)
+    np.testing.assert_allclose(100.0 * (1.0 - x[:, 2]), [it["ef"] for it in items], rtol=1e-6)
+    synthetic = module.echo_items(tiny_data["echonet"])  # the synthetic truth's Abnormal column when present
+    truth = pd.read_csv(tiny_data["echonet"] / "SyntheticTruth.csv").set_index("FileName")["Abnormal"]
+    assert [it["abnormal"] for it in synthetic] == [int(truth[it["video_id"]]) for it in synthetic]

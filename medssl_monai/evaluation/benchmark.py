@@ -26,7 +26,11 @@ Protocol (every encoder through the one encoder interface, :mod:`medssl_monai.en
   (:func:`~medssl_monai.evaluation.bootstrap.bootstrap_ci`).
 
 :func:`benchmark_table` writes the markdown table and refuses a run with a missing cell (a cell that does not
-apply must be marked :data:`NOT_APPLICABLE`); :func:`benchmark_chart` writes the PNG.
+apply must be marked :data:`NOT_APPLICABLE`) and, given ``oracle_row``, a run whose positive control scores below
+EF R2 0.9 or abnormal AUROC 0.95 (:class:`~medssl_monai.evaluation.controls.BrokenProtocolError`: the protocol is
+broken); :func:`benchmark_chart` writes the PNG. The cross-validated protocol of ``scripts/
+benchmark_representations.py`` is :mod:`medssl_monai.evaluation.protocol`; its cells carry ``estimate`` and a
+bootstrap interval instead of a mean and std over probe seeds, and both kinds of cell are written here.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ __all__ = [
     "score_task",
     "probe_task",
     "summarize_runs",
+    "check_oracle_row",
     "benchmark_table",
     "benchmark_chart",
 ]
@@ -223,11 +228,17 @@ def summarize_runs(values: Sequence[float]) -> dict[str, float]:
     return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0}
 
 
+def _value(cell: Mapping) -> float:
+    """A cell's central value: ``mean`` over seeds, or the protocol's single ``estimate``."""
+    return float(cell.get("mean", cell.get("estimate", np.nan)))
+
+
 def _cell(value) -> str:
     if value == NOT_APPLICABLE:
         return NOT_APPLICABLE
-    mean, std = value["mean"], value["std"]
-    s = f"{mean:.3f} +- {std:.3f}"
+    s = f"{_value(value):.3f}"
+    if "std" in value:
+        s += f" +- {value['std']:.3f}"
     if np.isfinite(value.get("ci_low", np.nan)):
         s += f" [{value['ci_low']:.3f}, {value['ci_high']:.3f}]"
     return s
@@ -243,26 +254,56 @@ def _check_cells(results: Mapping[str, Mapping[str, Mapping]], columns) -> None:
             cell = r.get(metric) if isinstance(r, Mapping) else None
             if cell == NOT_APPLICABLE:
                 continue
-            if not isinstance(cell, Mapping) or not np.isfinite(cell.get("mean", np.nan)):
+            if not isinstance(cell, Mapping) or not np.isfinite(_value(cell)):
                 missing.append(f"{enc}/{task}/{metric}")
     if missing:
         raise MissingCellError(f"benchmark run has missing cells (measure them or mark them n/a): {missing}")
 
 
+def check_oracle_row(
+    results: Mapping[str, Mapping[str, Mapping | str]],
+    oracle_row: str,
+    ef_task: str = "ef",
+    abnormal_task: str = "abnormal_lin",
+) -> None:
+    """Raise :class:`~medssl_monai.evaluation.controls.BrokenProtocolError` unless ``results[oracle_row]`` is there
+    and reaches EF R2 0.9 and abnormal AUROC 0.95 (:func:`~medssl_monai.evaluation.controls.check_positive_control`).
+    """
+    from medssl_monai.evaluation.controls import BrokenProtocolError, check_positive_control
+
+    row = results.get(oracle_row)
+    if not isinstance(row, Mapping):
+        raise BrokenProtocolError(f"the protocol is broken: the table has no oracle row {oracle_row!r}")
+    try:
+        r2 = _value(row[ef_task]["r2"])
+        auroc = _value(row[abnormal_task]["auroc"])
+    except (KeyError, TypeError) as e:
+        raise BrokenProtocolError(f"the protocol is broken: oracle row {oracle_row!r} lacks {e}") from None
+    check_positive_control(r2, auroc)
+
+
 def benchmark_table(
     results: Mapping[str, Mapping[str, Mapping | str]],
     columns: Sequence[tuple[str, str, str, bool]] = METRICS,
+    oracle_row: str | None = None,
 ) -> str:
-    """One markdown table: a row per encoder, a column per (task, metric), cells ``mean +- std [CI]``.
+    """One markdown table: a row per encoder, a column per (task, metric), cells ``mean +- std [CI]`` (or
+    ``estimate [CI]``).
 
     Args:
-        results: ``{encoder: {task: {metric: {"mean", "std", "ci_low", "ci_high"}} | "n/a"}}``.
+        results: ``{encoder: {task: {metric: {"mean", "std", "ci_low", "ci_high"}} | "n/a"}}`` (``estimate``
+            instead of ``mean``/``std`` for single-fit cells).
         columns: ``(task, metric, header, higher_is_better)`` per column.
+        oracle_row: the positive-control row; when given, a table whose oracle scores below EF R2 0.9 or abnormal
+            AUROC 0.95 is not written (:func:`check_oracle_row`).
 
     Raises:
         MissingCellError: a cell is absent or not finite without being marked :data:`NOT_APPLICABLE`.
+        BrokenProtocolError: the oracle row is missing or below its floor.
     """
     _check_cells(results, columns)
+    if oracle_row is not None:
+        check_oracle_row(results, oracle_row)
     head = "| encoder | " + " | ".join(f"{h} {'(up)' if up else '(down)'}" for _, _, h, up in columns) + " |"
     lines = [head, "| --- |" + " --- |" * len(columns)]
     for enc, tasks in results.items():
@@ -279,7 +320,8 @@ def benchmark_chart(
     out_png: str | Path,
     columns: Sequence[tuple[str, str, str, bool]] = METRICS,
 ) -> Path:
-    """One PNG: a panel per column, a bar per encoder (mean, error bar = std over seeds); n/a cells left empty."""
+    """One PNG: a panel per column, a bar per encoder (mean, error bar = std over seeds, or the bootstrap interval
+    of a single-fit cell); n/a cells left empty."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -293,14 +335,21 @@ def benchmark_chart(
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 3.0 * nrows), squeeze=False)
     colors = plt.get_cmap("tab10")(np.arange(len(encoders)) % 10)
     for ax, (task, metric, header, up) in zip(axes.flat, columns):
-        means, stds = [], []
+        means, err = [], []
         for enc in encoders:
             r = results[enc][task]
             cell = NOT_APPLICABLE if r == NOT_APPLICABLE else r[metric]
-            means.append(np.nan if cell == NOT_APPLICABLE else cell["mean"])
-            stds.append(0.0 if cell == NOT_APPLICABLE else cell["std"])
+            m = np.nan if cell == NOT_APPLICABLE else _value(cell)
+            means.append(m)
+            if cell == NOT_APPLICABLE:
+                err.append((0.0, 0.0))
+            elif "std" in cell:
+                err.append((float(cell["std"]),) * 2)
+            else:  # a single fit: its bootstrap interval
+                lo, hi = cell.get("ci_low", np.nan), cell.get("ci_high", np.nan)
+                err.append((m - lo, hi - m) if np.isfinite(lo) and np.isfinite(hi) else (0.0, 0.0))
         pos = np.arange(len(encoders))
-        ax.bar(pos, np.nan_to_num(means), yerr=stds, color=colors, capsize=3)
+        ax.bar(pos, np.nan_to_num(means), yerr=np.asarray(err).T, color=colors, capsize=3)
         for p, m in zip(pos, means):
             if not np.isfinite(m):
                 ax.text(p, 0, NOT_APPLICABLE, ha="center", va="bottom", fontsize=7)

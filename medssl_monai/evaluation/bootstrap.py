@@ -5,6 +5,12 @@ Reference: ``evaluate_bootstrap.py::bootstrap`` (BioMedIA-MBZUAI/SimLVSeg, inher
 the interval read at the sorted resamples ``[round(0.05 * R)]`` and ``[round(0.95 * R)]``. That is a **90%**
 percentile interval although both papers label it "95% CI". :class:`BootstrapResult` reports it honestly as
 ``reference_90`` next to a true percentile interval at ``confidence_level`` (95% by default: 2.5th-97.5th).
+
+Comparing two encoders by two marginal intervals throws away that they were scored on the *same* clips: a clip
+that is hard for one is usually hard for the other, so the difference varies far less than either metric.
+:func:`paired_bootstrap_diff` resamples the evaluation videos once per resample, computes both metrics on that
+same resample and reads the interval of their difference (Efron & Tibshirani, *An Introduction to the
+Bootstrap*, 1993, ch. 16 on paired comparisons).
 """
 
 from __future__ import annotations
@@ -18,7 +24,14 @@ import numpy as np
 
 from medssl_monai.evaluation.segmentation import pooled_dice
 
-__all__ = ["BootstrapResult", "bootstrap_ci", "bootstrap_pooled_dice", "dice_summary"]
+__all__ = [
+    "BootstrapResult",
+    "PairedBootstrapResult",
+    "bootstrap_ci",
+    "paired_bootstrap_diff",
+    "bootstrap_pooled_dice",
+    "dice_summary",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +151,128 @@ def bootstrap_ci(
         n_resamples=n_resamples,
         n_invalid=n_invalid,
         distribution=dist,
+    )
+
+
+@dataclass(frozen=True)
+class PairedBootstrapResult:
+    """Two metrics on the same evaluation sample and their difference ``a - b``, with bootstrap intervals.
+
+    Attributes:
+        a, b: the two metrics on the full sample.
+        diff: ``a - b``.
+        ci_a, ci_b: marginal percentile intervals (from the same resamples).
+        diff_ci: the paired percentile interval of ``a - b``.
+        confidence_level: the level of the intervals.
+        n_resamples: resamples drawn; n_invalid: those where either metric was not finite (dropped).
+    """
+
+    a: float
+    b: float
+    diff: float
+    ci_a: tuple[float, float]
+    ci_b: tuple[float, float]
+    diff_ci: tuple[float, float]
+    confidence_level: float
+    n_resamples: int
+    n_invalid: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly summary."""
+        return {
+            "a": self.a,
+            "b": self.b,
+            "diff": self.diff,
+            "ci_a": list(self.ci_a),
+            "ci_b": list(self.ci_b),
+            "diff_ci": list(self.diff_ci),
+            "confidence_level": self.confidence_level,
+            "n_resamples": self.n_resamples,
+            "n_invalid": self.n_invalid,
+        }
+
+
+def paired_bootstrap_diff(
+    stat_fn: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    labels: np.ndarray | Sequence[Any],
+    scores_a: np.ndarray | Sequence[float],
+    scores_b: np.ndarray | Sequence[float],
+    groups: np.ndarray | Sequence[Any] | None = None,
+    n_resamples: int = 2000,
+    seed: int = 0,
+    confidence_level: float = 0.95,
+) -> PairedBootstrapResult:
+    """Paired percentile bootstrap of ``stat_fn(labels, scores_a) - stat_fn(labels, scores_b)``.
+
+    Every resample draws evaluation units with replacement once and scores both ``a`` and ``b`` on it, so the
+    interval of the difference keeps the pairing (the same clips are easy or hard for both).
+
+    Args:
+        stat_fn: a *vectorised* metric: ``(m x N labels, m x N scores) -> m`` values (rows are resamples), e.g.
+            :func:`medssl_monai.evaluation.protocol.metric_mae`.
+        labels, scores_a, scores_b: ``N`` values each, aligned (the same evaluation item at the same index).
+        groups: ``N`` unit ids resampled together (e.g. the video of each clip); ``None``: every item is a unit.
+            Units must hold equally many items (rows are gathered as a ``units x items`` block).
+        n_resamples: resamples R.
+        seed: seed of ``numpy.random.default_rng``.
+        confidence_level: level of all three intervals.
+    """
+    y = np.asarray(labels)
+    a = np.asarray(scores_a, dtype=np.float64)
+    b = np.asarray(scores_b, dtype=np.float64)
+    if not (len(y) == len(a) == len(b)) or len(y) == 0:
+        raise ValueError(f"need non-empty aligned labels and scores, got {len(y)}, {len(a)}, {len(b)}")
+    if n_resamples < 1:
+        raise ValueError(f"n_resamples must be positive, got {n_resamples}.")
+    if not 0.0 < confidence_level < 1.0:
+        raise ValueError(f"confidence_level must be in (0, 1), got {confidence_level}.")
+    if groups is None:
+        blocks = np.arange(len(y))[:, None]
+    else:
+        keys = np.asarray(groups)
+        if len(keys) != len(y):
+            raise ValueError(f"groups needs one entry per item ({len(y)}), got {len(keys)}")
+        _, code = np.unique(keys, return_inverse=True)
+        members = [np.flatnonzero(code == g) for g in range(code.max() + 1)]
+        if len({len(m) for m in members}) != 1:
+            raise ValueError("paired_bootstrap_diff: every group must hold the same number of items")
+        blocks = np.stack(members)  # units x items
+    est_a = float(np.asarray(stat_fn(y[None], a[None])).reshape(-1)[0])
+    est_b = float(np.asarray(stat_fn(y[None], b[None])).reshape(-1)[0])
+    rng = np.random.default_rng(seed)
+    n_units = len(blocks)
+    chunk = max(1, (1 << 21) // y.size)
+    va, vb = np.empty(n_resamples), np.empty(n_resamples)
+    for start in range(0, n_resamples, chunk):
+        m = min(chunk, n_resamples - start)
+        units = rng.integers(0, n_units, size=(m, n_units))
+        idx = blocks[units].reshape(m, -1)  # the same rows for a and b
+        ys = y[idx]
+        va[start : start + m] = np.asarray(stat_fn(ys, a[idx]), dtype=np.float64).reshape(-1)
+        vb[start : start + m] = np.asarray(stat_fn(ys, b[idx]), dtype=np.float64).reshape(-1)
+    ok = np.isfinite(va) & np.isfinite(vb)
+    n_invalid = int((~ok).sum())
+    if not ok.any():
+        raise ValueError("paired bootstrap: no resample gave finite metrics.")
+    if n_invalid:
+        logger.warning("paired bootstrap: %d of %d resamples dropped (non-finite metric)", n_invalid, n_resamples)
+    alpha = 100.0 * (1.0 - confidence_level) / 2.0
+    q = [alpha, 100.0 - alpha]
+
+    def interval(v: np.ndarray) -> tuple[float, float]:
+        lo, hi = np.percentile(v[ok], q)
+        return float(lo), float(hi)
+
+    return PairedBootstrapResult(
+        a=est_a,
+        b=est_b,
+        diff=est_a - est_b,
+        ci_a=interval(va),
+        ci_b=interval(vb),
+        diff_ci=interval(va - vb),
+        confidence_level=confidence_level,
+        n_resamples=n_resamples,
+        n_invalid=n_invalid,
     )
 
 

@@ -93,3 +93,37 @@ def test_grouped_bootstrap_resamples_videos_as_units() -> None:
     assert (videos.ci[1] - videos.ci[0]) > 1.2 * (frames.ci[1] - frames.ci[0])
     with pytest.raises(ValueError, match="groups"):
         bootstrap_pooled_dice(inter, pred, true, groups=video[:-1])
+
+
+def test_paired_interval_excludes_zero_where_marginal_intervals_overlap() -> None:
+    from medssl_monai.evaluation.bootstrap import paired_bootstrap_diff
+
+    # EF truth 0, encoder A's absolute errors 1, 2, ..., 20 (MAE 10.5), encoder B's exactly 0.5 larger on every
+    # video (MAE 11.0): the videos vary far more than the encoders differ. Any resample draws the same videos for
+    # both, so B's MAE exceeds A's by exactly 0.5 in every resample: the paired interval is [0.5, 0.5].
+    err = np.arange(1.0, 21.0)
+    truth = np.zeros(20)
+    res = paired_bootstrap_diff(
+        lambda t, p: np.abs(t - p).mean(axis=-1), truth, err + 0.5, err, n_resamples=2000, seed=0
+    )
+    assert (res.a, res.b, res.diff) == (11.0, 10.5, 0.5)
+    assert res.diff_ci == pytest.approx((0.5, 0.5))
+    # each marginal interval spans about +-2.6 around its MAE (sd of the errors 5.9 / sqrt(20) = 1.3): they overlap
+    assert res.ci_b[1] > res.ci_a[0] + 3.0
+    assert res.ci_a[0] < 11.0 < res.ci_a[1] and res.ci_b[0] < 10.5 < res.ci_b[1]
+    assert res.n_invalid == 0 and res.as_dict()["diff_ci"] == list(res.diff_ci)
+
+
+def test_paired_bootstrap_resamples_groups_together() -> None:
+    from medssl_monai.evaluation.bootstrap import paired_bootstrap_diff
+
+    # two clips per video with values (v, v): resampling videos keeps both clips of a video together, so a
+    # resample's mean of A - B equals the mean over the drawn videos, never a mix of half-videos
+    a = np.repeat([1.0, 2.0, 3.0], 2)
+    b = np.zeros(6)
+    groups = np.repeat(["x", "y", "z"], 2)
+    res = paired_bootstrap_diff(lambda t, p: p.mean(axis=-1), b, a, b, groups=groups, n_resamples=500, seed=3)
+    assert res.diff == pytest.approx(2.0)
+    assert 1.0 <= res.diff_ci[0] <= res.diff_ci[1] <= 3.0
+    with pytest.raises(ValueError, match="same number of items"):
+        paired_bootstrap_diff(lambda t, p: p.mean(axis=-1), b[:5], a[:5], b[:5], groups=groups[:5])

@@ -40,6 +40,7 @@ __all__ = [
     "echonet_file_name",
     "systole_fraction",
     "synthesize_echo_video",
+    "lv_volume_curve",
     "make_echonet",
     "save_montage",
 ]
@@ -117,20 +118,26 @@ def _extremum_frames(times: np.ndarray, contraction: np.ndarray, num_frames: int
     return sorted(set(out))
 
 
-def synthesize_echo_video(
-    seed: int,
-    index: int,
-    abnormality: str = "normal",
-    image_size: int = 112,
-    fps: float = 50.0,
-    min_frames: int = 64,
-    max_frames: int = 128,
-) -> EchoVideo:
-    """Render video ``index`` of the EchoNet generator with ``seed`` (what :func:`make_echonet` writes, before MJPG).
+@dataclass
+class _VideoPlan:
+    """Everything about one video that is drawn before rendering (the renderer draws from ``rng`` next)."""
 
-    Heart rate 50-110 bpm (raised where needed so that the video holds at least 1.5 cycles), random starting phase;
-    the traced pair is one end-diastole and the end-systole of the same cycle.
-    """
+    rng: np.random.Generator
+    params: HeartParams
+    contraction: np.ndarray
+    heart_rate_bpm: float
+    start_phase: float
+    ed_frames: list[int]
+    es_frames: list[int]
+    traced_ed: int
+    traced_es: int
+
+
+def _plan_video(
+    seed: int, index: int, abnormality: str, image_size: int, fps: float, min_frames: int, max_frames: int
+) -> _VideoPlan:
+    """Draw video ``index``'s heart, rate, length, phase and traced pair (no pixels): the first part of
+    :func:`synthesize_echo_video`, shared with :func:`lv_volume_curve`."""
     rng = item_rng(seed, "echonet", index)
     params = sample_heart(rng, (image_size, image_size), abnormality)
     num_frames = int(rng.integers(min_frames, max_frames + 1))
@@ -159,21 +166,61 @@ def synthesize_echo_video(
     if not pairs:  # cannot happen with >= 1.5 cycles; guard against parameter edge cases
         raise RuntimeError(f"synthetic video {index}: no complete ED-ES pair in {num_frames} frames")
     traced_ed, traced_es = pairs[int(rng.integers(len(pairs)))]
-    renderer = HeartRenderer(params, rng)
-    rendered = [renderer.render(float(c)) for c in contraction]
+    return _VideoPlan(rng, params, contraction, heart_rate, start, ed_frames, es_frames, int(traced_ed), int(traced_es))
+
+
+def synthesize_echo_video(
+    seed: int,
+    index: int,
+    abnormality: str = "normal",
+    image_size: int = 112,
+    fps: float = 50.0,
+    min_frames: int = 64,
+    max_frames: int = 128,
+) -> EchoVideo:
+    """Render video ``index`` of the EchoNet generator with ``seed`` (what :func:`make_echonet` writes, before MJPG).
+
+    Heart rate 50-110 bpm (raised where needed so that the video holds at least 1.5 cycles), random starting phase;
+    the traced pair is one end-diastole and the end-systole of the same cycle.
+    """
+    plan = _plan_video(seed, index, abnormality, image_size, fps, min_frames, max_frames)
+    renderer = HeartRenderer(plan.params, plan.rng)
+    rendered = [renderer.render(float(c)) for c in plan.contraction]
     return EchoVideo(
         frames=np.stack([r[0] for r in rendered]),
         labels=np.stack([r[1] for r in rendered]),
-        params=params,
-        contraction=contraction,
-        heart_rate_bpm=heart_rate,
+        params=plan.params,
+        contraction=plan.contraction,
+        heart_rate_bpm=plan.heart_rate_bpm,
         fps=float(fps),
-        start_phase=start,
-        ed_frames=ed_frames,
-        es_frames=es_frames,
-        traced_ed=int(traced_ed),
-        traced_es=int(traced_es),
+        start_phase=plan.start_phase,
+        ed_frames=plan.ed_frames,
+        es_frames=plan.es_frames,
+        traced_ed=plan.traced_ed,
+        traced_es=plan.traced_es,
     )
+
+
+def lv_volume_curve(
+    seed: int,
+    index: int,
+    abnormality: str = "normal",
+    image_size: int = 112,
+    fps: float = 50.0,
+    min_frames: int = 64,
+    max_frames: int = 128,
+) -> np.ndarray:
+    """The LV volume of every frame of video ``index`` (mL), without rendering it.
+
+    Each frame's value is the method-of-discs volume of its tracing (:func:`lv_tracing` at that frame's
+    contraction, :func:`~medssl_monai.data.tracings.disc_volume` at :func:`echonet_pixel_spacing`), so at the
+    traced frames it equals the ``EDV`` / ``ESV`` written to ``FileList.csv``. A benchmark's positive control
+    (the oracle row of ``docs/benchmark.md``) reads these curves; EchoNet-Dynamic itself has volumes at two
+    frames only.
+    """
+    plan = _plan_video(seed, index, abnormality, image_size, fps, min_frames, max_frames)
+    spacing = echonet_pixel_spacing(image_size)
+    return np.array([disc_volume(*lv_tracing(plan.params, float(c), NUM_CHORDS), spacing) for c in plan.contraction])
 
 
 def _abnormality_plan(rng: np.random.Generator, n: int, abnormal_fraction: float) -> list[str]:

@@ -1,0 +1,148 @@
+"""The cross-validated probing protocol: hand-computed metrics, TRAIN-only fitting, claims and their schema."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from sklearn.metrics import r2_score, roc_auc_score
+
+from medssl_monai.evaluation.protocol import (
+    CLAIM_KEYS,
+    KNNAnomaly,
+    ProbeData,
+    evaluate_row,
+    fit_predict,
+    label_efficiency,
+    metric_auroc,
+    metric_mae,
+    metric_r2,
+    paired_claims,
+    validate_claims,
+    validate_controls,
+    write_json,
+)
+
+
+def test_hand_computed_metrics():
+    t, p = np.array([10.0, 20.0, 30.0, 40.0]), np.array([12.0, 18.0, 30.0, 44.0])
+    assert metric_mae(t, p) == pytest.approx(2.0)  # (2 + 2 + 0 + 4) / 4
+    assert metric_r2(t, p) == pytest.approx(1 - 24.0 / 500.0)  # SS_res 4+4+0+16, SS_tot 225+25+25+225
+    # 3 of the 4 positive-negative pairs ordered, one tied (counts 1/2): (3 + 0.5) / 4
+    y, s = np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.4, 0.8])
+    assert metric_auroc(y, s) == pytest.approx(0.875)
+    assert np.isnan(metric_auroc(np.ones(4), s)) and np.isnan(metric_r2(np.ones(3), np.zeros(3)))
+    # vectorised over resample rows, as sklearn row by row
+    rng = np.random.default_rng(0)
+    ys, ss = rng.integers(0, 2, (5, 30)), rng.normal(size=(5, 30))
+    ts, ps = rng.normal(size=(5, 30)), rng.normal(size=(5, 30))
+    np.testing.assert_allclose(metric_auroc(ys, ss), [roc_auc_score(a, b) for a, b in zip(ys, ss)])
+    np.testing.assert_allclose(metric_r2(ts, ps), [r2_score(a, b) for a, b in zip(ts, ps)])
+
+
+def test_knn_anomaly_scores_distance_to_normal_only():
+    # normal fitting samples along x and y; the abnormal one along -x must be ignored by the fit
+    x = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    det = KNNAnomaly(k=1).fit(x, np.array([0, 0, 1]))
+    s = det.decision_function(np.array([[2.0, 0.0], [-1.0, 0.0], [1.0, 1.0]]))
+    # cosine distance to the nearest normal: 0; 1 (orthogonal to y, opposite to x); 1 - cos 45 deg
+    np.testing.assert_allclose(s, [0.0, 1.0, 1.0 - np.sqrt(0.5)], atol=1e-12)
+
+
+def _data(n: int = 60, seed: int = 0, noise: float = 0.5):
+    rng = np.random.default_rng(seed)
+    ef = rng.uniform(20, 70, n)
+    x = np.c_[ef / 10 + rng.normal(0, noise, n), rng.normal(size=(n, 4))]
+    return x, ef, (ef < 50).astype(int)
+
+
+@pytest.mark.parametrize("task", ["ef", "abnormal_lin", "abnormal_knn", "anomaly", "progression"])
+def test_probe_fits_train_only_and_learns(task):
+    x, ef, ab = _data()
+    xt, eft, abt = _data(seed=1)
+    y, yt = (ef, eft) if task == "ef" else (ab, abt)
+    groups = np.arange(len(x)) // 2  # two rows per "video": folds keep them together
+    s, info = fit_predict(task, x, y, groups, xt, seed=0)
+    s2, _ = fit_predict(task, x, y, groups, xt, seed=0)
+    np.testing.assert_array_equal(s, s2)  # deterministic, and the evaluation labels are not an argument at all
+    assert set(info) == {"params", "cv_score"}
+    if task == "ef":
+        assert metric_r2(yt, s) > 0.8
+    else:
+        assert metric_auroc(yt, s) > 0.85
+
+
+def test_evaluate_row_marks_missing_data_not_applicable():
+    x, ef, ab = _data(80)
+    split = np.where(np.arange(80) < 56, "TRAIN", "TEST")
+    echo = ProbeData(x, {"ef": ef, "abnormal": ab}, split, np.arange(80))
+    res, scores = evaluate_row(echo, None, eval_splits=("TEST",), n_resamples=100)
+    assert res["progression"] == "n/a" and "progression" not in scores
+    assert set(scores) == {"ef", "abnormal_lin", "abnormal_knn", "anomaly"}
+    cell = res["ef"]["r2"]
+    assert cell["ci_low"] <= cell["estimate"] <= cell["ci_high"] and len(scores["ef"]) == 24
+
+
+def test_paired_claims_schema_and_verdicts(tmp_path):
+    y = np.linspace(30.0, 70.0, 20)
+    err = np.arange(1.0, 21.0)
+    scores = {"m_ssl": {"ef": y + err}, "m_random": {"ef": y + err + 0.5}}
+    labels = {"ef": y}
+    claims = paired_claims([("m", "m_ssl", "m_random")], scores, labels, n_resamples=300)
+    assert [c["metric"] for c in claims] == ["ef_mae", "ef_r2"]
+    mae = claims[0]
+    assert set(CLAIM_KEYS) <= set(mae)
+    assert mae["higher_is_better"] is False and mae["diff"] == pytest.approx(-0.5)
+    assert mae["diff_ci95"] == pytest.approx([-0.5, -0.5]) and mae["verdict"] == "ssl better"
+    validate_claims(claims)
+    path = write_json(tmp_path / "claims.json", claims, validate_claims)
+    assert json.loads(path.read_text())[0]["method"] == "m"
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ({}, "must be a list"),
+        ([{"method": "m"}], "lacks"),
+        ([{**dict.fromkeys(CLAIM_KEYS, "x")}], "higher_is_better"),
+    ],
+)
+def test_validate_claims_rejects(bad, match):
+    with pytest.raises(ValueError, match=match):
+        validate_claims(bad)
+
+
+def test_validate_claims_checks_numbers_and_interval():
+    good = {
+        "method": "tvrl",
+        "claim": "tvrl_ssl higher than tvrl_random on EF R2",
+        "metric": "ef_r2",
+        "higher_is_better": True,
+        "ssl": 0.5,
+        "baseline": 0.25,
+        "diff": 0.25,
+        "diff_ci95": [0.1, 0.4],
+    }
+    validate_claims([good])
+    for key, value, match in (
+        ("diff_ci95", [0.4, 0.1], "low > high"),
+        ("diff_ci95", [0.1], r"\[low, high\]"),
+        ("ssl", float("nan"), "finite"),
+        ("diff", 0.3, "ssl - baseline"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            validate_claims([{**good, key: value}])
+    validate_controls({"oracle_row": "oracle", "ef_r2": 0.99, "abnormal_auroc": 1.0})
+    with pytest.raises(ValueError, match="abnormal_auroc"):
+        validate_controls({"oracle_row": "oracle", "ef_r2": 0.99})
+
+
+def test_label_efficiency_counts_and_improves():
+    x, ef, ab = _data(200, noise=1.0)
+    split = np.where(np.arange(200) < 140, "TRAIN", "VAL")
+    data = ProbeData(x, {"ef": ef, "abnormal": ab}, split, np.arange(200))
+    out = label_efficiency(data, fractions=(0.1, 1.0), seeds=(0, 1), eval_splits=("VAL",))
+    assert out["0.1"]["n_train"] == 14 and len(out["0.1"]["r2"]) == 2
+    assert out["1"]["n_train"] == 140 and len(out["1"]["r2"]) == 1 and out["1"]["r2_std"] == 0.0
+    assert out["1"]["r2_mean"] >= out["0.1"]["r2_mean"] - 0.02
