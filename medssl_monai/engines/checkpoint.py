@@ -20,7 +20,7 @@ import tempfile
 import types
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -30,21 +30,21 @@ from monai.handlers import CheckpointSaver
 
 from medssl_monai.engines.finite import before_checkpoint_write
 
-__all__ = ["atomic_torch_save", "AtomicCheckpointSaver", "rng_state_dict", "load_rng_state_dict"]
+__all__ = ["atomic_write", "atomic_torch_save", "AtomicCheckpointSaver", "rng_state_dict", "load_rng_state_dict"]
 
 
-def atomic_torch_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save(obj, path)`` atomically: temp file in the same folder + ``fsync`` + ``os.replace``.
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
+    """Write a file atomically: ``write`` fills a temp file in the same folder, then ``fsync`` + ``os.replace``.
 
     Readers see the old file or the complete new one, never a partial one; on any error (disk full, kill)
-    the temporary file is removed and the previous ``path`` is untouched.
+    the temporary file (``.<name>.<random>.tmp``) is removed and the previous ``path`` is untouched.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         # mkstemp creates 0600; give the file the usual umask-based permissions like a plain open()
@@ -64,6 +64,11 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     except OSError:
         pass
     return path
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> Path:
+    """``torch.save(obj, path)`` atomically (:func:`atomic_write`)."""
+    return atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def _atomic_save_func(saver: AtomicCheckpointSaver, objects: Mapping[str, Any], pending: list[str]) -> Callable:

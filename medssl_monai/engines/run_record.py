@@ -35,12 +35,13 @@ import logging
 import os
 import re
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from ignite.engine import Engine
+
+from medssl_monai.engines.checkpoint import atomic_write
 
 __all__ = [
     "RECORD_VERSION",
@@ -408,28 +409,10 @@ def record_path(model_path: str | os.PathLike) -> Path:
 
 
 def write_json_atomic(data: Any, path: str | os.PathLike) -> Path:
-    """Write ``data`` as JSON atomically (temporary file in the folder, ``fsync``, ``os.replace``).
-
-    The temporary file is named as :func:`~medssl_monai.engines.checkpoint.atomic_torch_save` names its own
-    (``.<name>.<random>.tmp``), so the same start-up clean-up removes one a crash left.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write ``data`` as JSON atomically (:func:`~medssl_monai.engines.checkpoint.atomic_write`: the same temporary
+    file naming, so the same start-up clean-up removes one a crash left)."""
+    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+    return atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def _stat_key(path: Path) -> tuple[int, int] | None:
