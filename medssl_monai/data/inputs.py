@@ -28,6 +28,7 @@ from typing import Any
 from medssl_monai.data.robust import resource_problem
 from medssl_monai.data.sources import IMAGE_EXTENSIONS
 from medssl_monai.data.video import VIDEO_EXTENSIONS
+from medssl_monai.data.walk import walk_visible
 
 __all__ = ["INPUT_EXTENSIONS", "find_inputs", "inference_datalist", "input_ids", "is_input_file", "with_frame_counts"]
 
@@ -57,19 +58,12 @@ def _search(root: Path, frame_folders: bool) -> list[Path]:
     if frame_folders and _is_frame_folder(root):
         return [root]
     found: list[Path] = []
-    visited: set[str] = set()
-    for folder, dirs, files in os.walk(root, followlinks=True):
-        real = os.path.realpath(folder)
-        if real in visited:  # a symlink loop, or the same folder linked twice
-            dirs[:] = []
-            continue
-        visited.add(real)
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+    for folder, dirs, files in walk_visible(root):
         if frame_folders:  # a folder of images is one input: not searched further
-            frames = [d for d in dirs if _is_frame_folder(Path(folder) / d)]
-            found += [Path(folder) / d for d in frames]
+            frames = [d for d in dirs if _is_frame_folder(folder / d)]
+            found += [folder / d for d in frames]
             dirs[:] = [d for d in dirs if d not in frames]
-        found += [Path(folder) / f for f in sorted(files) if is_input_file(f)]
+        found += [folder / f for f in files if is_input_file(f)]
     return sorted(found)
 
 

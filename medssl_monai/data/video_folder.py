@@ -27,6 +27,7 @@ from typing import Any
 from medssl_monai.data.echonet import load_echonet_datalist, normalise_split
 from medssl_monai.data.report import OnError, ReadReport, check_on_error
 from medssl_monai.data.video import VIDEO_EXTENSIONS, video_info
+from medssl_monai.data.walk import walk_visible
 from medssl_monai.errors import DataError, VideoReadError
 
 __all__ = ["find_videos", "split_position", "video_folder_splits", "load_video_folder_datalist", "load_echo_datalist"]
@@ -40,20 +41,10 @@ def find_videos(root: str | Path) -> list[str]:
     """Relative POSIX paths of the videos under ``root`` (recursive, symlinks followed once, hidden names skipped),
     sorted."""
     root = Path(root)
-    found, visited = [], set()
-    for folder, dirs, files in os.walk(root, followlinks=True):
-        real = os.path.realpath(folder)
-        if real in visited:  # a symlink loop, or the same folder linked twice
-            dirs[:] = []
-            continue
-        visited.add(real)
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        rel = Path(folder).relative_to(root)
-        found += [
-            (rel / f).as_posix()
-            for f in files
-            if not f.startswith(".") and os.path.splitext(f)[1].lower() in VIDEO_EXTENSIONS
-        ]
+    found = []
+    for folder, _, files in walk_visible(root):
+        rel = folder.relative_to(root)
+        found += [(rel / f).as_posix() for f in files if os.path.splitext(f)[1].lower() in VIDEO_EXTENSIONS]
     return sorted(found)
 
 
