@@ -56,7 +56,9 @@ from medssl_monai.evaluation.controls import (
 from medssl_monai.evaluation.protocol import (
     ProbeData,
     evaluate_row,
+    headline_claims,
     label_efficiency,
+    make_claim,
     paired_claims,
     validate_claims,
     validate_controls,
@@ -174,7 +176,7 @@ def pretrain(name: str, spec: dict, data: dict[str, Path], out: Path, cache_dir:
     if skip and ckpt.is_file() and record.is_file():
         logger.info("%s: reusing %s", name, ckpt)
         return json.loads(record.read_text())
-    dataset = data["ultrasound"] if spec["kind"] == "ucl" else data["echonet"]  # UCL: its own domain
+    dataset = data[_pretraining_set(spec)]
     t0 = time.time()
     overrides = dict(spec.get("overrides", {}))
     steps = run_workflow(
@@ -198,6 +200,11 @@ def pretrain(name: str, spec: dict, data: dict[str, Path], out: Path, cache_dir:
     record.write_text(json.dumps(info, indent=1))
     logger.info("pretrained %s: %d steps in %.0f s", name, steps, info["seconds"])
     return info
+
+
+def _pretraining_set(spec: dict) -> str:
+    """The data an encoder is pretrained on: ``spec["dataset"]``, else UCL its own domain and the rest echo."""
+    return str(spec.get("dataset", "ultrasound" if spec["kind"] == "ucl" else "echonet"))
 
 
 def _bundle_parser(spec: dict):
@@ -244,6 +251,134 @@ def train_clips(ids, store, layout: dict, clips: int) -> torch.Tensor:
     """Every TRAIN video's probe clips, ``N clips x 1 x T x S x S`` uint8 (the supervised row's data)."""
     arr = [store[i][layout_indices(len(store[i]), layout["num_frames"], layout["period"], clips)] for i in ids]
     return torch.from_numpy(np.concatenate(arr))[:, None]
+
+
+# ---- per-paper claims ---------------------------------------------------------------------------------------
+
+
+def fewlabel_frames_stage(cfg: dict, variants: dict[str, str | None], spec: dict, n_res: int, seed: int):
+    """UCL's claim: few-label frame classification on a second, independently drawn labelled set of sweeps.
+
+    Returns ``(results, claims)``: every row's frame accuracy per labelled-video setting (mean over draws, and
+    each draw) and the paired comparisons SSL - random init and SSL - pixel thumbnail per setting.
+    """
+    from medssl_monai.data.frame_folders import load_frame_folder_datalist
+    from medssl_monai.data.synthetic import make_frame_folders
+    from medssl_monai.evaluation.fewlabel_frames import (
+        embed_frames,
+        fewlabel_rows,
+        load_video_frames,
+        paired_frame_accuracy,
+        stratified_video_split,
+        thumbnail_features,
+    )
+
+    u = cfg["ultrasound_labelled"]
+    root = make_frame_folders(
+        Path(cfg["data_root"]) / f"ultrasound_labelled_{u['videos']}",
+        u["videos"],
+        cfg["data_seed"] + 1,  # another draw than the pretraining sweeps: the GBUSV -> GBCU setting
+        num_workers=cfg.get("num_workers", 1),
+    )
+    items = load_frame_folder_datalist(root, labels_csv="labels.csv")
+    vids = [str(it["video_id"]) for it in items]
+    v_labels = np.array([int(it["label"]) for it in items])
+    v_split = stratified_video_split(v_labels, u["eval_fraction"], seed)
+    f = int(u["frames_per_video"])
+    frames = np.concatenate([load_video_frames(it["image"], f, int(u["size"])) for it in items])
+    frame_video = np.repeat(vids, f)
+    frame_labels = np.repeat(v_labels, f)
+    feats = {"pixels_thumbnail": thumbnail_features(frames, int(u.get("thumbnail_grid", 8)))}
+    for row, ckpt in variants.items():
+        if ckpt == "supervised":
+            continue
+        feats[row] = embed_frames(_encoder(spec, ckpt), frames, cfg["batch_size"] * 4)
+    settings = {str(k): (None if v is None else int(v)) for k, v in u["settings"].items()}
+    results, correct = fewlabel_rows(
+        feats, frame_labels, frame_video, dict(zip(vids, v_split)), settings, int(u["draws"]), seed
+    )
+    ev_video = frame_video[np.isin(frame_video, np.array(vids)[v_split == "TEST"])]
+    claims = []
+    for name in settings:
+        for base in ("ucl_random", "pixels_thumbnail"):
+            r = paired_frame_accuracy(correct["ucl_ssl"][name], correct[base][name], ev_video, n_res, seed)
+            claims.append(
+                make_claim(
+                    "ucl",
+                    "ucl_ssl",
+                    base,
+                    f"frame_accuracy_{name}",
+                    True,
+                    r["a"],
+                    r["b"],
+                    r["diff"],
+                    r["diff_ci95"],
+                    r["a_ci95"],
+                    r["b_ci95"],
+                    r["n_videos"],
+                    f"frame accuracy ({name} labels)",
+                )
+            )
+    meta = {
+        "videos": len(vids),
+        "eval_videos": int((v_split == "TEST").sum()),
+        "frames_per_video": f,
+        "settings": settings,
+        "draws": int(u["draws"]),
+    }
+    return {"rows": results, "meta": meta}, claims
+
+
+def fewlabel_segmentation_stage(
+    cfg: dict, echonet: Path, ssl_ckpt: str, out: Path, cache_dir: Path, n_res: int, seed: int
+):
+    """UniLVSeg's claim: pooled Dice after fine-tuning the segmentation bundle from SSL vs random init with a few
+    labelled TRAIN videos, the same budget for both; ``(results, claims)``."""
+    from medssl_monai.evaluation.fewlabel_segmentation import fewlabel_segmentation
+
+    from medssl_monai.evaluation.bootstrap import paired_bootstrap_pooled_dice
+
+    sc = cfg["segmentation"]
+    results: dict[str, Any] = {}
+    claims = []
+    for n in sc["label_videos"]:
+        arms = {}
+        for row, ckpt in (("unilvseg_random", None), ("unilvseg_ssl", ssl_ckpt)):
+            arms[row] = fewlabel_segmentation(
+                echonet,
+                int(n),
+                ckpt,
+                out / "fewlabel_segmentation" / f"{row}_{n}",
+                cache_dir=cache_dir,
+                configs=tuple(sc.get("configs", ("train.yaml", "cpu.yaml"))),
+                seed=seed,
+                eval_splits=tuple(cfg["eval_splits"]),
+                overrides=sc.get("overrides"),
+            )
+        r = paired_bootstrap_pooled_dice(arms["unilvseg_ssl"], arms["unilvseg_random"], n_res, seed)
+        claims.append(
+            make_claim(
+                "unilvseg",
+                "unilvseg_ssl",
+                "unilvseg_random",
+                f"pooled_dice_{n}",
+                True,
+                r["a"],
+                r["b"],
+                r["diff"],
+                r["diff_ci95"],
+                r["a_ci95"],
+                r["b_ci95"],
+                r["n"],
+                f"pooled Dice ({n} labelled videos)",
+            )
+        )
+        results[str(n)] = {
+            row: {"pooled_dice": float(2 * a["inter"].sum() / (a["pred_sum"].sum() + a["true_sum"].sum()))}
+            | {k: a[k] for k in ("steps", "seconds", "train_videos")}
+            for row, a in arms.items()
+        }
+    return results, claims
 
 
 # ---- main -------------------------------------------------------------------------------------------------
@@ -329,11 +464,14 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"--only / encoders: unknown or not named <method>_ssl: {unknown}")
     tr_mask = split == "TRAIN"
     comparisons: list[tuple[str, str, str]] = []
+    extra_results: dict[str, Any] = {}
+    extra_claims: list[dict] = []  # paired comparisons of the per-paper stages (few-label frames, segmentation)
     for entry in names:
         spec = cfg["encoders"][entry]
         name = entry[: -len("_ssl")]
-        lay = spec["layout"]
+        lay = spec.get("layout", {})
         n_clips = int(spec.get("clips_per_video", cfg["clips_per_video"]))
+        series_only = spec.get("probe", "echo") == "series"  # pretrained on the timed series: probed on them only
         with stages("pretrain"):
             info = pretrain(name, spec, data, out, cache_dir, args.skip_pretraining)
         variants = {f"{name}_random": None, f"{name}_ssl": info["checkpoint"]}
@@ -367,29 +505,49 @@ def main(argv: list[str] | None = None) -> dict:
             with stages("features"):
                 t0 = time.time()
                 feat = TemporalFeatures(enc).eval()
-                x = echo_features(feat, ids, store, lay, n_clips, cfg["batch_size"])
+                x = echo_features(feat, ids, store, lay, n_clips, cfg["batch_size"]) if series_only is False else None
                 s = series_features(feat, series, cfg["batch_size"], spec["kind"] == "tvrl")
             rows[row] = (x, s)
             meta_rows.setdefault(row, {}).update(
-                {"layout": lay, "clips_per_video": n_clips, "dim": int(x.shape[1]), "feature_s": time.time() - t0}
+                {
+                    "layout": lay,
+                    "clips_per_video": n_clips,
+                    "dim": int((s if x is None else x).shape[1]),
+                    "feature_s": time.time() - t0,
+                    "pretraining_set": _pretraining_set(spec),
+                }
             )
             if ckpt and ckpt != "supervised":
                 meta_rows[row].update({k: info[k] for k in ("steps", "batch_size", "seconds")})
-            np.savez_compressed(out / f"{row}_features.npz", echo=x, series=s)
+            np.savez_compressed(
+                out / f"{row}_features.npz", **{k: v for k, v in (("echo", x), ("series", s)) if v is not None}
+            )
         comparisons.append((name, f"{name}_ssl", f"{name}_random"))
         if spec.get("supervised"):
             comparisons.append((name, f"{name}_ssl", f"{name}_supervised"))
         comparisons.extend((name, f"{name}_ssl", p) for p in PIXEL_ROWS)
+        comparisons.extend((name, f"{name}_ssl", other) for other in spec.get("compare_with", []) if other in names)
+        if entry == "ucl_ssl" and cfg.get("ultrasound_labelled"):
+            with stages("fewlabel_frames"):
+                extra_results["fewlabel_frames"], c = fewlabel_frames_stage(cfg, variants, spec, n_res, seed)
+                extra_claims.extend(c)
+        if entry == "unilvseg_ssl" and cfg.get("segmentation"):
+            with stages("fewlabel_segmentation"):
+                extra_results["fewlabel_segmentation"], c = fewlabel_segmentation_stage(
+                    cfg, data["echonet"], info["checkpoint"], out, cache_dir, n_res, seed
+                )
+                extra_claims.extend(c)
 
     results: dict[str, Any] = {}
     scores: dict[str, dict[str, np.ndarray]] = {}
     efficiency: dict[str, Any] = {}
     with stages("probes"):
         for row, (x, s) in rows.items():
-            echo = ProbeData(x, echo_labels, split, groups)
+            echo = None if x is None else ProbeData(x, echo_labels, split, groups)
             ser = None if s is None else ProbeData(s, s_labels, s_split, s_groups)
             results[row], scores[row] = evaluate_row(echo, ser, eval_splits=evals, n_resamples=n_res, seed=seed)
-            efficiency[row] = label_efficiency(echo, cfg["label_fractions"], cfg["label_seeds"], evals)
+            if x is not None:
+                efficiency[row] = label_efficiency(echo, cfg["label_fractions"], cfg["label_seeds"], evals)
             logger.info("probed %s", row)
         ev = np.isin(split, [e.upper() for e in evals])
         s_ev = np.isin(s_split, [e.upper() for e in evals])
@@ -400,7 +558,9 @@ def main(argv: list[str] | None = None) -> dict:
             "anomaly": abnormal[ev],
             "progression": s_labels["progression"][s_ev],
         }
-        claims = paired_claims(comparisons, scores, task_labels, n_resamples=n_res, seed=seed, names=METRIC_NAMES)
+        everything = paired_claims(comparisons, scores, task_labels, n_resamples=n_res, seed=seed, names=METRIC_NAMES)
+        everything += extra_claims
+        claims = headline_claims(everything, cfg.get("headline_claims", []))
 
     with stages("write"):
         table_rows = {r: {k: v for k, v in res.items() if k != "_probe"} for r, res in results.items()}
@@ -427,8 +587,9 @@ def main(argv: list[str] | None = None) -> dict:
             "n_eval_abnormal": int(abnormal[ev].sum()),
         }
         write_json(out / "claims.json", claims, validate_claims)
+        write_json(out / "comparisons.json", everything, validate_claims)
         write_json(out / "controls.json", controls, validate_controls)
-        markdown = render_markdown(table, claims, efficiency, cfg, controls)
+        markdown = render_markdown(table, claims, everything, efficiency, extra_results, cfg, controls)
         (out / "benchmark.md").write_text(markdown)
         meta = {
             "protocol": cfg.get("protocol", "custom"),
@@ -452,7 +613,9 @@ def main(argv: list[str] | None = None) -> dict:
         payload = {
             "results": results,
             "label_efficiency": efficiency,
+            **extra_results,
             "claims": claims,
+            "comparisons": everything,
             "controls": controls,
             "meta": meta,
         }
@@ -461,7 +624,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.publish:
         dest = Path(args.publish)
         dest.mkdir(parents=True, exist_ok=True)
-        for f in ("claims.json", "controls.json", "benchmark.md", "benchmark.png"):
+        for f in ("claims.json", "comparisons.json", "controls.json", "benchmark.md", "benchmark.png"):
             shutil.copy2(out / f, dest / f)
     print(markdown)
     print(json.dumps({k: meta[k] for k in ("total_s", "stages_s", "stages_cpu_s", "counts")}, indent=1))
@@ -480,26 +643,8 @@ def _fmt(v: float) -> str:
     return f"{v:+.3f}" if np.isfinite(v) else "nan"
 
 
-def render_markdown(table: str, claims: list[dict], efficiency: dict, cfg: dict, controls: dict) -> str:
-    """The main table, the label-efficiency table and the paired claims, as markdown."""
+def _comparison_lines(claims: list[dict]) -> list[str]:
     lines = [
-        f"Protocol: {cfg.get('protocol', 'custom')}; {controls['n_eval_videos']} evaluation videos "
-        f"({controls['n_eval_abnormal']} abnormal). Cells: estimate [95% bootstrap interval over evaluation videos].",
-        "",
-        table,
-        "EF R2 by share of TRAIN labels (ridge, alpha by CV inside the share; mean +- std over draws):",
-        "",
-    ]
-    first = next(iter(efficiency.values()))
-    lines.append("| row | " + " | ".join(f"{float(f):.0%} ({first[f]['n_train']} videos)" for f in first) + " |")
-    lines.append("| --- |" + " --- |" * len(first))
-    for row, eff in efficiency.items():
-        cells = [f"{eff[f]['r2_mean']:.3f} +- {eff[f]['r2_std']:.3f}" for f in first]
-        lines.append(f"| {row} | " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        "Paired comparisons (SSL minus baseline on the same videos; 95% paired bootstrap interval):",
-        "",
         "| method | SSL row | baseline row | metric | SSL | baseline | difference [95% CI] | verdict |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
@@ -509,6 +654,69 @@ def render_markdown(table: str, claims: list[dict], efficiency: dict, cfg: dict,
             f"| {c['method']} | {c['ssl_row']} | {c['baseline_row']} | {METRIC_NAMES.get(c['metric'], c['metric'])} | "
             f"{c['ssl']:.3f} | {c['baseline']:.3f} | {_fmt(c['diff'])} [{_fmt(lo)}, {_fmt(hi)}] | {c['verdict']} |"
         )
+    return lines
+
+
+def render_markdown(
+    table: str,
+    claims: list[dict],
+    everything: list[dict],
+    efficiency: dict,
+    extra: dict,
+    cfg: dict,
+    controls: dict,
+) -> str:
+    """The headline claims, the main table, the label-efficiency table, the per-paper stages and every paired
+    comparison, as markdown."""
+    lines = [
+        f"Protocol: {cfg.get('protocol', 'custom')}; {controls['n_eval_videos']} evaluation videos "
+        f"({controls['n_eval_abnormal']} abnormal).",
+        "",
+        "Headline claims (one per paper claim, declared in the configuration before the run; SSL minus baseline "
+        "on the same evaluation units, 95% paired bootstrap interval):",
+        "",
+        "| method | claim | metric | SSL | baseline | difference [95% CI] | verdict |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for c in claims:
+        lo, hi = c["diff_ci95"]
+        lines.append(
+            f"| {c['method']} | {c['claim']} | {c['metric']} ({c['ssl_row']} - {c['baseline_row']}) | "
+            f"{c['ssl']:.3f} | {c['baseline']:.3f} | {_fmt(c['diff'])} [{_fmt(lo)}, {_fmt(hi)}] | {c['verdict']} |"
+        )
+    lines += ["", "Cells: estimate [95% bootstrap interval over evaluation videos].", "", table]
+    if efficiency:
+        lines += ["EF R2 by share of TRAIN labels (ridge, alpha by CV inside the share; mean +- std over draws):", ""]
+        first = next(iter(efficiency.values()))
+        lines.append("| row | " + " | ".join(f"{float(f):.0%} ({first[f]['n_train']} videos)" for f in first) + " |")
+        lines.append("| --- |" + " --- |" * len(first))
+        for row, eff in efficiency.items():
+            cells = [f"{eff[f]['r2_mean']:.3f} +- {eff[f]['r2_std']:.3f}" for f in first]
+            lines.append(f"| {row} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if "fewlabel_frames" in extra:
+        fr = extra["fewlabel_frames"]
+        m = fr["meta"]
+        lines += [
+            f"Few-label frame classification on the labelled ultrasound set ({m['videos']} videos, "
+            f"{m['eval_videos']} evaluation videos, {m['frames_per_video']} frames each; labelled TRAIN videos per "
+            f"class: {m['settings']}, {m['draws']} draws; frame accuracy, mean over draws):",
+            "",
+            "| row | " + " | ".join(m["settings"]) + " |",
+            "| --- |" + " --- |" * len(m["settings"]),
+        ]
+        for row, res in fr["rows"].items():
+            lines.append(f"| {row} | " + " | ".join(f"{res[k]['accuracy']:.3f}" for k in m["settings"]) + " |")
+        lines.append("")
+    if "fewlabel_segmentation" in extra:
+        lines += ["Few-label segmentation (pooled Dice on the evaluation videos' traced frames):", ""]
+        lines += ["| labelled TRAIN videos | row | pooled Dice | fine-tuning steps |", "| --- | --- | --- | --- |"]
+        for n, arms in extra["fewlabel_segmentation"].items():
+            for row, a in arms.items():
+                lines.append(f"| {n} | {row} | {a['pooled_dice']:.4f} | {a['steps']} |")
+        lines.append("")
+    lines += ["Every paired comparison (SSL minus baseline on the same evaluation units; 95% paired interval):", ""]
+    lines += _comparison_lines(everything)
     return "\n".join(lines) + "\n"
 
 

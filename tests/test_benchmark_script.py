@@ -323,6 +323,32 @@ TINY_BENCHMARK = {
     "label_seeds": [0, 1],
     "supervised": {"learning_rate": 0.001, "weight_decay": 0.05},
     "controls": {"pixels": {"layout": {"num_frames": 32, "period": 2}, "grid": 14, "dark_thresholds": [0.05, 0.12]}},
+    "ultrasound_labelled": {
+        "videos": 12,
+        "eval_fraction": 0.5,
+        "frames_per_video": 3,
+        "size": 32,
+        "thumbnail_grid": 8,
+        "settings": {"2_per_class": 2, "all": None},
+        "draws": 2,
+    },
+    "headline_claims": [
+        {
+            "method": "tvrl",
+            "claim": "EF probe",
+            "metric": "ef_r2",
+            "ssl_row": "tvrl_ssl",
+            "baseline_row": "tvrl_random",
+        },
+        {
+            "method": "ucl",
+            "claim": "few-label frames",
+            "metric": "frame_accuracy_2_per_class",
+            "ssl_row": "ucl_ssl",
+            "baseline_row": "ucl_random",
+        },
+        {"method": "ucl", "claim": "not run", "metric": "ef_r2", "ssl_row": "nope_ssl", "baseline_row": "ucl_random"},
+    ],
     "encoders": {
         "unilvseg_ssl": {
             "kind": "unilvseg",
@@ -383,7 +409,7 @@ def test_representation_benchmark_tiny_end_to_end(tmp_path):
 
     payload = json.loads((out / "results.json").read_text())
     stages = payload["meta"]["stages_s"]
-    assert set(stages) == {"data", "cache", "pretrain", "supervised", "features", "probes", "write"}
+    assert set(stages) == {"data", "cache", "pretrain", "supervised", "features", "fewlabel_frames", "probes", "write"}
     rows = set(payload["results"])
     kinds = ("unilvseg", "tvrl", "discovr", "ucl")
     expected = {f"{k}_{v}" for k in kinds for v in ("random", "ssl", "supervised")}
@@ -393,21 +419,35 @@ def test_representation_benchmark_tiny_end_to_end(tmp_path):
         meta = payload["meta"]["rows"]
         assert meta[f"{k}_supervised"]["steps"] == meta[f"{k}_ssl"]["steps"] > 0
 
-    claims = json.loads((out / "claims.json").read_text())
-    validate_claims(claims)
-    pairs = {(c["ssl_row"], c["baseline_row"]) for c in claims}
+    comparisons = json.loads((out / "comparisons.json").read_text())
+    validate_claims(comparisons)
+    pairs = {(c["ssl_row"], c["baseline_row"]) for c in comparisons}
     for k in kinds:
         for base in ("random", "supervised"):
             assert (f"{k}_ssl", f"{k}_{base}") in pairs
         assert (f"{k}_ssl", "pixels_std_map") in pairs
+    # claims.json: exactly the declared headline claims that were run, in the declared words
+    claims = json.loads((out / "claims.json").read_text())
+    validate_claims(claims)
+    assert [(c["method"], c["metric"], c["claim"]) for c in claims] == [
+        ("tvrl", "ef_r2", "EF probe"),
+        ("ucl", "frame_accuracy_2_per_class", "few-label frames"),
+    ]
+    ucl = claims[1]
+    assert ucl["baseline_row"] == "ucl_random" and ucl["n_eval"] == 6  # 6 evaluation videos of 12
+    frames = payload["fewlabel_frames"]
+    assert set(frames["rows"]) == {"ucl_random", "ucl_ssl", "pixels_thumbnail"}
+    assert len(frames["rows"]["ucl_ssl"]["2_per_class"]["draws"]) == 2
+    assert ucl["ssl"] == pytest.approx(frames["rows"]["ucl_ssl"]["2_per_class"]["accuracy"])
     controls = json.loads((out / "controls.json").read_text())
     validate_controls(controls)
     assert controls["ef_r2"] >= 0.9 and controls["abnormal_auroc"] >= 0.95  # else no table would be written
 
     md = (out / "benchmark.md").read_text()
-    assert "| oracle_lv_volume |" in md and "Paired comparisons" in md and "EF R2 by share of TRAIN labels" in md
+    assert "| oracle_lv_volume |" in md and "Headline claims" in md and "EF R2 by share of TRAIN labels" in md
+    assert "Few-label frame classification" in md and "Every paired comparison" in md
     assert (out / "benchmark.png").stat().st_size > 0 and (out / "LVVolumes.csv").is_file()
-    for name in ("claims.json", "controls.json", "benchmark.md", "benchmark.png"):
+    for name in ("claims.json", "comparisons.json", "controls.json", "benchmark.md", "benchmark.png"):
         assert (tmp_path / "published" / name).is_file()
 
 

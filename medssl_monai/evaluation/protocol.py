@@ -346,24 +346,80 @@ def paired_claims(
                     continue
                 shown = (names or {}).get(metric, metric)
                 claims.append(
-                    {
-                        "method": method,
-                        "claim": f"{a} {'higher' if up else 'lower'} than {b} on {shown} (paired, same videos)",
-                        "metric": metric,
-                        "higher_is_better": bool(up),
-                        "ssl": res.a,
-                        "baseline": res.b,
-                        "diff": res.diff,
-                        "diff_ci95": list(res.diff_ci),
-                        "ssl_row": a,
-                        "baseline_row": b,
-                        "ssl_ci95": list(res.ci_a),
-                        "baseline_ci95": list(res.ci_b),
-                        "n_eval": len(labels[task]),
-                        "verdict": _verdict(*res.diff_ci, up),
-                    }
+                    make_claim(
+                        method,
+                        a,
+                        b,
+                        metric,
+                        up,
+                        res.a,
+                        res.b,
+                        res.diff,
+                        res.diff_ci,
+                        res.ci_a,
+                        res.ci_b,
+                        len(labels[task]),
+                        shown,
+                    )
                 )
     return claims
+
+
+def make_claim(
+    method: str,
+    ssl_row: str,
+    baseline_row: str,
+    metric: str,
+    higher_is_better: bool,
+    ssl: float,
+    baseline: float,
+    diff: float,
+    diff_ci95: Sequence[float],
+    ssl_ci95: Sequence[float],
+    baseline_ci95: Sequence[float],
+    n_eval: int,
+    shown: str | None = None,
+) -> dict[str, Any]:
+    """One paired comparison in the layout of ``claims.json`` (:data:`CLAIM_KEYS` plus ``ssl_row, baseline_row,
+    ssl_ci95, baseline_ci95, n_eval, verdict``); ``shown`` is the metric's display name in the claim text."""
+    word = "higher" if higher_is_better else "lower"
+    return {
+        "method": method,
+        "claim": f"{ssl_row} {word} than {baseline_row} on {shown or metric} (paired, same evaluation units)",
+        "metric": metric,
+        "higher_is_better": bool(higher_is_better),
+        "ssl": float(ssl),
+        "baseline": float(baseline),
+        "diff": float(diff),
+        "diff_ci95": [float(v) for v in diff_ci95],
+        "ssl_row": ssl_row,
+        "baseline_row": baseline_row,
+        "ssl_ci95": [float(v) for v in ssl_ci95],
+        "baseline_ci95": [float(v) for v in baseline_ci95],
+        "n_eval": int(n_eval),
+        "verdict": _verdict(float(diff_ci95[0]), float(diff_ci95[1]), bool(higher_is_better)),
+    }
+
+
+def headline_claims(comparisons: Sequence[Mapping[str, Any]], declared: Sequence[Mapping[str, Any]]) -> list[dict]:
+    """The declared headline claims (one per paper claim), looked up among all paired ``comparisons``.
+
+    Each declared entry names ``method``, ``claim`` (the paper's claim, in words), ``metric``, ``ssl_row`` and
+    ``baseline_row``; the result is the matching comparison with ``claim`` replaced by those words and the
+    comparison's own text kept as ``test``. A declared claim with no matching comparison (its rows were not run)
+    is logged and left out, so ``claims.json`` never carries a made-up number.
+    """
+    index = {(c["ssl_row"], c["baseline_row"], c["metric"]): c for c in comparisons}
+    out = []
+    for d in declared:
+        key = (d["ssl_row"], d["baseline_row"], d["metric"])
+        if key not in index:
+            logger.warning("headline claim %s (%s - %s on %s) has no comparison: not run", d["method"], *key)
+            continue
+        c = dict(index[key])
+        c["test"], c["claim"], c["method"] = c["claim"], str(d["claim"]), str(d["method"])
+        out.append(c)
+    return out
 
 
 def label_efficiency(

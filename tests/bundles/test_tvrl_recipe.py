@@ -43,7 +43,12 @@ def test_tvrl_runs_without_time_embedding_and_tvrl_te_with_it():
 def test_benchmark_lists_tvrl_with_and_without_time_embedding():
     spec = yaml.safe_load((ROOT / "scripts" / "benchmark_representations.yaml").read_text())["encoders"]
     frameworks = {n: e.get("overrides", {}).get("framework", "tvrl") for n, e in spec.items() if e["kind"] == "tvrl"}
-    assert frameworks.get("tvrl_ssl") == "tvrl" and frameworks.get("tvrl_te_ssl") == "tvrl_te"
+    assert frameworks.get("tvrl_ssl") == "tvrl"
+    # the time-embedding claim: two arms pretrained on the timed series, differing in the framework only
+    te, plain = spec["tvrl_te_series_ssl"], spec["tvrl_series_ssl"]
+    assert (frameworks["tvrl_series_ssl"], frameworks["tvrl_te_series_ssl"]) == ("tvrl", "tvrl_te")
+    assert te["configs"] == plain["configs"] and te["dataset"] == plain["dataset"] == "timed_series"
+    assert {k: v for k, v in te["overrides"].items() if k != "framework"} == plain.get("overrides", {})
 
 
 def test_probe_warm_up_starts_at_a_tenth_of_the_lr():
