@@ -42,7 +42,7 @@ import torch
 import yaml
 
 from medssl_monai.encoders import ENCODER_BUNDLES, build_encoder
-from medssl_monai.evaluation.benchmark import METRICS, benchmark_chart, benchmark_table
+from medssl_monai.evaluation.benchmark import METRICS, benchmark_chart, benchmark_table, claims_chart, monitor_chart
 from medssl_monai.evaluation.clips import embed_videos, layout_indices, load_frame_store, load_series
 from medssl_monai.evaluation.controls import (
     dark_area_features,
@@ -140,8 +140,11 @@ def echo_items(root: Path) -> list[dict]:
 # ---- 3. pretraining ---------------------------------------------------------------------------------------
 
 
-def run_workflow(bundle: str, configs: list[str], **overrides: Any) -> int:
+def run_workflow(bundle: str, configs: list[str], collect: dict | None = None, **overrides: Any) -> int:
     """One bundle training run through ``ConfigWorkflow``; returns the optimizer steps it took.
+
+    ``collect`` (a dict) receives the representation monitor's history as ``collect["monitor"]`` (a list of
+    rows; empty when the monitor is off).
 
     The benchmark runs the workflow itself (initialize, run, finalize) rather than ``demo.run_bundle``, to read
     the trainer's iteration count (the supervised row's budget); the bundles' properties are checked by their
@@ -161,6 +164,9 @@ def run_workflow(bundle: str, configs: list[str], **overrides: Any) -> int:
     wf.initialize()
     wf.run()
     steps = int(wf.parser.get_parsed_content("train#trainer").state.iteration)
+    if collect is not None:
+        monitor = wf.parser.get_parsed_content("train#monitor") if "monitor" in wf.parser["train"] else None
+        collect["monitor"] = list(getattr(monitor, "history", []) if getattr(monitor, "enabled", False) else [])
     wf.finalize()
     del wf
     gc.collect()  # persistent loader workers sit in reference cycles: collect them in this process (demo.run_bundle)
@@ -179,9 +185,11 @@ def pretrain(name: str, spec: dict, data: dict[str, Path], out: Path, cache_dir:
     dataset = data[_pretraining_set(spec)]
     t0 = time.time()
     overrides = dict(spec.get("overrides", {}))
+    collected: dict = {}
     steps = run_workflow(
         bundle,
         ["train.yaml", *spec.get("configs", []), *extra],
+        collect=collected,
         dataset_dir=str(dataset),
         ckpt_dir=str(ckpt.parent),
         output_dir=str(out / name / "runs"),
@@ -196,7 +204,10 @@ def pretrain(name: str, spec: dict, data: dict[str, Path], out: Path, cache_dir:
         "steps": steps,
         "batch_size": int(parser.get_parsed_content("batch_size")),
         "seconds": round(time.time() - t0, 1),
+        "monitor": collected.get("monitor", []),
     }
+    mon_s = sum(r.get("seconds", 0.0) for r in info["monitor"])
+    info["monitor_share"] = round(mon_s / max(info["seconds"], 1e-9), 4)  # the monitor's cost in the run
     record.write_text(json.dumps(info, indent=1))
     logger.info("pretrained %s: %d steps in %.0f s", name, steps, info["seconds"])
     return info
@@ -519,6 +530,7 @@ def main(argv: list[str] | None = None) -> dict:
             )
             if ckpt and ckpt != "supervised":
                 meta_rows[row].update({k: info[k] for k in ("steps", "batch_size", "seconds")})
+                meta_rows[row].update({k: info.get(k) for k in ("monitor", "monitor_share")})
             np.savez_compressed(
                 out / f"{row}_features.npz", **{k: v for k, v in (("echo", x), ("series", s)) if v is not None}
             )
@@ -566,6 +578,14 @@ def main(argv: list[str] | None = None) -> dict:
         table_rows = {r: {k: v for k, v in res.items() if k != "_probe"} for r, res in results.items()}
         table = benchmark_table(table_rows, COLUMNS, oracle_row=ORACLE)  # refuses a broken protocol
         benchmark_chart(table_rows, out / "benchmark.png", COLUMNS)
+        figures = ["benchmark.png"]
+        if claims:
+            claims_chart(claims, out / "claims.png", "Headline claims: SSL minus baseline (paired, 95 % interval)")
+            figures.append("claims.png")
+        histories = {r: m["monitor"] for r, m in meta_rows.items() if m.get("monitor")}
+        if histories:
+            monitor_chart(histories, out / "monitor.png")
+            figures.append("monitor.png")
         oracle = results[ORACLE]
         controls = {
             "oracle_row": ORACLE,
@@ -624,7 +644,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.publish:
         dest = Path(args.publish)
         dest.mkdir(parents=True, exist_ok=True)
-        for f in ("claims.json", "comparisons.json", "controls.json", "benchmark.md", "benchmark.png"):
+        for f in ("claims.json", "comparisons.json", "controls.json", "benchmark.md", *figures):
             shutil.copy2(out / f, dest / f)
     print(markdown)
     print(json.dumps({k: meta[k] for k in ("total_s", "stages_s", "stages_cpu_s", "counts")}, indent=1))

@@ -447,6 +447,10 @@ def test_representation_benchmark_tiny_end_to_end(tmp_path):
     assert "| oracle_lv_volume |" in md and "Headline claims" in md and "EF R2 by share of TRAIN labels" in md
     assert "Few-label frame classification" in md and "Every paired comparison" in md
     assert (out / "benchmark.png").stat().st_size > 0 and (out / "LVVolumes.csv").is_file()
+    assert (out / "claims.png").stat().st_size > 0  # the forest plot of the headline claims
+    histories = {r: m.get("monitor") for r, m in payload["meta"]["rows"].items() if r.endswith("_ssl")}
+    assert all(h for h in histories.values()), histories  # the cpu presets run the monitor (its last step at least)
+    assert (out / "monitor.png").stat().st_size > 0
     for name in ("claims.json", "comparisons.json", "controls.json", "benchmark.md", "benchmark.png"):
         assert (tmp_path / "published" / name).is_file()
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -222,21 +223,24 @@ class RepresentationMonitor(TensorBoardEmbeddingHandler):
     def __call__(self, engine: Engine) -> None:
         """One monitor step at the engine's current iteration."""
         iteration = int(engine.state.iteration)
+        t0 = time.perf_counter()
         try:
             row = self.measure()
         except Exception as err:  # monitoring must never stop a long run
             logger.warning("representation monitor at iteration %d failed: %s", iteration, err)
             return
+        row["seconds"] = time.perf_counter() - t0  # the monitor's own cost, against the training time
         self.history.append({"iteration": float(iteration), **row})
         if self.writer is not None:
             for name, value in row.items():
-                if name not in ("dims", "clips") and math.isfinite(value):
+                if name not in ("dims", "clips", "seconds") and math.isfinite(value):
                     self.writer.add_scalar(f"monitor/{name}", value, iteration)
             self.writer.flush()
         scores = ", ".join(f"{n[4:]} {v:.3f}" for n, v in row.items() if n.startswith("knn_"))
         line = (
             f"monitor @ iteration {iteration}: {scores + ', ' if scores else ''}std {row['std']:.3f} "
-            f"(normalised; 0 = collapse), RankMe {row['rankme']:.1f} of {int(min(row['dims'], row['clips']))}"
+            f"(normalised; 0 = collapse), RankMe {row['rankme']:.1f} of {int(min(row['dims'], row['clips']))} "
+            f"({row['seconds']:.1f} s)"
         )
         if row["std"] < self.collapse_threshold:
             logger.warning(line + f" -- COLLAPSED (std below {self.collapse_threshold})")

@@ -60,6 +60,8 @@ __all__ = [
     "check_oracle_row",
     "benchmark_table",
     "benchmark_chart",
+    "claims_chart",
+    "monitor_chart",
 ]
 
 #: a cell that does not apply to an encoder (e.g. segmentation without a spatial decoder)
@@ -364,4 +366,69 @@ def benchmark_chart(
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)
     plt.close(fig)
+    return out
+
+
+def claims_chart(claims: Sequence[Mapping], out_png: str | Path, title: str = "SSL minus baseline") -> Path:
+    """A forest plot of paired differences: one line per claim, the difference and its 95 % paired interval,
+    signed so that right of zero is always "SSL better" (lower-is-better metrics are negated)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if not claims:
+        raise ValueError("no claims to plot")
+    fig = Figure(figsize=(8.0, 0.42 * len(claims) + 1.2))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    for i, c in enumerate(claims):
+        sign = 1.0 if c["higher_is_better"] else -1.0
+        lo, hi = sorted(sign * v for v in c["diff_ci95"])
+        d = sign * c["diff"]
+        color = "tab:green" if lo > 0 else "tab:red" if hi < 0 else "tab:grey"
+        ax.plot([lo, hi], [i, i], color=color, lw=2)
+        ax.plot([d], [i], "o", color=color)
+    ax.axvline(0.0, color="black", lw=0.8)
+    labels = [f"{c['method']}: {c['metric']} ({c['ssl_row']} - {c['baseline_row']})" for c in claims]
+    ax.set_yticks(range(len(claims)), labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("difference, signed so that > 0 = SSL better (95 % paired bootstrap interval)", fontsize=8)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    return out
+
+
+def monitor_chart(histories: Mapping[str, Sequence[Mapping[str, float]]], out_png: str | Path) -> Path:
+    """The representation monitor's curves of every pretraining run: a panel per score (kNN scores, the
+    normalised embedding std, RankMe), one line per run, against the fraction of the run's iterations."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    runs = {name: list(h) for name, h in histories.items() if h}
+    if not runs:
+        raise ValueError("no monitor history to plot")
+    keys = sorted({k for h in runs.values() for row in h for k in row if k.startswith("knn_")})
+    panels = [*keys, "std", "rankme"]
+    ncols = min(3, len(panels))
+    nrows = (len(panels) + ncols - 1) // ncols
+    fig = Figure(figsize=(4.0 * ncols, 3.0 * nrows))
+    FigureCanvasAgg(fig)
+    for j, key in enumerate(panels):
+        ax = fig.add_subplot(nrows, ncols, j + 1)
+        for name, h in runs.items():
+            pts = [(row["iteration"], row[key]) for row in h if key in row and np.isfinite(row[key])]
+            if pts:
+                last = max(row["iteration"] for row in h)
+                ax.plot([p[0] / last for p in pts], [p[1] for p in pts], "o-", ms=3, label=name)
+        if key == "std":
+            ax.axhline(0.1, color="grey", lw=0.8, ls="--")  # the monitor's collapse threshold
+        ax.set_title(key, fontsize=8)
+        ax.set_xlabel("fraction of the run's iterations", fontsize=7)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
     return out

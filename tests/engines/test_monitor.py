@@ -111,6 +111,7 @@ def test_an_informative_encoder_scores_high_every_monitor_step(tmp_path):
     assert not monitor.collapsed
     assert last["knn_auroc_Abnormal"] > 0.95 and last["knn_r2_ef"] > 0.8 and last["knn_auroc_reduced_ef"] > 0.95
     assert last["knn_auroc_view"] > 0.95
+    assert all(0.0 < r["seconds"] < 60.0 for r in monitor.history)  # its own cost, for the time budget
     assert any(p.name.startswith("events.out.tfevents") for p in tmp_path.iterdir())
 
 
