@@ -7,6 +7,7 @@
     python -m medssl_monai cache --root data/echonet    # decode every video once into the clip cache
     python -m medssl_monai inspect data/echonet         # summarise a dataset folder, a video or a datalist
     python -m medssl_monai demo                         # the README's main job
+    python -m medssl_monai reproduce unilvseg --dataset_dir /data/EchoNet-Dynamic   # a paper's main table
     python -m medssl_monai package bundles/<name> --out dist/   # zoo zip + TorchScript/ONNX export (docs/zoo.md)
 """
 
@@ -188,6 +189,85 @@ class CLI:
             seg_lr=seg_lr,
             compare_random_init=compare_random_init,
         )
+
+    def reproduce(
+        self,
+        paper: str,
+        dataset_dir: str | None = None,
+        preset: str | None = None,
+        out: str | None = None,
+        nproc_per_node: int = 1,
+        dry_run: bool = False,
+        camus_dir: str | None = None,
+        series_dir: str | None = None,
+        pretrain_dir: str | None = None,
+        labels_csv: str | None = None,
+        label_key: str | None = None,
+        seeds: int | list[int] | None = None,
+        fractions: float | list[float] | None = None,
+        arms: str | list[str] | None = None,
+        frameworks: str | list[str] | None = None,
+        tasks: str | list[str] | None = None,
+        folds: int | list[int] | None = None,
+        set: str | dict | None = None,
+    ) -> None:
+        """A paper's main experiment as stages of bundle runs, then its table (``DIR/table.md``, ``results.json``,
+        ``table.png``); see README "Reproduce a paper".
+
+        ``PAPER``: unilvseg, tvrl, discovr or ucl. ``--dataset_dir`` (without it: the built-in synthetic data, said
+        so), ``--preset tiny|cpu|recipe`` (default: recipe with a GPU, else cpu), ``--out DIR`` (default
+        ``runs/reproduce/<paper>-<preset>``), ``--nproc_per_node N`` (each training stage under torchrun),
+        ``--dry_run`` (the plan: every stage, its command and estimated time). UniLVSeg: ``--camus_dir``; TVRL:
+        ``--series_dir``, ``--frameworks``, ``--tasks``, ``--seeds``, ``--fractions``; DISCOVR: ``--labels_csv``,
+        ``--label_key``, ``--arms``; UCL: ``--pretrain_dir``, ``--arms``, ``--folds``. ``--set '{"pretrain*":
+        {"learning_rate": 2e-4}}'``: bundle keys of the stages matching a name pattern. A second run skips finished
+        stages whose settings are unchanged; a failed stage is named with its log, and the next run continues there.
+        """
+        import sys
+
+        from medssl_monai.config_checks import parse_overrides
+        from medssl_monai.reproduce import PlanError, StageFailed, reproduce
+
+        _setup_logging("WARNING")
+        options = {
+            k: v
+            for k, v in {
+                "labels_csv": labels_csv,
+                "label_key": label_key,
+                "seeds": seeds,
+                "fractions": fractions,
+                "arms": arms,
+                "frameworks": frameworks,
+                "tasks": tasks,
+                "folds": folds,
+            }.items()
+            if v is not None
+        }
+        try:
+            settings = parse_overrides(set) if set is not None else None
+        except ValueError as e:
+            print(f"error: --set: {e}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
+        try:
+            reproduce(
+                str(paper),
+                dataset_dir=dataset_dir,
+                preset=preset,
+                out=out,
+                nproc_per_node=int(nproc_per_node),
+                dry_run=bool(dry_run),
+                camus_dir=camus_dir,
+                series_dir=series_dir,
+                pretrain_dir=pretrain_dir,
+                settings=settings,
+                **options,
+            )
+        except PlanError as e:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
+        except StageFailed as e:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            raise SystemExit(1) from None
 
     def package(
         self,

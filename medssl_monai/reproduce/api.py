@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Any, TextIO
 
 from medssl_monai.reproduce.common import PRESETS, Context, synthetic_data
-from medssl_monai.reproduce.plan import Plan, PlanError, format_duration
+from medssl_monai.reproduce.plan import Plan, PlanError, Stage, format_duration
 from medssl_monai.reproduce.table import write_table
 
-__all__ = ["PAPERS", "reproduce", "build_plan", "paper_module", "default_preset"]
+__all__ = ["PAPERS", "reproduce", "build_plan", "apply_settings", "paper_module", "default_preset"]
 
 #: paper name -> module with ``DESCRIPTION``, ``build_stages(ctx)``, ``build_table(ctx, stages)`` and optionally
 #: ``prepare(ctx)`` (derived labels) and ``DATA`` (which folder each command-line option names)
@@ -62,6 +63,31 @@ def _data(paper: str, preset: str, out: Path, stream: TextIO, folders: dict[str,
     return data, False
 
 
+def apply_settings(stages: list[Stage], settings: Mapping[str, Mapping[str, Any]] | None) -> list[Stage]:
+    """Override bundle keys of the stages whose names match a pattern: ``{"pretrain*": {"learning_rate": 2e-4}}``.
+
+    Raises:
+        PlanError: a pattern matches no stage, or a key is not defined by a matched stage's configs.
+    """
+    import fnmatch
+
+    from medssl_monai.reproduce.common import defined
+
+    for pattern, values in (settings or {}).items():
+        if not isinstance(values, Mapping):
+            raise PlanError(f"--set {pattern!r}: expected a mapping of bundle keys to values, got {values!r}")
+        matched = [s for s in stages if fnmatch.fnmatchcase(s.name, str(pattern))]
+        if not matched:
+            raise PlanError(f"--set {pattern!r} matches no stage (stages: {', '.join(s.name for s in stages)})")
+        for s in matched:
+            keys = defined(s.bundle, tuple(s.configs))
+            unknown = [k for k in values if k not in keys]
+            if unknown:
+                raise PlanError(f"--set {pattern!r}: stage {s.name!r} ({s.bundle}) defines no key {unknown}")
+            s.overrides = {**s.overrides, **values}
+    return stages
+
+
 def build_plan(
     paper: str,
     dataset_dir: str | None = None,
@@ -72,6 +98,7 @@ def build_plan(
     camus_dir: str | None = None,
     series_dir: str | None = None,
     pretrain_dir: str | None = None,
+    settings: Mapping[str, Mapping[str, Any]] | None = None,
     **options: Any,
 ) -> tuple[Plan, Context, ModuleType]:
     """The plan of ``paper`` (see :func:`reproduce` for the arguments)."""
@@ -95,7 +122,7 @@ def build_plan(
     ctx = Context(paper, PRESETS[preset], out_dir, data, synthetic, int(nproc_per_node), dict(options), stream)
     if hasattr(module, "prepare"):
         module.prepare(ctx)
-    stages = module.build_stages(ctx)
+    stages = apply_settings(module.build_stages(ctx), settings)
     plan = Plan(stages, out_dir, nproc=ctx.nproc, gflops=ctx.preset.gflops, stream=stream)
     return plan, ctx, module
 
@@ -111,6 +138,7 @@ def reproduce(
     camus_dir: str | None = None,
     series_dir: str | None = None,
     pretrain_dir: str | None = None,
+    settings: Mapping[str, Mapping[str, Any]] | None = None,
     **options: Any,
 ) -> dict[str, str] | None:
     """Run (or with ``dry_run`` list) the stages of ``paper``'s main experiment, then write its table.
@@ -127,6 +155,8 @@ def reproduce(
         camus_dir: UniLVSeg's out-of-distribution CAMUS folder.
         series_dir: TVRL's timed image series (``series.csv``) for the progression task.
         pretrain_dir: UCL's unlabelled pretraining videos (default: the ``dataset_dir`` videos, labels unused).
+        settings: bundle keys per stage-name pattern, ``{"pretrain*": {"learning_rate": 2e-4}}``; a stage whose
+            settings change runs again, and the stages after it that depend on it.
         options: the paper's own options (``seeds``, ``fractions``, ``arms``, ``frameworks``, ``tasks``,
             ``labels_csv``, ``folds``, see each paper module).
 
@@ -139,7 +169,17 @@ def reproduce(
     """
     stream = stream or sys.stdout
     plan, ctx, module = build_plan(
-        paper, dataset_dir, preset, out, nproc_per_node, stream, camus_dir, series_dir, pretrain_dir, **options
+        paper,
+        dataset_dir,
+        preset,
+        out,
+        nproc_per_node,
+        stream,
+        camus_dir,
+        series_dir,
+        pretrain_dir,
+        settings,
+        **options,
     )
     print(
         f"{paper}: {module.DESCRIPTION}\npreset {ctx.preset.name}, {len(plan.stages)} stages into {ctx.out}"
