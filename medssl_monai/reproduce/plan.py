@@ -202,7 +202,9 @@ def stage_settings(stage: Stage, out: Path, nproc: int = 1) -> dict[str, Any]:
             f"stage {stage.name!r}: cannot read its configs {files} with {dict(stage.overrides)}: {e}"
         ) from e
     settings = dict(record["settings"])
-    for key in _PLAN_KEYS:
+    # an evaluation reads its model from ckpt_dir, a run-control key of the record (where a run writes)
+    keys = _PLAN_KEYS if stage.trains else (*_PLAN_KEYS, "ckpt_dir")
+    for key in keys:
         if key in parser.get():
             try:
                 settings[f"plan:{key}"] = parser.get_parsed_content(key)
