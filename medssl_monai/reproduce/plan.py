@@ -249,7 +249,10 @@ def _show(value: Any) -> str:
         return f"{value.get('path')} (sha256 {str(value['sha256'])[:12]})"
     if isinstance(value, Mapping) and value.get("missing"):
         return f"{value.get('path')} (missing)"
-    text = json.dumps(value) if not isinstance(value, str) else value
+    try:
+        text = json.dumps(value) if not isinstance(value, str) else value
+    except TypeError:  # compare_settings' marker of a key one side does not have
+        return "<not set>"
     return text if len(text) <= 80 else text[:77] + "..."
 
 
