@@ -322,7 +322,7 @@ class Plan:
         upstream = [d for d in stage.depends_on if d in will_run]
         if upstream:
             # its inputs change: what its folder holds (a resume.pt too) is of another run
-            return StageDecision(stage, True, f"depends on {', '.join(upstream)}, which runs", fresh=has_files)
+            return StageDecision(stage, True, f"depends on {', '.join(upstream)}, which " + ("runs" if len(upstream) == 1 else "run"), fresh=has_files)
         if saved is None:
             return StageDecision(stage, True, "not run yet", fresh=fresh)
         diffs = _differences(saved.get("settings", {}), now)
