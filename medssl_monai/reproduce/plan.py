@@ -60,6 +60,7 @@ _SHOWN = re.compile(r"Epoch\[\d+\] Complete|Key metric|Best|error|Error|Tracebac
 #: settings compared besides the run record's: ``epochs`` is a run-control key there (a resume may extend a run),
 #: but a stage run for other epochs is another stage result
 _PLAN_KEYS = ("epochs",)
+_PLAN_PREFIX = "plan:"
 
 
 class PlanError(ValueError):
@@ -207,7 +208,7 @@ def stage_settings(stage: Stage, out: Path, nproc: int = 1) -> dict[str, Any]:
     for key in keys:
         if key in parser.get():
             try:
-                settings[f"plan:{key}"] = parser.get_parsed_content(key)
+                settings[_PLAN_PREFIX + key] = parser.get_parsed_content(key)
             except Exception:  # noqa: S110 - a key that needs the run to resolve is left out of the comparison
                 pass
     return settings
@@ -256,11 +257,9 @@ def _show(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _differences(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
-    from medssl_monai.engines.run_record import compare_settings
-
-    diffs = [f"{k}: {_show(a)} -> {_show(b)}" for k, a, b in compare_settings(saved, now)]
-    return [d.replace("plan:", "", 1) for d in diffs]
+def _format(diffs: Sequence[tuple[str, Any, Any]]) -> str:
+    """``key: old -> new; ...`` of :func:`~medssl_monai.engines.run_record.compare_settings`' differences."""
+    return "; ".join(f"{k.removeprefix(_PLAN_PREFIX)}: {_show(a)} -> {_show(b)}" for k, a, b in diffs)
 
 
 class Plan:
@@ -312,22 +311,25 @@ class Plan:
 
     def decide(self, stage: Stage, will_run: set[str]) -> StageDecision:
         """Whether ``stage`` must run, given the stages already known to run before it."""
+        from medssl_monai.engines.run_record import compare_settings
+
         folder = stage.folder(self.out)
         saved = _read_json(folder / STAGE_FILE)
         now = stage_settings(stage, self.out, self.nproc)
-        same = saved is not None and not _differences(saved.get("settings", {}), now)
-        # a folder holding files of another run (changed settings, or no stage.json): start it over
+        diffs = compare_settings(saved.get("settings", {}), now) if saved is not None else []
+        # the run record proper differs: the folder's resume.pt is of another run, start over; when only the plan
+        # keys differ (more epochs) the bundle resumes and continues
+        record_changed = any(not key.startswith(_PLAN_PREFIX) for key, _, _ in diffs)
         has_files = saved is not None or (folder / "models" / "resume.pt").is_file()
-        fresh = not same and has_files
         upstream = [d for d in stage.depends_on if d in will_run]
         if upstream:
             # its inputs change: what its folder holds (a resume.pt too) is of another run
-            return StageDecision(stage, True, f"depends on {', '.join(upstream)}, which " + ("runs" if len(upstream) == 1 else "run"), fresh=has_files)
+            which = "which runs" if len(upstream) == 1 else "which run"
+            return StageDecision(stage, True, f"depends on {', '.join(upstream)}, {which}", fresh=has_files)
         if saved is None:
-            return StageDecision(stage, True, "not run yet", fresh=fresh)
-        diffs = _differences(saved.get("settings", {}), now)
+            return StageDecision(stage, True, "not run yet", fresh=has_files)
         if diffs:
-            return StageDecision(stage, True, "settings changed: " + "; ".join(diffs), fresh=True)
+            return StageDecision(stage, True, "settings changed: " + _format(diffs), fresh=record_changed)
         if saved.get("status") != "done":
             return StageDecision(stage, True, f"did not finish last time ({saved.get('status')}): continues")
         missing = [o for o in stage.outputs if not (folder / o).exists()]
@@ -336,12 +338,11 @@ class Plan:
         if stage.trains:
             sidecar = _read_json(folder / "models" / "model.pt.json")
             if sidecar is not None:
-                record_diffs = _differences(
-                    sidecar.get("settings", {}), {k: v for k, v in now.items() if not k.startswith("plan:")}
-                )
+                record = {k: v for k, v in now.items() if not k.startswith(_PLAN_PREFIX)}
+                record_diffs = compare_settings(sidecar.get("settings", {}), record)
                 if record_diffs:
                     return StageDecision(
-                        stage, True, "models/model.pt.json is of another run: " + "; ".join(record_diffs), fresh=True
+                        stage, True, "models/model.pt.json is of another run: " + _format(record_diffs), fresh=True
                     )
         return StageDecision(stage, False, "done, settings unchanged")
 
@@ -465,7 +466,7 @@ class Plan:
         }
         _write_json(folder / STAGE_FILE, record)
         log = folder / LOG_FILE
-        epochs = stage.overrides.get("epochs") or settings.get("plan:epochs")
+        epochs = stage.overrides.get("epochs") or settings.get(_PLAN_PREFIX + "epochs")
         t = time.time()
         epoch_s: list[float] = []
         env = {**(self.env if self.env is not None else os.environ), "PYTHONUNBUFFERED": "1"}

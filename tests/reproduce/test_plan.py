@@ -93,8 +93,10 @@ def test_skip_rerun_and_dependents(fake_bundle: Path, tmp_path: Path):
     Plan(_stages(fake_bundle, a={"value": 7}), out, stream=text).run(dry_run=True)
     assert "[1/3] RUN  a" in text.getvalue() and "[3/3] skip c" in text.getvalue()
     assert "--resume False" in text.getvalue() and "2 of 3 stages to run" in text.getvalue()
-    # more epochs: the stage runs again (resuming: same run record), so do its dependents
-    assert _runs(Plan(_stages(fake_bundle, c={"epochs": 5}), out)) == {"a": False, "b": False, "c": True}
+    # more epochs: the stage runs again, resuming (its run record is the same: the bundle continues to 5 epochs)
+    more = {d.stage.name: d for d in Plan(_stages(fake_bundle, c={"epochs": 5}), out).decisions()}
+    assert {k: d.run for k, d in more.items()} == {"a": False, "b": False, "c": True}
+    assert "epochs: 2 -> 5" in more["c"].reason and not more["c"].fresh
 
 
 def test_unfinished_or_incomplete_stage_runs_again(fake_bundle: Path, tmp_path: Path):
