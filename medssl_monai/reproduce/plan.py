@@ -473,8 +473,9 @@ class Plan:
         with open(log, "a") as f:
             f.write(f"# {_now()} $ {_quote(cmd)}\n")
             f.flush()
+            # cwd: the stage folder, so that a relative path a config writes to stays in it
             proc = subprocess.Popen(
-                cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=str(stage.bundle_dir)
+                cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=str(folder)
             )
             assert proc.stdout is not None
             for line in proc.stdout:
