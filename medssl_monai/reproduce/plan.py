@@ -507,6 +507,9 @@ class Plan:
             with open(log, "a") as f:
                 f.write(f"# the run finished but did not write {missing}\n")
             raise StageFailed(stage.name, log, rc)
+        sidecar = _read_json(folder / "models" / "model.pt.json") if stage.trains else None
+        if sidecar and "trainer" in sidecar:  # the trainer's epoch and iteration when model.pt was written
+            record["trainer"] = sidecar["trainer"]
         record["status"] = "done"
         _write_json(folder / STAGE_FILE, record)
         return seconds, epoch_s
