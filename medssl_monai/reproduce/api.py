@@ -45,7 +45,9 @@ def _folder(path: str | Path | None, option: str) -> Path | None:
     return p
 
 
-def _data(paper: str, preset: str, out: Path, stream: TextIO, folders: dict[str, Path | None]) -> tuple[dict, bool]:
+def _data(
+    paper: str, preset: str, out: Path, stream: TextIO, folders: dict[str, Path | None], write: bool
+) -> tuple[dict, bool]:
     """The data folders of a paper: the given ones, or the built-in synthetic data when ``--dataset_dir`` is absent."""
     dataset_dir = folders.pop("dataset_dir")
     main_kind = {"unilvseg": "echonet", "tvrl": "echonet", "discovr": "echonet", "ucl": "ultrasound"}[paper]
@@ -53,7 +55,7 @@ def _data(paper: str, preset: str, out: Path, stream: TextIO, folders: dict[str,
         given = [k for k, v in folders.items() if v is not None]
         if given:
             raise PlanError(f"--{given[0]} needs --dataset_dir too (without it the whole plan runs on synthetic data)")
-        synth = synthetic_data(out, PRESETS[preset].synthetic_size, stream)
+        synth = synthetic_data(out, PRESETS[preset].synthetic_size, stream, write=write)
         return synth, True
     data: dict[str, Path] = {main_kind: dataset_dir}
     extra = {"camus_dir": "camus", "series_dir": "timed_series", "pretrain_dir": "pretrain_videos"}
@@ -99,9 +101,10 @@ def build_plan(
     series_dir: str | None = None,
     pretrain_dir: str | None = None,
     settings: Mapping[str, Mapping[str, Any]] | None = None,
+    dry_run: bool = False,
     **options: Any,
 ) -> tuple[Plan, Context, ModuleType]:
-    """The plan of ``paper`` (see :func:`reproduce` for the arguments)."""
+    """The plan of ``paper`` (see :func:`reproduce` for the arguments; ``dry_run`` writes no data)."""
     module = paper_module(paper)
     stream = stream or sys.stdout
     preset = preset or default_preset()
@@ -118,8 +121,8 @@ def build_plan(
     for option in ("camus_dir", "series_dir", "pretrain_dir"):
         if folders[option] is not None and option not in accepted:
             raise PlanError(f"--{option} is not an input of {paper} (its folder options: dataset_dir, {accepted})")
-    data, synthetic = _data(paper, preset, out_dir, stream, folders)
-    ctx = Context(paper, PRESETS[preset], out_dir, data, synthetic, int(nproc_per_node), dict(options), stream)
+    data, synthetic = _data(paper, preset, out_dir, stream, folders, write=not dry_run)
+    ctx = Context(paper, PRESETS[preset], out_dir, data, synthetic, int(nproc_per_node), dict(options), stream, dry_run)
     if hasattr(module, "prepare"):
         module.prepare(ctx)
     stages = apply_settings(module.build_stages(ctx), settings)
@@ -167,6 +170,8 @@ def reproduce(
         PlanError: bad input (the message names the option, file or stage).
         StageFailed: a stage failed (its name and log); the next run continues from it.
     """
+    from medssl_monai.engines.run_record import is_synthetic_dataset
+
     stream = stream or sys.stdout
     plan, ctx, module = build_plan(
         paper,
@@ -179,8 +184,11 @@ def reproduce(
         series_dir,
         pretrain_dir,
         settings,
+        dry_run,
         **options,
     )
+    if dry_run and ctx.synthetic and not is_synthetic_dataset(next(iter(ctx.data.values()))):
+        print("(the synthetic data is not written yet: the time estimates leave its samples out)", file=stream)
     print(
         f"{paper}: {module.DESCRIPTION}\npreset {ctx.preset.name}, {len(plan.stages)} stages into {ctx.out}"
         + (f", {ctx.nproc} processes per training stage" if ctx.nproc > 1 else ""),

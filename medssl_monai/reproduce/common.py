@@ -94,6 +94,7 @@ class Context:
         nproc: processes per training stage.
         options: the paper's own options (seeds, label fractions, arms, ...).
         stream: where messages go.
+        dry_run: only the plan is wanted: the synthetic data is not written.
     """
 
     paper: str
@@ -104,6 +105,7 @@ class Context:
     nproc: int = 1
     options: dict[str, Any] = field(default_factory=dict)
     stream: TextIO = sys.stdout
+    dry_run: bool = False
 
     def pretrain_configs(self, *extra: str) -> list[str]:
         """Config files of a pretraining stage at this preset."""
@@ -165,22 +167,26 @@ def shared_encoder_overrides(
     return {k: v for k, v in pre.items() if k in down and down[k] != v}
 
 
-def synthetic_data(out: Path, size: str, stream: TextIO) -> dict[str, Path]:
-    """The built-in synthetic datasets at ``size`` under ``out/data`` (written once), announced on ``stream``."""
+def synthetic_data(out: Path, size: str, stream: TextIO, write: bool = True) -> dict[str, Path]:
+    """The built-in synthetic datasets at ``size`` under ``out/data`` (written once), announced on ``stream``.
+
+    ``write=False`` (a dry run) returns the folders without writing them (the ``bench`` size takes minutes).
+    """
     from medssl_monai.data.defaults import default_num_workers
     from medssl_monai.data.synthetic import make_all
+    from medssl_monai.data.synthetic.suite import SIZES
 
-    root = out / "data" / f"synthetic-{size}"
+    root = (out / "data" / f"synthetic-{size}").resolve()
     print(
         f"no --dataset_dir: running on the built-in synthetic data ({size} size) in {root} -- a demonstration of "
         "the pipeline, not the paper's data; pass --dataset_dir for a real dataset",
         file=stream,
         flush=True,
     )
-    return {
-        k: Path(v).resolve()
-        for k, v in make_all(root, seed=0, size=size, num_workers=default_num_workers(size)).items()
-    }
+    if not write:
+        return {kind: root / kind for kind in SIZES[size]}
+    made = make_all(root, seed=0, size=size, num_workers=default_num_workers(size))
+    return {k: Path(v).resolve() for k, v in made.items()}
 
 
 def count_echonet(root: Path, split: str) -> int:

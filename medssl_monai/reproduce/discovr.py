@@ -95,10 +95,11 @@ def prepare(ctx: Context) -> None:
         if "FileName" not in header or key not in header:
             raise PlanError(f"--labels_csv {path}: needs columns FileName and {key!r} (--label_key); has {header}")
         source = f"{path} (column {key})"
-    elif (echonet / "SyntheticTruth.csv").is_file():
+    elif (echonet / "SyntheticTruth.csv").is_file() or ctx.synthetic:  # (a dry run has not written it yet)
         path, key = echonet / "SyntheticTruth.csv", "Abnormal"
         source = f"{path} (the synthetic data's truth: reduced EF or an akinetic wall segment)"
     else:
+        # also in a dry run: a dataset without EF is an error before anything runs (the file is small)
         path = derive_abnormal_labels(echonet, ctx.out / "labels" / DERIVED_LABELS)
         key = "Abnormal"
         source = (

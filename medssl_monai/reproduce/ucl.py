@@ -66,7 +66,9 @@ def prepare(ctx: Context) -> None:
 
         size = ctx.preset.synthetic_size
         folder = ctx.data["ultrasound"].parent / "ultrasound_pretrain"
-        ctx.data["pretrain_videos"] = make_frame_folders(folder, seed=1000, **SIZES[size]["ultrasound"]).resolve()
+        if not ctx.dry_run:
+            make_frame_folders(folder, seed=1000, **SIZES[size]["ultrasound"])
+        ctx.data["pretrain_videos"] = folder.resolve()
         ctx.say(f"ucl: pretraining on a second synthetic video set (seed 1000) in {folder}")
     else:
         ctx.data["pretrain_videos"] = ctx.data["ultrasound"]
