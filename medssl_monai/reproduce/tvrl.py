@@ -37,6 +37,13 @@ DESCRIPTION = (
 )
 
 
+def encoder_overrides(framework: str) -> dict:
+    """The probe's encoder keys for a framework's checkpoint (random init: a conv-stem encoder without TE)."""
+    from medssl_monai.methods.tvrl import TIME_AWARE_FRAMEWORKS
+
+    return {"use_time_embed": framework in TIME_AWARE_FRAMEWORKS, "stem": "patch" if framework == "mae" else "conv"}
+
+
 def _defaults(ctx: Context) -> dict:
     from medssl_monai.methods.tvrl import FRAMEWORKS
 
@@ -92,8 +99,6 @@ def _configs(ctx: Context, task: str, pretraining: bool) -> list[str]:
 
 def build_stages(ctx: Context) -> list[Stage]:
     """The plan's stages (see the module docstring)."""
-    from medssl_monai.methods.tvrl import TIME_AWARE_FRAMEWORKS
-
     opts = _options(ctx)
     gflop = GFLOP_PER_CLIP[ctx.preset.name]
     stages: list[Stage] = []
@@ -120,7 +125,7 @@ def build_stages(ctx: Context) -> list[Stage]:
             )
         for arm in ("random", *opts["frameworks"]):
             model = None if arm == "random" else ctx.out / f"pretrain_{task}_{arm}" / "models" / "model.pt"
-            encoder = {"use_time_embed": arm in TIME_AWARE_FRAMEWORKS, "stem": "patch" if arm == "mae" else "conv"}
+            encoder = encoder_overrides(arm)
             for fraction in opts["fractions"]:
                 for seed in opts["seeds"]:
                     suffix = f"{task}_{arm}_{_pct(fraction)}_s{seed}"

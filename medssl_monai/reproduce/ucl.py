@@ -42,6 +42,8 @@ ARMS = {
         {"intra_negatives": False, "mixed_negative": False, "cross_negatives": True, "warmup_epochs": 0},
     ),
 }
+#: the pretraining overrides of each arm (``None``: no pretraining)
+PRETRAINING_OVERRIDES = {arm: extra for arm, (_, extra) in ARMS.items()}
 COLUMNS = {"accuracy": "accuracy", "sensitivity": "sensitivity", "specificity": "specificity", "AUROC": "auroc"}
 DESCRIPTION = (
     "UCL pretraining (hard negatives + curriculum) vs the loss without hard negatives vs random init; frame "

@@ -23,7 +23,8 @@ from medssl_monai.bundle_tools import write_results_block
 from medssl_monai.data.synthetic.echonet import make_echonet
 from medssl_monai.data.synthetic.timed_series import make_timed_series
 from medssl_monai.evaluation.probe import format_mean_std, run_linear_probe
-from medssl_monai.methods.tvrl import FRAMEWORKS, TIME_AWARE_FRAMEWORKS
+from medssl_monai.methods.tvrl import FRAMEWORKS
+from medssl_monai.reproduce.tvrl import encoder_overrides
 
 ROOT = Path(__file__).resolve().parents[2]
 SSL, PROBE = ROOT / "bundles" / "tvrl_echo_ssl_pretraining", ROOT / "bundles" / "tvrl_echo_linear_probe"
@@ -31,10 +32,6 @@ TASKS = {
     "echo": {"metric": "mae", "better": "lower", "extra": []},
     "series": {"metric": "auroc", "better": "higher", "extra": ["timed_series.yaml"]},
 }
-
-
-def _encoder_overrides(framework: str) -> dict:
-    return {"use_time_embed": framework in TIME_AWARE_FRAMEWORKS, "stem": "patch" if framework == "mae" else "conv"}
 
 
 def _pretrain(framework: str, task: str, dataset_dir: str, work: Path, epochs: int, cache_dir: str) -> Path:
@@ -127,7 +124,7 @@ def main(
                 batch_size=probe_batch_size,
                 patience=probe_patience,
                 persistent_workers=True,  # the published tables: persistent workers (the default before 0.3.0)
-                **_encoder_overrides("csimclr" if fw == "random" else fw),
+                **encoder_overrides(fw),
             )
             results[task][fw] = {str(f): v for f, v in probe.items()}
             timings[f"{task}/{fw}"] = {"pretrain_s": round(t1 - t0, 1), "probe_s": round(time.time() - t1, 1)}

@@ -31,14 +31,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from medssl_monai.reproduce.ucl import PRETRAINING_OVERRIDES
+
 ROOT = Path(__file__).resolve().parents[2]
 PRETRAIN = ROOT / "bundles" / "ucl_us_ssl_pretraining"
 CLASSIFY = ROOT / "bundles" / "ucl_us_classification"
-ARMS = {
-    "random": None,
-    "ucl": {},
-    "no_hard_negatives": {"intra_negatives": False, "mixed_negative": False, "cross_negatives": True},
-}
+# the arms' pretraining overrides: the library's (medssl_monai.reproduce.ucl, what `reproduce ucl` runs)
+ARMS = PRETRAINING_OVERRIDES
 METRICS = ("accuracy", "binary_accuracy", "sensitivity", "specificity", "auroc")
 
 
@@ -86,9 +85,7 @@ def main() -> None:
         if ARMS[arm] is not None:
             root = out / arm / "pretrain"
             ov = {"bundle_root": str(root), "dataset_dir": str(unlabelled), "epochs": args.pretrain_epochs, **common}
-            ov.update(ARMS[arm])
-            if arm == "no_hard_negatives":
-                ov["warmup_epochs"] = 0  # the warm-up logits [p, n^] need the mixed negative
+            ov.update(ARMS[arm])  # no_hard_negatives: also warmup_epochs 0 (the warm-up logits need n^)
             ckpt = str(root / "models" / "model.pt")
             if not Path(ckpt).is_file() or args.overwrite:  # finished runs are reused (resume after interruption)
                 timings[f"{arm}/pretrain"] = _run(PRETRAIN, ["train.yaml", "small.yaml"], ov, root / "log.txt")
