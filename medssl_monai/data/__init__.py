@@ -6,7 +6,7 @@ from __future__ import annotations
 from medssl_monai.data.arrays import load_array_datalist
 from medssl_monai.data.cache import ClipCache, default_cache_dir
 from medssl_monai.data.camus import load_camus_datalist
-from medssl_monai.data.datalist import subsample_by_key
+from medssl_monai.data.datalist import cycle_to_length, subsample_by_key
 from medssl_monai.data.echonet import load_echonet_datalist
 from medssl_monai.data.frame_folders import load_frame_folder_datalist
 from medssl_monai.data.report import ReadReport
@@ -17,6 +17,7 @@ from medssl_monai.data.video import read_video, write_video
 __all__ = [
     "ClipCache",
     "ReadReport",
+    "cycle_to_length",
     "decode_frames",
     "default_cache_dir",
     "load_array_datalist",

@@ -16,7 +16,7 @@ Bootstrap*, 1993, ch. 16 on paired comparisons).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +30,7 @@ __all__ = [
     "bootstrap_ci",
     "paired_bootstrap_diff",
     "bootstrap_pooled_dice",
+    "paired_bootstrap_pooled_dice",
     "dice_summary",
 ]
 
@@ -316,6 +317,85 @@ def bootstrap_pooled_dice(
     return bootstrap_ci(
         _pooled_dice_resampled, *arrays, n_resamples=n_resamples, seed=seed, confidence_level=confidence_level
     )
+
+
+def paired_bootstrap_pooled_dice(
+    a: Mapping[str, Any],
+    b: Mapping[str, Any],
+    n_resamples: int = 2000,
+    seed: int = 0,
+    confidence_level: float = 0.95,
+) -> dict[str, Any]:
+    """Paired bootstrap of the pooled-Dice difference ``a - b`` of two segmentations of the same evaluation videos.
+
+    UniLVSeg's few-label claim (pretrained vs random init, the same labelled videos and budget) compares two arms
+    scored on the same videos: :func:`paired_bootstrap_diff` draws the videos with replacement once per resample
+    and computes both pooled Dice values on that same draw, so the interval of the difference keeps the pairing.
+    Pooled Dice is a ratio of sums, so resampling videos resamples their per-video summed counts (as
+    :func:`bootstrap_pooled_dice` with ``groups``).
+
+    Args:
+        a, b: per-video counts, e.g. the results of
+            :func:`~medssl_monai.evaluation.fewlabel_segmentation.fewlabel_segmentation`: ``inter``, ``pred_sum``,
+            ``true_sum`` (one entry per video) and optionally ``video_ids``. With ids on both sides, ``b`` is
+            aligned to ``a``'s order and only the videos both have are used (a warning says how many were left
+            out); without, the arrays must have the same length and order.
+        n_resamples: resamples R.
+        seed: seed of ``numpy.random.default_rng``.
+        confidence_level: level of the three percentile intervals.
+
+    Returns:
+        ``{"a", "b"`` (pooled Dice of each on all videos), ``"diff"`` (``a - b``), ``"diff_ci95"``, ``"a_ci95"``,
+        ``"b_ci95"`` (``[lo, hi]`` percentile intervals at ``confidence_level``, 95 % by default), ``"n"`` (videos),
+        ``"n_resamples"``, ``"confidence_level"``, ``"n_invalid"`` (resamples dropped for a non-finite value)``}``.
+    """
+    keys = ("inter", "pred_sum", "true_sum")
+
+    def counts_of(arm: Mapping[str, Any], name: str) -> np.ndarray:
+        cols = [np.asarray(arm[k], dtype=np.float64).reshape(-1) for k in keys]
+        if len({len(c) for c in cols}) != 1:
+            raise ValueError(f"paired_bootstrap_pooled_dice: arm {name}'s {keys} differ in length")
+        return np.stack(cols, axis=1)
+
+    ca, cb = counts_of(a, "a"), counts_of(b, "b")
+    if a.get("video_ids") is not None and b.get("video_ids") is not None:
+        ids_a = [str(v) for v in a["video_ids"]]
+        pos_b = {str(v): i for i, v in enumerate(b["video_ids"])}
+        if len(ids_a) != len(ca) or len(set(ids_a)) != len(ca) or len(pos_b) != len(cb):
+            raise ValueError("paired_bootstrap_pooled_dice: video_ids must name every row once")
+        keep = [i for i, v in enumerate(ids_a) if v in pos_b]
+        if len(keep) < max(len(ca), len(cb)):
+            logger.warning(
+                "paired bootstrap: %d videos scored in one arm only were left out", len(ca) + len(cb) - 2 * len(keep)
+            )
+        ca, cb = ca[keep], cb[[pos_b[ids_a[i]] for i in keep]]
+    n = len(ca)
+    if n == 0 or len(cb) != n:
+        raise ValueError(f"paired_bootstrap_pooled_dice: need the same non-empty videos, got {len(ca)} and {len(cb)}")
+    # the arms' counts stacked (a's videos in rows 0..N-1, b's in N..2N-1); each arm's "scores" point at its rows,
+    # so the rows paired_bootstrap_diff draws for a video are that video's counts in either arm
+    counts = np.concatenate([ca, cb])
+    rows = np.arange(n)
+
+    def stat(_: np.ndarray, ptr: np.ndarray) -> np.ndarray:
+        c = counts[ptr.astype(np.int64)]  # m x N x 3
+        return pooled_dice(c[..., 0], c[..., 1], c[..., 2], axis=-1)
+
+    res = paired_bootstrap_diff(
+        stat, rows, rows, rows + n, n_resamples=n_resamples, seed=seed, confidence_level=confidence_level
+    )
+    return {
+        "a": res.a,
+        "b": res.b,
+        "diff": res.diff,
+        "diff_ci95": list(res.diff_ci),
+        "a_ci95": list(res.ci_a),
+        "b_ci95": list(res.ci_b),
+        "n": n,
+        "n_resamples": res.n_resamples,
+        "confidence_level": res.confidence_level,
+        "n_invalid": res.n_invalid,
+    }
 
 
 def dice_summary(
