@@ -64,6 +64,7 @@ from medssl_monai.evaluation.protocol import (
     validate_controls,
     write_json,
 )
+from medssl_monai.evaluation.series import embed_series
 from medssl_monai.evaluation.temporal import TemporalFeatures
 
 logger = logging.getLogger("benchmark_representations")
@@ -246,18 +247,6 @@ def echo_features(
     return embed_videos(fn, store, ids, layout["num_frames"], layout["period"], clips, batch_size)
 
 
-@torch.no_grad()
-def series_features(fn, series: dict[str, torch.Tensor], batch_size: int, with_times: bool) -> np.ndarray:
-    out = []
-    for i in range(0, len(series["image"]), batch_size):
-        x = series["image"][i : i + batch_size]
-        if with_times:
-            out.append(fn(x, series["times"][i : i + batch_size], series["frame_mask"][i : i + batch_size]))
-        else:
-            out.append(fn(x))
-    return torch.cat(out).float().numpy()
-
-
 def train_clips(ids, store, layout: dict, clips: int) -> torch.Tensor:
     """Every TRAIN video's probe clips, ``N clips x 1 x T x S x S`` uint8 (the supervised row's data)."""
     arr = [store[i][layout_indices(len(store[i]), layout["num_frames"], layout["period"], clips)] for i in ids]
@@ -345,9 +334,8 @@ def fewlabel_segmentation_stage(
 ):
     """UniLVSeg's claim: pooled Dice after fine-tuning the segmentation bundle from SSL vs random init with a few
     labelled TRAIN videos, the same budget for both; ``(results, claims)``."""
-    from medssl_monai.evaluation.fewlabel_segmentation import fewlabel_segmentation
-
     from medssl_monai.evaluation.bootstrap import paired_bootstrap_pooled_dice
+    from medssl_monai.evaluation.fewlabel_segmentation import fewlabel_segmentation
 
     sc = cfg["segmentation"]
     results: dict[str, Any] = {}
@@ -464,7 +452,7 @@ def main(argv: list[str] | None = None) -> dict:
         for name, fn in fns.items():
             rows[name] = (
                 echo_features(fn, ids, store, lay, cfg["clips_per_video"], cfg["batch_size"]),
-                series_features(lambda v, fn=fn: fn(v), series, cfg["batch_size"], False),
+                embed_series(fn, series, cfg["batch_size"], inputs=()),
             )
             meta_rows[name] = {"layout": lay}
 
@@ -517,7 +505,7 @@ def main(argv: list[str] | None = None) -> dict:
                 t0 = time.time()
                 feat = TemporalFeatures(enc).eval()
                 x = echo_features(feat, ids, store, lay, n_clips, cfg["batch_size"]) if series_only is False else None
-                s = series_features(feat, series, cfg["batch_size"], spec["kind"] == "tvrl")
+                s = embed_series(feat, series, cfg["batch_size"])  # times relative to the first visit, as trained
             rows[row] = (x, s)
             meta_rows.setdefault(row, {}).update(
                 {

@@ -332,7 +332,19 @@ TINY_BENCHMARK = {
         "settings": {"2_per_class": 2, "all": None},
         "draws": 2,
     },
+    "segmentation": {  # UniLVSeg's few-label claim: 2 labelled videos, 2 fine-tuning steps per arm
+        "label_videos": [2],
+        "configs": ["train.yaml", "cpu.yaml"],
+        "overrides": {"epoch_length": 2, "batch_size": 2, "num_workers": 0},
+    },
     "headline_claims": [
+        {
+            "method": "unilvseg",
+            "claim": "few-label segmentation",
+            "metric": "pooled_dice_2",
+            "ssl_row": "unilvseg_ssl",
+            "baseline_row": "unilvseg_random",
+        },
         {
             "method": "tvrl",
             "claim": "EF probe",
@@ -409,7 +421,17 @@ def test_representation_benchmark_tiny_end_to_end(tmp_path):
 
     payload = json.loads((out / "results.json").read_text())
     stages = payload["meta"]["stages_s"]
-    assert set(stages) == {"data", "cache", "pretrain", "supervised", "features", "fewlabel_frames", "probes", "write"}
+    assert set(stages) == {
+        "data",
+        "cache",
+        "pretrain",
+        "supervised",
+        "features",
+        "fewlabel_frames",
+        "fewlabel_segmentation",
+        "probes",
+        "write",
+    }
     rows = set(payload["results"])
     kinds = ("unilvseg", "tvrl", "discovr", "ucl")
     expected = {f"{k}_{v}" for k in kinds for v in ("random", "ssl", "supervised")}
@@ -430,10 +452,16 @@ def test_representation_benchmark_tiny_end_to_end(tmp_path):
     claims = json.loads((out / "claims.json").read_text())
     validate_claims(claims)
     assert [(c["method"], c["metric"], c["claim"]) for c in claims] == [
+        ("unilvseg", "pooled_dice_2", "few-label segmentation"),
         ("tvrl", "ef_r2", "EF probe"),
         ("ucl", "frame_accuracy_2_per_class", "few-label frames"),
     ]
-    ucl = claims[1]
+    seg, ucl = claims[0], claims[2]
+    arms = payload["fewlabel_segmentation"]["2"]
+    assert arms["unilvseg_ssl"]["train_videos"] == arms["unilvseg_random"]["train_videos"]  # the same 2 videos
+    assert arms["unilvseg_ssl"]["steps"] == arms["unilvseg_random"]["steps"] == 2  # the same budget
+    assert seg["ssl"] == pytest.approx(arms["unilvseg_ssl"]["pooled_dice"]) and 0.0 <= seg["ssl"] <= 1.0
+    assert seg["n_eval"] == payload["meta"]["counts"]["eval"]  # every evaluation video scored by both arms
     assert ucl["baseline_row"] == "ucl_random" and ucl["n_eval"] == 6  # 6 evaluation videos of 12
     frames = payload["fewlabel_frames"]
     assert set(frames["rows"]) == {"ucl_random", "ucl_ssl", "pixels_thumbnail"}
