@@ -13,18 +13,24 @@ Every ``monitor_every`` iterations :class:`RepresentationMonitor` embeds a fixed
 - ``rankme``: the effective rank of the embedding matrix (RankMe, Garrido et al. 2023, Eq. 1): ``exp`` of the
   entropy of the normalised singular values, between 1 (collapse) and ``min(N, D)``.
 
-Scalars go to TensorBoard under ``monitor/`` and one line to the console. The handler reads the device only on its
-own steps, draws no global random number (the folds are not shuffled) and restores every module's train/eval flag,
-so the training run and its exact resume are unchanged; its history is in ``state_dict`` (put it in the resume
-handler's ``save_dict``) and survives a resume.
+Scalars go to TensorBoard under ``monitor/`` and one line to the console; the whole history is also rewritten as
+JSON to ``<log_dir>/monitor.json`` (:data:`HISTORY_FILE`) at every monitor step, so that another process (the
+representation benchmark, which runs the bundle as a plain ``monai.bundle run``) can read it. The handler reads the
+device only on its own steps, draws no global random number (the folds are not shuffled) and restores every
+module's train/eval flag, so the training run and its exact resume are unchanged; its history is in ``state_dict``
+(put it in the resume handler's ``save_dict``) and survives a resume (``monitor.json`` is rewritten with the
+restored history when the resumed run starts).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,7 +43,10 @@ from torch import nn
 
 from medssl_monai.engines.embeddings import TensorBoardEmbeddingHandler
 
-__all__ = ["RepresentationMonitor", "collapse_std", "rankme", "knn_cv_score"]
+__all__ = ["RepresentationMonitor", "collapse_std", "rankme", "knn_cv_score", "HISTORY_FILE", "read_history"]
+
+#: the history file's name under the handler's ``log_dir`` (:attr:`RepresentationMonitor.history_file`)
+HISTORY_FILE = "monitor.json"
 
 logger = logging.getLogger(__name__)
 
@@ -130,6 +139,10 @@ class RepresentationMonitor(TensorBoardEmbeddingHandler):
         log_dir, summary_writer, image_key, input_keys, max_samples, batch_size, amp: as the projector's.
         enabled: ``False`` attaches nothing (non-zero DDP ranks); the object still has a ``state_dict``, so it can
             stay in the resume handler's ``save_dict`` on every rank.
+        history_file: where the history is written as JSON (``{"history": [rows]}``, :func:`read_history`) at every
+            monitor step and when the run starts (then the history a resume restored, or none); a relative path is
+            under ``log_dir``; ``None`` (or no ``log_dir`` with a relative path) writes none. Only an ``enabled``
+            handler (rank 0) writes it.
     """
 
     def __init__(
@@ -149,6 +162,7 @@ class RepresentationMonitor(TensorBoardEmbeddingHandler):
         batch_size: int = 16,
         amp: bool = False,
         enabled: bool = True,
+        history_file: str | os.PathLike | None = HISTORY_FILE,
     ) -> None:
         super().__init__(
             encoder=encoder,
@@ -169,6 +183,7 @@ class RepresentationMonitor(TensorBoardEmbeddingHandler):
         self.collapse_threshold = float(collapse_std)
         self.k = int(k)
         self.enabled = bool(enabled)
+        self.history_file = _history_path(history_file, log_dir)
         self.history: list[dict[str, float]] = []
         self._cache: tuple[list[dict], list[list[str]]] | None = None
         self._label_values: dict[str, tuple[np.ndarray, bool]] = {}
@@ -180,6 +195,10 @@ class RepresentationMonitor(TensorBoardEmbeddingHandler):
         from medssl_monai.engines.tracking import _writer
 
         self.writer, self._owned = _writer(self.log_dir, self._given_writer)
+        if self.history_file is not None:
+            # after the resume handler's STARTED (attached before): the restored history, else an empty one, so a
+            # file of an earlier run in the same folder never stands for this one
+            engine.add_event_handler(Events.STARTED, self.write_history)
         if self.monitor_every:
             engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.monitor_every), self)
         engine.add_event_handler(Events.COMPLETED, self._completed)
@@ -231,6 +250,7 @@ class RepresentationMonitor(TensorBoardEmbeddingHandler):
             return
         row["seconds"] = time.perf_counter() - t0  # the monitor's own cost, against the training time
         self.history.append({"iteration": float(iteration), **row})
+        self.write_history()
         if self.writer is not None:
             for name, value in row.items():
                 if name not in ("dims", "clips", "seconds") and math.isfinite(value):
@@ -246,6 +266,18 @@ class RepresentationMonitor(TensorBoardEmbeddingHandler):
             logger.warning(line + f" -- COLLAPSED (std below {self.collapse_threshold})")
         else:
             logger.info(line)
+
+    def write_history(self, engine: Engine | None = None) -> None:
+        """Rewrite :attr:`history_file` with the whole history (atomically; host values only, no device sync)."""
+        if self.history_file is None:
+            return
+        from medssl_monai.engines.run_record import write_json_atomic
+
+        try:
+            self.history_file.parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic({"history": self.history}, self.history_file)
+        except OSError as err:  # monitoring must never stop a long run
+            logger.warning("representation monitor: cannot write %s: %s", self.history_file, err)
 
     @property
     def collapsed(self) -> bool:
@@ -265,6 +297,24 @@ class RepresentationMonitor(TensorBoardEmbeddingHandler):
             {k: float(v) for k, v in zip(keys, row) if not (k != "iteration" and math.isnan(float(v)))}
             for row in torch.as_tensor(state["history"]).tolist()
         ]
+
+
+def read_history(path: str | os.PathLike) -> list[dict[str, float]]:
+    """The rows a :class:`RepresentationMonitor` wrote to ``path`` (its ``history_file``); ``[]`` when there is none."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return []
+    return list(data.get("history", [])) if isinstance(data, dict) else []
+
+
+def _history_path(history_file: str | os.PathLike | None, log_dir: str | None) -> Path | None:
+    if history_file is None:
+        return None
+    path = Path(history_file)
+    if path.is_absolute():
+        return path
+    return None if log_dir is None else Path(log_dir) / path
 
 
 def _label(item: Mapping[str, Any], source: str | Callable[[Mapping[str, Any]], Any]) -> Any:

@@ -7,7 +7,7 @@ import logging
 import numpy as np
 import pytest
 import torch
-from ignite.engine import Engine
+from ignite.engine import Engine, Events
 
 from medssl_monai.engines.monitor import RepresentationMonitor, collapse_std, knn_cv_score, rankme
 
@@ -125,3 +125,36 @@ def test_the_monitor_history_survives_a_resume(tmp_path):
     resumed.load_state_dict(torch.load(tmp_path / "m.pt", weights_only=True))
     assert resumed.history == monitor.history
     assert resumed.history[-1]["knn_auroc_Abnormal"] > 0.95
+
+
+def test_the_monitor_writes_its_history_as_json(tmp_path):
+    """``<log_dir>/monitor.json`` holds every row it logged, rewritten at each step; a resumed run starts from the
+    restored rows (the benchmark reads the file from another process)."""
+    from medssl_monai.engines.monitor import HISTORY_FILE, read_history
+
+    path = tmp_path / HISTORY_FILE
+    path.write_text('{"history": [{"iteration": 99.0}]}')  # a file of an earlier run in the same folder
+    monitor = _monitor(_Planted(), tmp_path, monitor_every=5)
+    engine = Engine(lambda e, b: None)
+    seen = []
+    engine.add_event_handler(Events.ITERATION_STARTED, lambda e: seen.append(len(read_history(path))))
+    monitor.attach(engine)
+    engine.run(range(10), max_epochs=1)
+    assert seen[0] == 0  # replaced when the run started: never the earlier run's rows
+    assert seen[5:] == [1] * 5  # rewritten at the step at iteration 5
+    rows = read_history(path)
+    assert rows == monitor.history and [r["iteration"] for r in rows] == [5, 10]
+    assert all(r["seconds"] > 0 and "rankme" in r for r in rows)
+
+    resumed = _monitor(_Planted(), tmp_path, monitor_every=5)
+    resumed.load_state_dict(monitor.state_dict())
+    engine = Engine(lambda e, b: None)
+    resumed.attach(engine)
+    engine.run(range(10), max_epochs=1)
+    assert [r["iteration"] for r in read_history(path)] == [5, 10, 5, 10]  # restored rows, then this run's
+    assert read_history(tmp_path / "missing.json") == []
+    off = _monitor(_Planted(), tmp_path / "off", monitor_every=5, history_file=None)
+    engine = Engine(lambda e, b: None)
+    off.attach(engine)
+    engine.run(range(5), max_epochs=1)
+    assert len(off.history) == 1 and not (tmp_path / "off" / HISTORY_FILE).exists()
