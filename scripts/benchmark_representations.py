@@ -5,7 +5,7 @@ Usage (from the repository root; the full protocol is one command, about an hour
 
     python scripts/benchmark_representations.py --config scripts/benchmark_representations.yaml
     python scripts/benchmark_representations.py --config ... --dataset_dir /data/EchoNet-Dynamic
-    python scripts/benchmark_representations.py --config ... --skip-pretraining      # reuse the checkpoints
+    python scripts/benchmark_representations.py --config ... --skip-pretraining      # keep changed ones too
     python scripts/benchmark_representations.py --config ... --publish docs/benchmark # copy the results there
 
 Stages (all settings in the YAML; ``results.json`` records each stage's wall time):
@@ -13,7 +13,16 @@ Stages (all settings in the YAML; ``results.json`` records each stage's wall tim
 1. ``data``: the synthetic EchoNet videos, ultrasound sweeps and timed series (or ``--dataset_dir``, any
    EchoNet-format folder, for the echo tasks), and the per-frame LV volumes of the oracle row;
 2. ``cache``: every echo video decoded once (shared clip cache) and kept in memory, grey, at ``probe_size``;
-3. ``pretrain``: every encoder's bundle with ``train.yaml`` + ``cpu.yaml`` (+ ``overrides``), on TRAIN only;
+3. ``pretrain``: every encoder's bundle with ``train.yaml`` + ``cpu.yaml`` (+ ``overrides``), on TRAIN only, as
+   the stages of one :class:`medssl_monai.reproduce.plan.Plan` (the orchestration of ``python -m medssl_monai
+   reproduce``): each a ``python -m monai.bundle run`` in ``<output_dir>/<name>/`` (``models/model.pt``,
+   ``runs/``, ``stage.json``, ``stage.log``), with progress lines and ETAs. Running the same command again skips
+   a finished stage whose settings (its run record) are unchanged, re-runs a changed one, and continues an
+   interrupted one from its ``resume.pt``; a failing stage stops the benchmark, naming its log.
+   ``--skip-pretraining`` keeps every finished stage even when its settings changed (with a WARNING), and reuses
+   the checkpoints of an earlier benchmark version (``<name>/pretrain.json``, no ``stage.json``) as they are.
+   ``<name>/pretrain.json`` holds what the later stages use: the checkpoint, the trainer's steps, the batch size,
+   the run's seconds and the representation monitor's rows (read from ``runs/monitor.json``) and time share;
 4. ``supervised``: the same architectures trained on the TRAIN labels for the same steps and batch size;
 5. ``features``: motion-keeping frozen features (:mod:`medssl_monai.evaluation.temporal`) of every row:
    random init, SSL, supervised, the oracle and pixel controls (:mod:`medssl_monai.evaluation.controls`);
@@ -26,9 +35,9 @@ Stages (all settings in the YAML; ``results.json`` records each stage's wall tim
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import logging
+import os
 import platform
 import shutil
 import time
@@ -66,6 +75,7 @@ from medssl_monai.evaluation.protocol import (
 )
 from medssl_monai.evaluation.series import embed_series
 from medssl_monai.evaluation.temporal import TemporalFeatures
+from medssl_monai.reproduce.plan import STAGE_FILE, Estimate, Stage
 
 logger = logging.getLogger("benchmark_representations")
 
@@ -141,77 +151,138 @@ def echo_items(root: Path) -> list[dict]:
 # ---- 3. pretraining ---------------------------------------------------------------------------------------
 
 
-def run_workflow(bundle: str, configs: list[str], collect: dict | None = None, **overrides: Any) -> int:
-    """One bundle training run through ``ConfigWorkflow``; returns the optimizer steps it took.
-
-    ``collect`` (a dict) receives the representation monitor's history as ``collect["monitor"]`` (a list of
-    rows; empty when the monitor is off).
-
-    The benchmark runs the workflow itself (initialize, run, finalize) rather than ``demo.run_bundle``, to read
-    the trainer's iteration count (the supervised row's budget); the bundles' properties are checked by their
-    own tests (tests/bundles).
-    """
-    from monai.bundle import ConfigWorkflow
-
+def pretraining_stage(name: str, spec: dict, data: dict[str, Path], cache_dir: Path) -> Stage:
+    """The encoder entry's pretraining as a stage of :mod:`medssl_monai.reproduce.plan` (the orchestration that
+    ``python -m medssl_monai reproduce`` runs too): one ``python -m monai.bundle run`` of the entry's pretraining
+    bundle (:data:`~medssl_monai.encoders.ENCODER_BUNDLES`) with ``train.yaml`` + its ``configs``, on its pretraining
+    set (TRAIN only), the shared clip cache and its ``overrides``, in ``<output_dir>/<name>/`` (``bundle_root``:
+    the bundles write ``models/model.pt`` and ``runs/`` there)."""
     from medssl_monai.config_checks import check_overrides
-    from medssl_monai.demo import BUNDLES_DIR
 
-    root = BUNDLES_DIR / bundle
-    files = [str(root / "configs" / c) for c in configs]
-    check_overrides(files, overrides)
-    wf = ConfigWorkflow(
-        config_file=files, workflow_type="train", logging_file=False, bundle_root=str(root), **overrides
-    )
-    wf.initialize()
-    wf.run()
-    steps = int(wf.parser.get_parsed_content("train#trainer").state.iteration)
-    if collect is not None:
-        monitor = wf.parser.get_parsed_content("train#monitor") if "monitor" in wf.parser["train"] else None
-        collect["monitor"] = list(getattr(monitor, "history", []) if getattr(monitor, "enabled", False) else [])
-    wf.finalize()
-    del wf
-    gc.collect()  # persistent loader workers sit in reference cycles: collect them in this process (demo.run_bundle)
-    return steps
-
-
-def pretrain(name: str, spec: dict, data: dict[str, Path], out: Path, cache_dir: Path, skip: bool) -> dict:
-    """The encoder's pretraining bundle with ``train.yaml`` + its ``configs``; ``{"checkpoint", "steps",
-    "batch_size", "seconds"}`` (kept in ``<name>/pretrain.json`` so ``--skip-pretraining`` knows the budget)."""
     bundle, extra = ENCODER_BUNDLES[spec["kind"]]
-    ckpt = out / name / "models" / "model.pt"
-    record = out / name / "pretrain.json"
-    if skip and ckpt.is_file() and record.is_file():
-        logger.info("%s: reusing %s", name, ckpt)
-        return json.loads(record.read_text())
-    dataset = data[_pretraining_set(spec)]
-    t0 = time.time()
-    overrides = dict(spec.get("overrides", {}))
-    collected: dict = {}
-    steps = run_workflow(
+    configs = ["train.yaml", *spec.get("configs", []), *extra]
+    dataset = Path(data[_pretraining_set(spec)]).resolve()  # absolute: the stage runs in its own folder
+    own = dict(spec.get("overrides", {}))
+    moved = sorted({"bundle_root", "ckpt_dir", "output_dir", "dataset_dir", "cache_dir"} & set(own))
+    if moved:
+        raise SystemExit(f"{name}: overrides {moved} are set by the benchmark (the stage folder, the data, the cache)")
+    overrides = {"dataset_dir": str(dataset), "cache_dir": str(Path(cache_dir).resolve()), **own}
+    stage = Stage(
+        name,
         bundle,
-        ["train.yaml", *spec.get("configs", []), *extra],
-        collect=collected,
-        dataset_dir=str(dataset),
-        ckpt_dir=str(ckpt.parent),
-        output_dir=str(out / name / "runs"),
-        cache_dir=str(cache_dir),
-        **overrides,
+        configs,
+        overrides,
+        outputs=("models/model.pt",),
+        estimate=_pretraining_estimate(spec, bundle, configs, overrides, dataset),
+        label=f"{spec['kind']} pretraining on {dataset.name} ({', '.join(configs)})",
     )
-    if not ckpt.is_file():
-        raise FileNotFoundError(f"{name}: pretraining wrote no {ckpt}")
-    parser = _bundle_parser(spec)
+    check_overrides(stage.config_files(), overrides)  # a typo in an entry's overrides names the closest key
+    return stage
+
+
+def _pretraining_estimate(spec: dict, bundle: str, configs: list[str], overrides: dict, dataset: Path) -> Estimate:
+    """The stage's work for the plan's first ETA (the reproduce modules' FLOPs per clip at the CPU preset); once
+    a stage of the same bundle and configs has finished, its measured time per sample replaces it."""
+    from medssl_monai.reproduce import discovr, tvrl, ucl, unilvseg
+    from medssl_monai.reproduce.common import config_values, count_echonet
+
+    epochs = int(overrides.get("epochs") or config_values(bundle, configs, ["epochs"]).get("epochs") or 1)
+    kind = _pretraining_set(spec)
+    if kind == "timed_series":
+        n = tvrl._count_series(dataset)
+    elif kind == "ultrasound":
+        n = ucl._count(dataset)[0]
+    else:
+        n = count_echonet(dataset, "TRAIN")
+    gflop = {
+        "unilvseg": unilvseg.GFLOP_PER_CLIP["cpu"],
+        "tvrl": tvrl.GFLOP_PER_CLIP["cpu"],
+        "discovr": discovr.GFLOP_PER_CLIP["cpu"],
+        "videomae": discovr.GFLOP_PER_CLIP["cpu"],
+        "ucl": ucl.GFLOP_PER_VIDEO["cpu"],
+    }.get(spec["kind"], 0.0)
+    samples = float(epochs * max(n, 1))
+    return Estimate(flop=samples * gflop * 1e9, samples=samples)
+
+
+def pretrain_all(
+    entries: dict[str, dict], data: dict[str, Path], out: Path, cache_dir: Path, skip: bool, threads: int
+) -> dict[str, dict]:
+    """Every entry's pretraining stage, run by one :class:`~medssl_monai.reproduce.plan.Plan` over ``out``.
+
+    The plan skips a stage that finished with the settings it would use now (its ``stage.json`` and
+    ``models/model.pt.json`` run records), runs a changed one again, prints the progress lines with ETAs and stops
+    on a failing stage, naming it and its ``stage.log``. ``skip`` (``--skip-pretraining``) keeps every finished
+    stage even when its settings changed (a WARNING names the change), and reuses a checkpoint of the earlier
+    layout (``<name>/pretrain.json`` + ``models/model.pt`` without ``stage.json``) as it is.
+
+    Returns ``name -> {"checkpoint", "steps", "batch_size", "seconds", "monitor", "monitor_share"}`` (also
+    written to ``<out>/<name>/pretrain.json``).
+    """
+    from medssl_monai.reproduce.plan import Plan, StageFailed
+
+    stages = [pretraining_stage(name, spec, data, cache_dir) for name, spec in entries.items()]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}  # the config's threads
+    plan = Plan(stages, out, env=env)
+    if skip:
+        kept = []
+        for d in plan.decisions():
+            if d.run and _finished(d.stage.folder(plan.out)):
+                logger.warning("--skip-pretraining: reusing %s though it would run again (%s)", d.stage.name, d.reason)
+            else:
+                kept.append(d.stage)
+        plan = Plan(kept, out, env=env)
+    try:
+        plan.run()
+    except StageFailed as err:
+        raise SystemExit(f"pretraining: {err}") from err
+    return {name: pretrain_info(name, spec, plan.out / name) for name, spec in entries.items()}
+
+
+def _finished(folder: Path) -> bool:
+    """A finished pretraining in ``folder``: a done ``stage.json``, or the earlier layout's ``pretrain.json``."""
+    if not (folder / "models" / "model.pt").is_file():
+        return False
+    saved = _read_json(folder / STAGE_FILE)
+    return saved.get("status") == "done" if saved is not None else (folder / "pretrain.json").is_file()
+
+
+def pretrain_info(name: str, spec: dict, folder: Path) -> dict:
+    """The finished stage's ``{"checkpoint", "steps", "batch_size", "seconds", "monitor", "monitor_share"}``:
+    the trainer's iteration from its run record (``stage.json``), the bundle run's wall time, the representation
+    monitor's rows from ``runs/monitor.json`` and their share of that time; written to ``<folder>/pretrain.json``."""
+    from medssl_monai.engines.monitor import HISTORY_FILE, read_history
+
+    ckpt = folder / "models" / "model.pt"
+    record = folder / "pretrain.json"
+    saved = _read_json(folder / STAGE_FILE)
+    if saved is None and _finished(folder):  # the earlier layout, reused with --skip-pretraining
+        logger.warning("%s: reusing %s of an earlier benchmark version (no run record)", name, ckpt)
+        return json.loads(record.read_text())
+    if saved is None or saved.get("status") != "done" or not ckpt.is_file():
+        raise SystemExit(f"{name}: no finished pretraining in {folder}")
+    trainer = saved.get("trainer") or (_read_json(folder / "models" / "model.pt.json") or {}).get("trainer")
+    if not trainer:
+        raise SystemExit(f"{name}: {folder / STAGE_FILE} records no trainer iteration (the supervised row's budget)")
     info = {
         "checkpoint": str(ckpt),
-        "steps": steps,
-        "batch_size": int(parser.get_parsed_content("batch_size")),
-        "seconds": round(time.time() - t0, 1),
-        "monitor": collected.get("monitor", []),
+        "steps": int(trainer["iteration"]),
+        "batch_size": int(_bundle_parser(spec).get_parsed_content("batch_size")),
+        "seconds": round(float(saved.get("seconds", 0.0)), 1),
+        "monitor": read_history(folder / "runs" / HISTORY_FILE),
     }
     mon_s = sum(r.get("seconds", 0.0) for r in info["monitor"])
     info["monitor_share"] = round(mon_s / max(info["seconds"], 1e-9), 4)  # the monitor's cost in the run
     record.write_text(json.dumps(info, indent=1))
-    logger.info("pretrained %s: %d steps in %.0f s", name, steps, info["seconds"])
+    logger.info("pretrained %s: %d steps in %.0f s (%s)", name, info["steps"], info["seconds"], folder)
     return info
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _pretraining_set(spec: dict) -> str:
@@ -388,7 +459,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--config", default="scripts/benchmark_representations.yaml")
     ap.add_argument("--dataset_dir", help="an EchoNet-format folder for the echo tasks (default: synthetic)")
     ap.add_argument("--output_dir", help="overrides the config's output_dir")
-    ap.add_argument("--skip-pretraining", action="store_true", help="reuse <output_dir>/<name>/models/model.pt")
+    ap.add_argument(
+        "--skip-pretraining",
+        action="store_true",
+        help="never re-run a finished pretraining stage, even when its settings changed (a WARNING names the "
+        "change); also reuses <output_dir>/<name>/models/model.pt of an earlier benchmark version. Without it a "
+        "finished stage with unchanged settings is skipped anyway",
+    )
     ap.add_argument("--only", nargs="*", help="encoder names to run (default: all); controls always run")
     ap.add_argument("--publish", help="copy claims.json, controls.json, benchmark.md and benchmark.png there")
     args = ap.parse_args(argv)
@@ -462,6 +539,9 @@ def main(argv: list[str] | None = None) -> dict:
     if unknown:
         raise SystemExit(f"--only / encoders: unknown or not named <method>_ssl: {unknown}")
     tr_mask = split == "TRAIN"
+    with stages("pretrain"):  # every entry's pretraining first: one plan, one ETA
+        entries = {n[: -len("_ssl")]: cfg["encoders"][n] for n in names}
+        pretrained = pretrain_all(entries, data, out, cache_dir, args.skip_pretraining, int(cfg.get("threads", 2)))
     comparisons: list[tuple[str, str, str]] = []
     extra_results: dict[str, Any] = {}
     extra_claims: list[dict] = []  # paired comparisons of the per-paper stages (few-label frames, segmentation)
@@ -471,8 +551,7 @@ def main(argv: list[str] | None = None) -> dict:
         lay = spec.get("layout", {})
         n_clips = int(spec.get("clips_per_video", cfg["clips_per_video"]))
         series_only = spec.get("probe", "echo") == "series"  # pretrained on the timed series: probed on them only
-        with stages("pretrain"):
-            info = pretrain(name, spec, data, out, cache_dir, args.skip_pretraining)
+        info = pretrained[name]
         variants = {f"{name}_random": None, f"{name}_ssl": info["checkpoint"]}
         if spec.get("supervised"):
             variants[f"{name}_supervised"] = "supervised"

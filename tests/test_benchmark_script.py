@@ -403,7 +403,8 @@ TINY_BENCHMARK = {
 @pytest.mark.slow
 def test_representation_benchmark_tiny_end_to_end(tmp_path):
     """Every stage of the benchmark at toy sizes: data, cache, pretraining of all four bundles, supervised rows,
-    features, CV probes, label efficiency, paired claims, the oracle check and every output file (~1-2 min)."""
+    features, CV probes, label efficiency, paired claims, the oracle check and every output file; then the same
+    command again, which skips the finished pretraining stages (~2-3 min)."""
     import sys
 
     from bounded import run_bounded
@@ -481,6 +482,30 @@ def test_representation_benchmark_tiny_end_to_end(tmp_path):
     assert (out / "monitor.png").stat().st_size > 0
     for name in ("claims.json", "comparisons.json", "controls.json", "benchmark.md", "benchmark.png"):
         assert (tmp_path / "published" / name).is_file()
+
+    # the pretraining ran as stages of the reproduce plan: run records, logs, the monitor's rows across processes
+    kinds_models = {k: out / k / "models" / "model.pt" for k in kinds}
+    for k, model in kinds_models.items():
+        stage = json.loads((out / k / "stage.json").read_text())
+        assert stage["status"] == "done" and (out / k / "stage.log").is_file()
+        info = json.loads((out / k / "pretrain.json").read_text())
+        assert info["checkpoint"] == str(model.resolve()) and info["steps"] == stage["trainer"]["iteration"]
+        history = json.loads((out / k / "runs" / "monitor.json").read_text())["history"]
+        assert info["monitor"] and json.dumps(info["monitor"]) == json.dumps(history)  # NaN scores compare as text
+        assert 0 < info["monitor_share"] < 1
+        assert f"/4] {k}: start (not run yet); stage ETA" in proc.stdout  # the plan's progress lines
+    assert "plan ETA" in proc.stdout
+
+    # the same command again: every pretraining stage is skipped (its settings unchanged), the models stay
+    before = {k: (m.stat().st_mtime_ns, m.read_bytes()) for k, m in kinds_models.items()}
+    again = run_bounded(cmd, timeout=900, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert again.returncode == 0, (again.stdout + again.stderr)[-6000:]
+    for k in kinds:
+        assert f"{k}: skipped (done, settings unchanged)" in again.stdout
+    assert ": start (" not in again.stdout
+    assert {k: (m.stat().st_mtime_ns, m.read_bytes()) for k, m in kinds_models.items()} == before
+    rerun = json.loads((out / "results.json").read_text())["meta"]["rows"]
+    assert rerun["tvrl_ssl"]["steps"] == meta["tvrl_ssl"]["steps"] and rerun["tvrl_ssl"]["monitor"]
 
 
 def test_representation_benchmark_reads_any_echonet_folder(tiny_data, tmp_path):
