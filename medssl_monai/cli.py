@@ -210,6 +210,7 @@ class CLI:
         tasks: str | list[str] | None = None,
         folds: int | list[int] | None = None,
         set: str | dict | None = None,
+        jobs: int = 1,
     ) -> None:
         """A paper's main experiment as stages of bundle runs, then its table (``DIR/table.md``, ``results.json``,
         ``table.png``); see README "Reproduce a paper".
@@ -217,7 +218,8 @@ class CLI:
         ``PAPER``: unilvseg, tvrl, discovr or ucl. ``--dataset_dir`` (without it: the built-in synthetic data, said
         so), ``--preset tiny|cpu|recipe`` (default: recipe with a GPU, else cpu), ``--out DIR`` (default
         ``runs/reproduce/<paper>-<preset>``), ``--nproc_per_node N`` (each training stage under torchrun),
-        ``--dry_run`` (the plan: every stage, its command and estimated time). UniLVSeg: ``--camus_dir``; TVRL:
+        ``--dry_run`` (the plan: every stage, its command and estimated time), ``--jobs N`` (up to N stages at a
+        time, each once the stages it depends on have finished; default 1). UniLVSeg: ``--camus_dir``; TVRL:
         ``--series_dir``, ``--frameworks``, ``--tasks``, ``--seeds``, ``--fractions``; DISCOVR: ``--labels_csv``,
         ``--label_key``, ``--arms``; UCL: ``--pretrain_dir``, ``--arms``, ``--folds``. ``--set '{"pretrain*":
         {"learning_rate": 2e-4}}'``: bundle keys of the stages matching a name pattern. A second run skips finished
@@ -260,6 +262,7 @@ class CLI:
                 series_dir=series_dir,
                 pretrain_dir=pretrain_dir,
                 settings=settings,
+                jobs=int(jobs),
                 **options,
             )
         except PlanError as e:

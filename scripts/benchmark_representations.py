@@ -16,7 +16,8 @@ Stages (all settings in the YAML; ``results.json`` records each stage's wall tim
 3. ``pretrain``: every encoder's bundle with ``train.yaml`` + ``cpu.yaml`` (+ ``overrides``), on TRAIN only, as
    the stages of one :class:`medssl_monai.reproduce.plan.Plan` (the orchestration of ``python -m medssl_monai
    reproduce``): each a ``python -m monai.bundle run`` in ``<output_dir>/<name>/`` (``models/model.pt``,
-   ``runs/``, ``stage.json``, ``stage.log``), with progress lines and ETAs. Running the same command again skips
+   ``runs/``, ``stage.json``, ``stage.log``), with progress lines and ETAs, ``jobs`` of them at a time (the
+   YAML's ``jobs``, default 1; each with ``threads`` torch threads). Running the same command again skips
    a finished stage whose settings (its run record) are unchanged, re-runs a changed one, and continues an
    interrupted one from its ``resume.pt``; a failing stage stops the benchmark, naming its log.
    ``--skip-pretraining`` keeps every finished stage even when its settings changed (with a WARNING), and reuses
@@ -206,7 +207,13 @@ def _pretraining_estimate(spec: dict, bundle: str, configs: list[str], overrides
 
 
 def pretrain_all(
-    entries: dict[str, dict], data: dict[str, Path], out: Path, cache_dir: Path, skip: bool, threads: int
+    entries: dict[str, dict],
+    data: dict[str, Path],
+    out: Path,
+    cache_dir: Path,
+    skip: bool,
+    threads: int,
+    jobs: int = 1,
 ) -> dict[str, dict]:
     """Every entry's pretraining stage, run by one :class:`~medssl_monai.reproduce.plan.Plan` over ``out``.
 
@@ -214,7 +221,8 @@ def pretrain_all(
     ``models/model.pt.json`` run records), runs a changed one again, prints the progress lines with ETAs and stops
     on a failing stage, naming it and its ``stage.log``. ``skip`` (``--skip-pretraining``) keeps every finished
     stage even when its settings changed (a WARNING names the change), and reuses a checkpoint of the earlier
-    layout (``<name>/pretrain.json`` + ``models/model.pt`` without ``stage.json``) as it is.
+    layout (``<name>/pretrain.json`` + ``models/model.pt`` without ``stage.json``) as it is. ``jobs`` (the config's
+    ``jobs``, default 1): stages run at the same time, each its own process with ``threads`` torch threads.
 
     Returns ``name -> {"checkpoint", "steps", "batch_size", "seconds", "monitor", "monitor_share"}`` (also
     written to ``<out>/<name>/pretrain.json``).
@@ -233,7 +241,7 @@ def pretrain_all(
                 kept.append(d.stage)
         plan = Plan(kept, out, env=env)
     try:
-        plan.run()
+        plan.run(jobs=jobs)
     except StageFailed as err:
         raise SystemExit(f"pretraining: {err}") from err
     return {name: pretrain_info(name, spec, plan.out / name) for name, spec in entries.items()}
@@ -541,7 +549,15 @@ def main(argv: list[str] | None = None) -> dict:
     tr_mask = split == "TRAIN"
     with stages("pretrain"):  # every entry's pretraining first: one plan, one ETA
         entries = {n[: -len("_ssl")]: cfg["encoders"][n] for n in names}
-        pretrained = pretrain_all(entries, data, out, cache_dir, args.skip_pretraining, int(cfg.get("threads", 2)))
+        pretrained = pretrain_all(
+            entries,
+            data,
+            out,
+            cache_dir,
+            args.skip_pretraining,
+            int(cfg.get("threads", 2)),
+            jobs=int(cfg.get("jobs", 1)),
+        )
     comparisons: list[tuple[str, str, str]] = []
     extra_results: dict[str, Any] = {}
     extra_claims: list[dict] = []  # paired comparisons of the per-paper stages (few-label frames, segmentation)

@@ -312,6 +312,7 @@ TINY_BENCHMARK = {
     "data": {"echonet_videos": 30, "ultrasound_videos": 8, "series_subjects": 40},
     "num_workers": 0,
     "threads": 1,
+    "jobs": 2,  # the pretraining stages two at a time, as the full config runs them
     "seed": 0,
     "eval_splits": ["VAL", "TEST"],
     "n_resamples": 100,
@@ -495,6 +496,9 @@ def test_representation_benchmark_tiny_end_to_end(tmp_path):
         assert 0 < info["monitor_share"] < 1
         assert f"/4] {k}: start (not run yet); stage ETA" in proc.stdout  # the plan's progress lines
     assert "plan ETA" in proc.stdout
+    # jobs: 2: the second stage started before the first had finished (stage.json times, to the second)
+    first, second = (json.loads((out / k / "stage.json").read_text()) for k in kinds[:2])
+    assert second["started"] <= first["finished"]
 
     # the same command again (one encoder, to keep CI short): its finished pretraining stage is skipped (settings
     # unchanged) and no model is touched

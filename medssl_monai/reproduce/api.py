@@ -142,6 +142,7 @@ def reproduce(
     series_dir: str | None = None,
     pretrain_dir: str | None = None,
     settings: Mapping[str, Mapping[str, Any]] | None = None,
+    jobs: int = 1,
     **options: Any,
 ) -> dict[str, str] | None:
     """Run (or with ``dry_run`` list) the stages of ``paper``'s main experiment, then write its table.
@@ -160,6 +161,8 @@ def reproduce(
         pretrain_dir: UCL's unlabelled pretraining videos (default: the ``dataset_dir`` videos, labels unused).
         settings: bundle keys per stage-name pattern, ``{"pretrain*": {"learning_rate": 2e-4}}``; a stage whose
             settings change runs again, and the stages after it that depend on it.
+        jobs: stages run at the same time, each its own process, a stage once those it depends on have finished
+            (:meth:`~medssl_monai.reproduce.plan.Plan.run`; e.g. 2 for single-threaded CPU stages on 2 cores).
         options: the paper's own options (``seeds``, ``fractions``, ``arms``, ``frameworks``, ``tasks``,
             ``labels_csv``, ``folds``, see each paper module).
 
@@ -191,12 +194,13 @@ def reproduce(
         print("(the synthetic data is not written yet: the time estimates leave its samples out)", file=stream)
     print(
         f"{paper}: {module.DESCRIPTION}\npreset {ctx.preset.name}, {len(plan.stages)} stages into {ctx.out}"
-        + (f", {ctx.nproc} processes per training stage" if ctx.nproc > 1 else ""),
+        + (f", {ctx.nproc} processes per training stage" if ctx.nproc > 1 else "")
+        + (f", up to {jobs} stages at a time" if int(jobs) > 1 else ""),
         file=stream,
         flush=True,
     )
     t0 = time.time()
-    plan.run(dry_run=dry_run)
+    plan.run(dry_run=dry_run, jobs=int(jobs))
     if dry_run:
         return None
     table = module.build_table(ctx, plan.stages)

@@ -3,7 +3,8 @@
 A :class:`Stage` is one plain ``python -m monai.bundle run`` (or ``torchrun --nproc_per_node N -m monai.bundle run``)
 of a bundle's config files with overrides, its outputs redirected to ``<out>/<stage>/`` by ``--bundle_root`` (every
 bundle derives ``ckpt_dir``, ``output_dir`` and ``eval_dir`` from it; the config files stay in the bundle). A
-:class:`Plan` runs its stages in order and decides which to skip from *run records*
+:class:`Plan` runs its stages in order (or, with ``Plan.run(jobs=N)``, up to N at a time, each stage once every
+stage it depends on has finished) and decides which to skip from *run records*
 (:func:`medssl_monai.engines.run_record.build_run_record`, the record ``resume.pt`` and ``model.pt.json`` hold),
 not from file times:
 
@@ -15,21 +16,26 @@ not from file times:
   run), and so does every stage that depends on it (the downstream ``pretrained_ckpt`` is compared by SHA-256 in the
   record as well, so a changed upstream model is caught either way);
 * a stage that failed or was interrupted runs again with the same settings: the bundle resumes from its
-  ``resume.pt``; a failure stops the plan with :class:`StageFailed`, naming the stage and its ``stage.log``.
+  ``resume.pt``; a failure stops the plan with :class:`StageFailed`, naming the stage and its ``stage.log`` (no
+  stage starts after it; with several jobs, the stages already running finish first).
 
-Progress: one line per stage start and end (``[k/N]``, elapsed time, the stage's and the whole plan's ETA) and the
-bundles' own per-epoch lines; the estimates come from the measured epoch times of finished stages of the same bundle
-(``stage.json``) or, before any was measured, from FLOP counts (:class:`Estimate`), marked as estimates.
+Progress: one line per stage start and end (``[k/N]``, elapsed time, the stage's and the whole plan's ETA, the latter
+list-scheduled over the ``jobs`` slots) and the bundles' own per-epoch lines, each printed whole; the estimates come
+from the measured epoch times of finished stages of the same bundle (``stage.json``) or, before any was measured, from
+FLOP counts (:class:`Estimate`), marked as estimates.
 """
 
 from __future__ import annotations
 
 import datetime
+import heapq
 import json
 import os
+import queue
 import re
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -263,7 +269,8 @@ def _format(diffs: Sequence[tuple[str, Any, Any]]) -> str:
 
 
 class Plan:
-    """Stages of one experiment, run in order into ``out`` (see the module docstring).
+    """Stages of one experiment, run in order (or ``jobs`` at a time, see :meth:`run`) into ``out`` (see the module
+    docstring).
 
     Args:
         stages: in an order where every stage comes after those it depends on.
@@ -289,6 +296,8 @@ class Plan:
         self.gflops = float(gflops)
         self.stream = stream or sys.stdout
         self.env = dict(env) if env is not None else None
+        self._lock = threading.Lock()  # progress lines and the running processes
+        self._procs: dict[str, tuple[subprocess.Popen, bool]] = {}  # stage -> (process, in its own session)
         if self.nproc < 1:
             raise PlanError(f"nproc_per_node must be at least 1, got {nproc}")
         names: set[str] = set()
@@ -384,7 +393,10 @@ class Plan:
     # ---- output -------------------------------------------------------------------------------------------------
 
     def _print(self, text: str) -> None:
-        print(text, file=self.stream, flush=True)
+        # one write per line under a lock: stages running side by side never interleave partial lines
+        with self._lock:
+            self.stream.write(text + "\n")
+            self.stream.flush()
 
     def describe(self, decisions: Sequence[StageDecision] | None = None) -> str:
         """The plan as text: every stage, its command, why it runs or is skipped, and its estimated time."""
@@ -406,50 +418,192 @@ class Plan:
 
     # ---- running ------------------------------------------------------------------------------------------------
 
-    def run(self, dry_run: bool = False, on_stage_done: Callable[[Stage], None] | None = None) -> list[StageDecision]:
-        """Run every stage that needs it, in order; with ``dry_run`` only print the plan.
+    def run(
+        self,
+        dry_run: bool = False,
+        on_stage_done: Callable[[Stage], None] | None = None,
+        jobs: int = 1,
+    ) -> list[StageDecision]:
+        """Run every stage that needs it; with ``dry_run`` only print the plan.
+
+        Args:
+            dry_run: print the plan (:meth:`describe`) and run nothing.
+            on_stage_done: called (in this thread) with each stage that finished successfully.
+            jobs: stages run at the same time, each its own process. The next stage to start is the first one in
+                plan order whose dependencies have all finished successfully; with ``jobs=1`` that is plan order,
+                one stage after another. The plan ETA is a list-scheduling estimate: the running stages' remaining
+                estimated time and the stages still to run, in plan order, each put on the first of ``jobs`` slots
+                to become free after its dependencies end (with ``jobs=1``: the sum of the estimates).
+
+        On a failure no new stage starts; the stages already running are left to finish (their run records are
+        written as usual, so the next run skips them), then :class:`StageFailed` is raised for the first failure.
+        With ``jobs > 1`` every stage process runs in its own session: when this process is interrupted (Ctrl-C,
+        which then reaches only this process) or fails itself, the running stages are terminated as whole process
+        groups (SIGTERM, then SIGKILL), so none is left behind; their ``stage.json`` says ``failed`` and the next
+        run continues them from their ``resume.pt``.
 
         Raises:
-            StageFailed: a stage's command failed (the plan stops there).
+            StageFailed: a stage's command failed (no stage starts after it).
         """
+        jobs = int(jobs)
+        if jobs < 1:
+            raise PlanError(f"jobs must be at least 1, got {jobs}")
         decisions = self.decisions()
         if dry_run:
             self._print(self.describe(decisions))
             return decisions
         self.out.mkdir(parents=True, exist_ok=True)
         t0 = time.time()
+        # estimated seconds of every stage that runs (improved as stages start and finish)
         remaining = {d.stage.name: d.estimate_s or 0.0 for d in decisions if d.run}
-        will_run = set()
+        will_run: set[str] = set()
         n = len(decisions)
-        for k, d in enumerate(decisions, 1):
-            s = d.stage
-            if not d.run:
-                self._print(f"[{k}/{n}] {s.name}: skipped ({d.reason})")
-                continue
-            # decide again now that the stages before it ran: a changed upstream model changes this one's record
-            d = self.decide(s, will_run)
-            will_run.add(s.name)
-            est, kind = self.estimate(s)
-            remaining[s.name] = est
-            self._print(
-                f"[{k}/{n}] {s.name}: start ({d.reason}); stage ETA {format_duration(est)} ({kind}), "
-                f"plan ETA {format_duration(sum(remaining.values()))}, elapsed {format_duration(time.time() - t0)}"
-            )
-            seconds, epoch_s = self._run_stage(s, d.fresh, k, n, est)
-            remaining.pop(s.name)
+        pending = list(enumerate(decisions, 1))  # (k, decision), plan order
+        finished: set[str] = set()  # done or skipped
+        running: dict[str, tuple[int, float, threading.Thread | None]] = {}  # name -> (k, start time, thread)
+        results: queue.Queue[tuple[str, Any]] = queue.Queue()
+        failure: BaseException | None = None
+
+        def finish(name: str, k: int, outcome: Any) -> None:
+            nonlocal failure
+            running.pop(name)
+            if isinstance(outcome, BaseException):
+                failure = failure or outcome
+                remaining.pop(name, None)
+                return
+            seconds, _ = outcome
+            finished.add(name)
+            remaining.pop(name)
             # the estimates of the stages still to run improve with this measurement
             measured = self._measured()
-            for name in remaining:
-                remaining[name] = self.estimate(self.stage(name), measured)[0]
+            for other in remaining:
+                if other not in running:
+                    remaining[other] = self.estimate(self.stage(other), measured)[0]
             self._print(
-                f"[{k}/{n}] {s.name}: done in {format_duration(seconds)}; elapsed {format_duration(time.time() - t0)}, "
-                f"plan ETA {format_duration(sum(remaining.values()))}"
+                f"[{k}/{n}] {name}: done in {format_duration(seconds)}; elapsed {format_duration(time.time() - t0)}, "
+                f"plan ETA {format_duration(self._plan_eta(remaining, running, pending, jobs))}"
             )
             if on_stage_done is not None:
-                on_stage_done(s)
+                on_stage_done(self.stage(name))
+
+        try:
+            while pending or running:
+                while failure is None and len(running) < jobs:
+                    item = next((p for p in pending if all(x in finished for x in p[1].stage.depends_on)), None)
+                    if item is None:
+                        break
+                    pending.remove(item)
+                    k, d = item
+                    s = d.stage
+                    if not d.run:
+                        self._print(f"[{k}/{n}] {s.name}: skipped ({d.reason})")
+                        finished.add(s.name)
+                        continue
+                    # decide again now that the stages before it ran: a changed upstream model changes its record
+                    d = self.decide(s, will_run)
+                    will_run.add(s.name)
+                    est, kind = self.estimate(s)
+                    remaining[s.name] = est
+                    start = time.time()
+                    running[s.name] = (k, start, None)
+                    eta = self._plan_eta(remaining, running, pending, jobs, now=start)
+                    self._print(
+                        f"[{k}/{n}] {s.name}: start ({d.reason}); stage ETA {format_duration(est)} ({kind}), "
+                        f"plan ETA {format_duration(eta)}, elapsed {format_duration(start - t0)}"
+                    )
+                    if jobs == 1:  # in this thread, as a plain sequence of stages
+                        finish(s.name, k, self._run_stage(s, d.fresh, k, n, est))
+                        continue
+                    thread = threading.Thread(
+                        target=self._run_stage_thread,
+                        args=(s, d.fresh, k, n, est, results),
+                        name=f"stage-{s.name}",
+                        daemon=True,
+                    )
+                    running[s.name] = (k, start, thread)
+                    thread.start()
+                if not running:
+                    break
+                name, outcome = results.get()
+                k, _, thread = running[name]
+                if thread is not None:
+                    thread.join()
+                finish(name, k, outcome)
+        except BaseException:
+            if jobs > 1:  # with jobs=1 the stage shares this process group, as a plain command would
+                self._terminate_running()
+            for _, _, thread in list(running.values()):
+                if thread is not None:
+                    thread.join(timeout=60)
+            raise
+        if failure is not None:
+            raise failure
+        if pending:  # cannot happen: every dependency comes before its stage in the plan
+            raise PlanError(f"stages never became ready: {[p[1].stage.name for p in pending]}")
         return decisions
 
-    def _run_stage(self, stage: Stage, fresh: bool, k: int, n: int, est: float) -> tuple[float, list[float]]:
+    def _plan_eta(
+        self,
+        remaining: Mapping[str, float],
+        running: Mapping[str, tuple[int, float, Any]],
+        pending: Sequence[tuple[int, StageDecision]],
+        jobs: int,
+        now: float | None = None,
+    ) -> float:
+        """Seconds until the plan ends, by list scheduling: each of the ``jobs`` slots is free when its running stage
+        ends (its estimate minus the time it has run); the stages still to run take, in plan order, the first slot
+        to become free after their dependencies end. With ``jobs=1`` this is the sum of the estimates."""
+        now = time.time() if now is None else now
+        ends: dict[str, float] = {}
+        slots = []
+        for name, (_, start, _) in running.items():
+            ends[name] = max(remaining.get(name, 0.0) - (now - start), 0.0)
+            slots.append(ends[name])
+        slots += [0.0] * max(jobs - len(slots), 0)
+        heapq.heapify(slots)
+        for _, d in pending:
+            name = d.stage.name
+            if name not in remaining:  # skipped: takes no time
+                continue
+            free = heapq.heappop(slots)
+            begin = max([free, *(ends[x] for x in d.stage.depends_on if x in ends)])
+            ends[name] = begin + remaining[name]
+            heapq.heappush(slots, ends[name])
+        return max(ends.values(), default=0.0)
+
+    def _run_stage_thread(self, stage: Stage, fresh: bool, k: int, n: int, est: float, results: queue.Queue) -> None:
+        try:
+            outcome: Any = self._run_stage(stage, fresh, k, n, est, own_session=True)
+        except BaseException as e:  # noqa: BLE001 - handed to the plan's thread, which raises it
+            outcome = e
+        results.put((stage.name, outcome))
+
+    def _terminate_running(self, grace_s: float = 20.0) -> None:
+        """Terminate the stage processes still running in their own sessions, each as a whole process group (the
+        bundle run, torchrun's workers, data loaders): SIGTERM, then SIGKILL after ``grace_s``."""
+        import signal
+
+        with self._lock:
+            groups = [proc for proc, own_session in self._procs.values() if own_session]
+        for proc in groups:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except OSError:  # already gone
+                pass
+        deadline = time.time() + grace_s
+        for proc in groups:
+            try:
+                proc.wait(timeout=max(deadline - time.time(), 0.1))
+            except subprocess.TimeoutExpired:
+                pass
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # what is left of the group
+            except OSError:
+                pass
+
+    def _run_stage(
+        self, stage: Stage, fresh: bool, k: int, n: int, est: float, own_session: bool = False
+    ) -> tuple[float, list[float]]:
         folder = stage.folder(self.out)
         folder.mkdir(parents=True, exist_ok=True)
         settings = stage_settings(stage, self.out, self.nproc)
@@ -474,9 +628,18 @@ class Plan:
             f.write(f"# {_now()} $ {_quote(cmd)}\n")
             f.flush()
             # cwd: the stage folder, so that a relative path a config writes to stays in it
+            # own_session (stages run side by side): its own process group, which the plan can terminate whole
             proc = subprocess.Popen(
-                cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=str(folder)
+                cmd,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env=env,
+                cwd=str(folder),
+                start_new_session=own_session,
             )
+            with self._lock:
+                self._procs[stage.name] = (proc, own_session)
             assert proc.stdout is not None
             for line in proc.stdout:
                 f.write(line)
@@ -494,6 +657,8 @@ class Plan:
                     text = line.rstrip().split(" - INFO - ", 1)[-1]  # the message without the logger's prefix
                     self._print(f"    {stage.name}: {text[-200:]}")
             rc = proc.wait()
+        with self._lock:
+            self._procs.pop(stage.name, None)
         seconds = time.time() - t
         record.update({"seconds": round(seconds, 2), "epoch_seconds": epoch_s, "finished": _now(), "returncode": rc})
         if rc != 0:
