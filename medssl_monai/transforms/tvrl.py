@@ -242,16 +242,20 @@ class TwoSeriesWindowsd(Randomizable, MapTransform):
     A view is ``num_frames`` consecutive visits (the whole series, left-padded with zero images and
     ``frame_mask`` ``False``, when it is shorter), with the real acquisition times: the latest ones
     (``window="latest"``, the reference's ``sample_scan_history``) or from a random start (``"random"``).
-    ``identical`` duplicates one window; otherwise the second view has a random window of its own.
+    ``identical`` duplicates one window; otherwise the second view has a random window of its own. With ``visits``
+    a view holds that many consecutive visits (fewer than ``num_frames``), left-padded to ``num_frames`` slots.
 
     Args:
         keys: the series key (one).
-        num_frames: visits per view.
+        num_frames: slots per view (visits per view unless ``visits`` is set).
         identical: one window for both views or two.
         window: ``"latest"`` or ``"random"`` (the first view's window).
         relative_time: subtract the first valid time of view 1 (years since that visit).
         time_noise_std: Gaussian noise on valid times.
         second_suffix, times_key, mask_key: as :class:`TwoClipsd`.
+        visits: consecutive visits per view (``None``: ``num_frames``); at most ``num_frames``.
+        view_origin: with ``relative_time``, each view's times start at its own first valid visit (years since
+            that visit) instead of view 1's.
     """
 
     def __init__(
@@ -266,23 +270,28 @@ class TwoSeriesWindowsd(Randomizable, MapTransform):
         mask_key: str = "frame_mask",
         allow_missing_keys: bool = False,
         window: str = "latest",
+        visits: int | None = None,
+        view_origin: bool = False,
     ) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
         if window not in ("latest", "random"):
             raise ValueError(f"window must be 'latest' or 'random', got {window!r}")
+        if visits is not None and not 1 <= visits <= num_frames:
+            raise ValueError(f"visits must be in 1..num_frames ({num_frames}), got {visits}")
         self.num_frames, self.identical, self.window = num_frames, identical, window
+        self.visits, self.view_origin = (num_frames if visits is None else int(visits)), view_origin
         self.relative_time, self.time_noise_std = relative_time, time_noise_std
         self.second_suffix, self.times_key, self.mask_key = second_suffix, times_key, mask_key
 
     def randomize(self, length: int) -> list[int]:
-        n_starts = max(1, length - self.num_frames + 1)
+        n_starts = max(1, length - self.visits + 1)
         first = n_starts - 1 if self.window == "latest" else int(self.R.randint(n_starts))
         return [first, first if self.identical else int(self.R.randint(n_starts))]
 
     def _window(
         self, series: torch.Tensor, times: np.ndarray, start: int
     ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-        clip, t = series[:, start : start + self.num_frames], times[start : start + self.num_frames]
+        clip, t = series[:, start : start + self.visits], times[start : start + self.visits]
         valid = np.ones(len(t), dtype=bool)
         pad = self.num_frames - clip.shape[1]
         if pad > 0:
@@ -303,6 +312,8 @@ class TwoSeriesWindowsd(Randomizable, MapTransform):
             windows = [self._window(series, times, s) for s in starts]
             origin = float(windows[0][1][windows[0][2]][0]) if self.relative_time else 0.0
             for i, (clip, t, valid) in enumerate(windows):
+                if self.relative_time and self.view_origin:
+                    origin = float(t[valid][0])
                 suffix = "" if i == 0 else self.second_suffix
                 d[f"{key}{suffix}"] = clip.contiguous()
                 d[f"{self.times_key}{suffix}"] = _view_times(t, valid, origin, self.time_noise_std, self.R)
@@ -475,6 +486,8 @@ def tvrl_ssl_transforms(
     num_views: int = 2,
     window: str = "latest",
     augment_on: str = "workers",
+    series_visits: int | None = None,
+    view_origin: bool = False,
 ) -> Compose:
     """Augmented views with time steps and frame masks, for every TVRL framework.
 
@@ -491,6 +504,7 @@ def tvrl_ssl_transforms(
         window: series only: the first view's visits, ``"latest"`` (the reference) or ``"random"``.
         augment_on: ``"workers"`` (here, per sample) or ``"device"``: the views stay ``uint8`` at their stored
             size (VideoMAE's: resized) for :func:`tvrl_device_augmentation` in ``prepare_batch``.
+        series_visits, view_origin: series only: ``visits`` and ``view_origin`` of :class:`TwoSeriesWindowsd`.
         Others: see :class:`TwoClipsd`.
     """
     if augment_on not in ("workers", "device"):
@@ -518,7 +532,15 @@ def tvrl_ssl_transforms(
         ts = [
             LoadSeriesd(keys=image_key, times_key="times", num_frames=None),
             TwoSeriesWindowsd(
-                image_key, num_frames, identical, relative_time, time_noise_std, second_suffix, window=window
+                image_key,
+                num_frames,
+                identical,
+                relative_time,
+                time_noise_std,
+                second_suffix,
+                window=window,
+                visits=series_visits,
+                view_origin=view_origin,
             ),
         ]
     else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from medssl_monai.transforms.tvrl import (
@@ -48,6 +49,33 @@ def test_short_series_are_left_padded_and_masked():
     assert d["image"][0, :, 0, 0].tolist() == [0, 0, 0, 1]
     np.testing.assert_allclose(d["times"].numpy()[2:], [0.0, 0.5])
     assert torch.equal(d["image"], d["image_2"])
+
+
+def test_series_views_of_fewer_visits_than_slots_with_their_own_time_origin():
+    times = [2.0, 2.5, 4.0, 7.0, 7.2]
+    t = TwoSeriesWindowsd(num_frames=4, identical=False, window="random", visits=2, view_origin=True)
+    t.set_random_state(0)
+    starts = set()
+    for _ in range(8):
+        d = t(_series())
+        for suffix in ("", "_2"):
+            # 2 consecutive visits left-padded to 4 slots; times in years since the view's own first visit
+            assert d[f"frame_mask{suffix}"].tolist() == [False, False, True, True]
+            first = int(d[f"image{suffix}"][0, 2, 0, 0])
+            assert d[f"image{suffix}"][0, :, 0, 0].tolist() == [0, 0, first, first + 1]
+            np.testing.assert_allclose(
+                d[f"times{suffix}"].numpy(), [0.0, 0.0, 0.0, times[first + 1] - times[first]], rtol=1e-5, atol=1e-6
+            )
+            starts.add(first)
+    assert starts == {0, 1, 2, 3}  # every start of a 2-visit window of 5 visits is drawn
+    # without view_origin the second view keeps its offset from the first view's first visit
+    t = TwoSeriesWindowsd(num_frames=4, identical=False, window="random", visits=2)
+    t.set_random_state(1)
+    d = t(_series())
+    a, b = int(d["image"][0, 2, 0, 0]), int(d["image_2"][0, 2, 0, 0])
+    np.testing.assert_allclose(d["times_2"].numpy()[2:], [times[b] - times[a], times[b + 1] - times[a]], atol=1e-6)
+    with pytest.raises(ValueError, match="visits must be in 1..num_frames"):
+        TwoSeriesWindowsd(num_frames=4, visits=5)
 
 
 def test_two_clips_from_a_video(tmp_path):
