@@ -13,7 +13,9 @@ import gc
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -84,8 +86,19 @@ def print_reader_batches(data: dict[str, Path], cache_dir: str | Path | None = N
         print(f"  {name}: {len(datalist)} items; batch -> {_describe({k: batch[k] for k in keep if k in batch})}")
 
 
-def run_bundle(bundle: str, configs: list[str], workflow_type: str = "train", **overrides) -> None:
-    """Run one bundle config through ``ConfigWorkflow`` (initialize, check properties, run, finalize)."""
+def run_bundle(
+    bundle: str,
+    configs: list[str],
+    workflow_type: str = "train",
+    inspect: Callable[[Any], Any] | None = None,
+    check_properties: bool = True,
+    **overrides,
+) -> Any:
+    """Run one bundle config through ``ConfigWorkflow`` (initialize, check properties, run, finalize).
+
+    ``inspect(workflow)``, when given, is called after the run and before ``finalize`` (to read parsed content
+    such as the trainer's state); its result is returned. ``check_properties=False`` skips MONAI's property check
+    (a workflow that runs a custom ``run`` list rather than the bundle's standard one)."""
     from monai.bundle import ConfigWorkflow
 
     from medssl_monai.config_checks import check_overrides
@@ -102,16 +115,18 @@ def run_bundle(bundle: str, configs: list[str], workflow_type: str = "train", **
         **overrides,
     )
     wf.initialize()
-    missing = wf.check_properties()
+    missing = wf.check_properties() if check_properties else None
     if missing:
         raise RuntimeError(f"{bundle}: missing bundle properties {missing}")
     wf.run()
+    result = inspect(wf) if inspect is not None else None
     wf.finalize()
     # A finished run's persistent DataLoader workers sit in reference cycles (engine state). Collect them here, in
     # the process that started them: left to a later collection inside the next run's forked workers, their
     # shutdown fails there with "can only test a child process".
     del wf
     gc.collect()
+    return result
 
 
 def run_demo(

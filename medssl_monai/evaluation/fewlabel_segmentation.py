@@ -20,7 +20,6 @@ Both runs go through ``monai.bundle.ConfigWorkflow`` in this process, as ``pytho
 
 from __future__ import annotations
 
-import gc
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -37,17 +36,6 @@ logger = logging.getLogger(__name__)
 
 SEGMENTATION_BUNDLE = "unilvseg_echo_lv_segmentation"
 _NO_VALIDATION = 10**9  # val_interval: no epoch of the run reaches it
-
-
-def _workflow(files: list[str], root: Path, workflow_type: str, overrides: Mapping[str, Any]):
-    from monai.bundle import ConfigWorkflow
-
-    from medssl_monai.config_checks import check_overrides
-
-    check_overrides(files, overrides)
-    return ConfigWorkflow(
-        config_file=files, workflow_type=workflow_type, logging_file=False, bundle_root=str(root), **overrides
-    )
 
 
 def fewlabel_segmentation(
@@ -96,41 +84,41 @@ def fewlabel_segmentation(
     """
     import pandas as pd
 
-    from medssl_monai.demo import BUNDLES_DIR
+    from medssl_monai.demo import run_bundle
 
     if int(n_videos) < 1:
         raise ValueError(f"n_videos must be a positive number of labelled videos, got {n_videos}")
-    root = BUNDLES_DIR / SEGMENTATION_BUNDLE
     out = Path(out_dir).resolve()
     ckpt_dir, eval_dir = out / "models", out / "eval"
     common: dict[str, Any] = {"dataset_dir": str(Path(dataset_dir).resolve()), "seed": int(seed)}
     if cache_dir is not None:
         common["cache_dir"] = str(cache_dir)
     common.update(dict(overrides or {}))
-    train_files = [str(root / "configs" / c) for c in configs]
 
     t0 = time.perf_counter()
-    wf = _workflow(
-        train_files,
-        root,
+
+    def read_training(wf) -> tuple[int, int, list[str]]:
+        p = wf.parser
+        videos = sorted({str(d["video_id"]) for d in p.get_parsed_content("train#datalist")})
+        return (
+            int(p.get_parsed_content("train#trainer").state.iteration),
+            int(p.get_parsed_content("train#dataloader#batch_size")),
+            videos,
+        )
+
+    steps, batch_size, train_videos = run_bundle(
+        SEGMENTATION_BUNDLE,
+        list(configs),
         "train",
-        {
-            **common,
-            "label_videos": int(n_videos),
-            "pretrained_ckpt": None if pretrained_ckpt is None else str(Path(pretrained_ckpt).resolve()),
-            "val_interval": _NO_VALIDATION,
-            "ckpt_dir": str(ckpt_dir),
-            "output_dir": str(out / "runs"),
-        },
+        inspect=read_training,
+        check_properties=False,
+        **common,
+        label_videos=int(n_videos),
+        pretrained_ckpt=None if pretrained_ckpt is None else str(Path(pretrained_ckpt).resolve()),
+        val_interval=_NO_VALIDATION,
+        ckpt_dir=str(ckpt_dir),
+        output_dir=str(out / "runs"),
     )
-    wf.initialize()
-    wf.run()
-    steps = int(wf.parser.get_parsed_content("train#trainer").state.iteration)
-    batch_size = int(wf.parser.get_parsed_content("train#dataloader#batch_size"))
-    train_videos = sorted({str(d["video_id"]) for d in wf.parser.get_parsed_content("train#datalist")})
-    wf.finalize()
-    del wf
-    gc.collect()  # persistent loader workers sit in reference cycles (as in demo.run_bundle)
     train_seconds = time.perf_counter() - t0
     model_path = ckpt_dir / "checkpoint_final.pt"
     if not model_path.is_file():
@@ -146,27 +134,23 @@ def fewlabel_segmentation(
     t1 = time.perf_counter()
     csv = eval_dir / "per_frame_dice.csv"
     csv.unlink(missing_ok=True)  # never read a report left by an earlier evaluation
-    wf = _workflow(
-        [*train_files, str(root / "configs" / "evaluate.yaml")],
-        root,
+    order = run_bundle(
+        SEGMENTATION_BUNDLE,
+        [*configs, "evaluate.yaml"],
         "infer",
-        {
-            **common,
-            "eval_split": list(eval_splits),
-            "model_path": str(model_path),
-            "eval_dir": str(eval_dir),
-            "n_resamples": int(n_resamples),
-            "ckpt_dir": str(ckpt_dir),
-            "output_dir": str(out / "runs"),
-            "run": ["$@evaluate#evaluator.run()"],  # the traced frames only, not the whole-video EF part
-        },
+        inspect=lambda wf: list(
+            dict.fromkeys(str(d["video_id"]) for d in wf.parser.get_parsed_content("evaluate#datalist"))
+        ),
+        check_properties=False,
+        **common,
+        eval_split=list(eval_splits),
+        model_path=str(model_path),
+        eval_dir=str(eval_dir),
+        n_resamples=int(n_resamples),
+        ckpt_dir=str(ckpt_dir),
+        output_dir=str(out / "runs"),
+        run=["$@evaluate#evaluator.run()"],  # the traced frames only, not the whole-video EF part
     )
-    wf.initialize()
-    wf.run()
-    order = list(dict.fromkeys(str(d["video_id"]) for d in wf.parser.get_parsed_content("evaluate#datalist")))
-    wf.finalize()
-    del wf
-    gc.collect()
     eval_seconds = time.perf_counter() - t1
     if not csv.is_file():
         raise FileNotFoundError(f"the evaluation wrote no {csv} (no evaluation video could be read?)")
