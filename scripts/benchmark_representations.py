@@ -13,14 +13,16 @@ Stages (all settings in the YAML; ``results.json`` records each stage's wall tim
 1. ``data``: the synthetic EchoNet videos, ultrasound sweeps and timed series (or ``--dataset_dir``, any
    EchoNet-format folder, for the echo tasks), and the per-frame LV volumes of the oracle row;
 2. ``cache``: every echo video decoded once (shared clip cache) and kept in memory, grey, at ``probe_size``;
-3. ``pretrain``: every encoder's bundle with ``train.yaml`` + ``cpu.yaml`` (+ ``overrides``), on TRAIN only, as
-   the stages of one :class:`medssl_monai.reproduce.plan.Plan` (the orchestration of ``python -m medssl_monai
-   reproduce``): each a ``python -m monai.bundle run`` in ``<output_dir>/<name>/`` (``models/model.pt``,
-   ``runs/``, ``stage.json``, ``stage.log``), with progress lines and ETAs, ``jobs`` of them at a time (the
-   YAML's ``jobs``, default 1; each with ``threads`` torch threads). Running the same command again skips
+3. ``train``: every encoder's pretraining bundle with ``train.yaml`` + ``cpu.yaml`` (+ ``overrides``), on TRAIN
+   only, and UniLVSeg's few-label segmentation fine-tunings with their evaluations (``seg_<random|ssl>_<n>/`` and
+   ``seg_<random|ssl>_<n>_eval/``), as the stages of one :class:`medssl_monai.reproduce.plan.Plan` (the
+   orchestration of ``python -m medssl_monai reproduce``): each a ``python -m monai.bundle run`` in
+   ``<output_dir>/<name>/`` (``models/model.pt``, ``runs/``, ``stage.json``, ``stage.log``), with progress lines
+   and ETAs, ``jobs`` of them at a time (the YAML's ``jobs``, default 1; each with ``threads`` torch threads; a
+   random-init fine-tuning needs no pretraining and runs beside them). Running the same command again skips
    a finished stage whose settings (its run record) are unchanged, re-runs a changed one, and continues an
    interrupted one from its ``resume.pt``; a failing stage stops the benchmark, naming its log.
-   ``--skip-pretraining`` keeps every finished stage even when its settings changed (with a WARNING), and reuses
+   ``--skip-pretraining`` keeps every finished pretraining even when its settings changed (with a WARNING), and reuses
    the checkpoints of an earlier benchmark version (``<name>/pretrain.json``, no ``stage.json``) as they are.
    ``<name>/pretrain.json`` holds what the later stages use: the checkpoint, the trainer's steps, the batch size,
    the run's seconds and the representation monitor's rows (read from ``runs/monitor.json``) and time share;
@@ -36,13 +38,14 @@ Stages (all settings in the YAML; ``results.json`` records each stage's wall tim
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
 import platform
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -214,6 +217,7 @@ def pretrain_all(
     skip: bool,
     threads: int,
     jobs: int = 1,
+    more: Sequence[Stage] = (),
 ) -> dict[str, dict]:
     """Every entry's pretraining stage, run by one :class:`~medssl_monai.reproduce.plan.Plan` over ``out``.
 
@@ -223,6 +227,8 @@ def pretrain_all(
     stage even when its settings changed (a WARNING names the change), and reuses a checkpoint of the earlier
     layout (``<name>/pretrain.json`` + ``models/model.pt`` without ``stage.json``) as it is. ``jobs`` (the config's
     ``jobs``, default 1): stages run at the same time, each its own process with ``threads`` torch threads.
+    ``more``: other stages of the same plan after the pretrainings (the few-label segmentation arms), which may
+    depend on them; ``skip`` keeps only the pretrainings it would not re-run, the others are decided as usual.
 
     Returns ``name -> {"checkpoint", "steps", "batch_size", "seconds", "monitor", "monitor_share"}`` (also
     written to ``<out>/<name>/pretrain.json``).
@@ -231,14 +237,16 @@ def pretrain_all(
 
     stages = [pretraining_stage(name, spec, data, cache_dir) for name, spec in entries.items()]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}  # the config's threads
-    plan = Plan(stages, out, env=env)
+    plan = Plan([*stages, *more], out, env=env)
     if skip:
         kept = []
         for d in plan.decisions():
-            if d.run and _finished(d.stage.folder(plan.out)):
+            if d.stage.name in entries and d.run and _finished(d.stage.folder(plan.out)):
                 logger.warning("--skip-pretraining: reusing %s though it would run again (%s)", d.stage.name, d.reason)
             else:
                 kept.append(d.stage)
+        names = {s.name for s in kept}  # a kept stage no longer waits for a reused pretraining
+        kept = [dataclasses.replace(s, depends_on=tuple(x for x in s.depends_on if x in names)) for s in kept]
         plan = Plan(kept, out, env=env)
     try:
         plan.run(jobs=jobs)
@@ -408,32 +416,61 @@ def fewlabel_frames_stage(cfg: dict, variants: dict[str, str | None], spec: dict
     return {"rows": results, "meta": meta}, claims
 
 
-def fewlabel_segmentation_stage(
-    cfg: dict, echonet: Path, ssl_ckpt: str, out: Path, cache_dir: Path, n_res: int, seed: int
-):
-    """UniLVSeg's claim: pooled Dice after fine-tuning the segmentation bundle from SSL vs random init with a few
-    labelled TRAIN videos, the same budget for both; ``(results, claims)``."""
-    from medssl_monai.evaluation.bootstrap import paired_bootstrap_pooled_dice
-    from medssl_monai.evaluation.fewlabel_segmentation import fewlabel_segmentation
+SEG_ARMS = ("unilvseg_random", "unilvseg_ssl")
+
+
+def segmentation_stages(
+    cfg: dict, echonet: Path, pretraining: str, out: Path, cache_dir: Path, seed: int
+) -> dict[tuple[int, str], tuple[Stage, Stage]]:
+    """UniLVSeg's claim as plan stages: for every number of labelled TRAIN videos, the segmentation bundle
+    fine-tuned from random init and from the ``pretraining`` stage's checkpoint (the same videos and budget), each
+    with its evaluation (:func:`~medssl_monai.evaluation.fewlabel_segmentation.fewlabel_segmentation_stages`), in
+    ``<out>/seg_<arm>_<n>/`` and ``<out>/seg_<arm>_<n>_eval/``. They join the pretraining plan: the random-init
+    arms need nothing and run beside the pretrainings, the SSL arms after ``pretraining``."""
+    from medssl_monai.evaluation.fewlabel_segmentation import SEGMENTATION_BUNDLE, fewlabel_segmentation_stages
+    from medssl_monai.reproduce import unilvseg
+    from medssl_monai.reproduce.common import config_values
 
     sc = cfg["segmentation"]
-    results: dict[str, Any] = {}
-    claims = []
+    configs = tuple(sc.get("configs", ("train.yaml", "cpu.yaml")))
+    ckpt = out / pretraining / "models" / "model.pt"
+    budget = {**config_values(SEGMENTATION_BUNDLE, configs, ["epoch_length", "batch_size"]), **sc.get("overrides", {})}
+    clips = float((budget.get("epoch_length") or 1) * budget.get("batch_size", 1))
+    work = Estimate(flop=clips * unilvseg.GFLOP_PER_CLIP["cpu"] * 1e9, samples=clips)
+    arms = {}
     for n in sc["label_videos"]:
-        arms = {}
-        for row, ckpt in (("unilvseg_random", None), ("unilvseg_ssl", ssl_ckpt)):
-            arms[row] = fewlabel_segmentation(
+        for row in SEG_ARMS:
+            ssl = row.endswith("_ssl")
+            arms[(int(n), row)] = fewlabel_segmentation_stages(
+                out,
+                f"seg_{row.split('_')[-1]}_{int(n)}",
                 echonet,
                 int(n),
-                ckpt,
-                out / "fewlabel_segmentation" / f"{row}_{n}",
+                ckpt if ssl else None,
                 cache_dir=cache_dir,
-                configs=tuple(sc.get("configs", ("train.yaml", "cpu.yaml"))),
+                configs=configs,
                 seed=seed,
                 eval_splits=tuple(cfg["eval_splits"]),
                 overrides=sc.get("overrides"),
+                depends_on=(pretraining,) if ssl else (),
+                estimate=work,
             )
-        r = paired_bootstrap_pooled_dice(arms["unilvseg_ssl"], arms["unilvseg_random"], n_res, seed)
+    return arms
+
+
+def fewlabel_segmentation_results(
+    arms: dict[tuple[int, str], tuple[Stage, Stage]], out: Path, n_res: int, seed: int
+) -> tuple[dict[str, Any], list[dict]]:
+    """The finished segmentation arms of :func:`segmentation_stages` compared: pooled Dice of SSL minus random
+    init per number of labelled videos, paired over the evaluation videos; ``(results, claims)``."""
+    from medssl_monai.evaluation.bootstrap import paired_bootstrap_pooled_dice
+    from medssl_monai.evaluation.fewlabel_segmentation import read_fewlabel_segmentation
+
+    results: dict[str, Any] = {}
+    claims = []
+    for n in sorted({k[0] for k in arms}):
+        got = {row: read_fewlabel_segmentation(out, *arms[(n, row)]) for row in SEG_ARMS}
+        r = paired_bootstrap_pooled_dice(got["unilvseg_ssl"], got["unilvseg_random"], n_res, seed)
         claims.append(
             make_claim(
                 "unilvseg",
@@ -452,9 +489,8 @@ def fewlabel_segmentation_stage(
             )
         )
         results[str(n)] = {
-            row: {"pooled_dice": float(2 * a["inter"].sum() / (a["pred_sum"].sum() + a["true_sum"].sum()))}
-            | {k: a[k] for k in ("steps", "seconds", "train_videos")}
-            for row, a in arms.items()
+            row: {"pooled_dice": a["dice"]} | {k: a[k] for k in ("steps", "seconds", "train_videos")}
+            for row, a in got.items()
         }
     return results, claims
 
@@ -547,7 +583,10 @@ def main(argv: list[str] | None = None) -> dict:
     if unknown:
         raise SystemExit(f"--only / encoders: unknown or not named <method>_ssl: {unknown}")
     tr_mask = split == "TRAIN"
-    with stages("pretrain"):  # every entry's pretraining first: one plan, one ETA
+    seg_arms: dict[tuple[int, str], tuple[Stage, Stage]] = {}
+    if "unilvseg_ssl" in names and cfg.get("segmentation"):
+        seg_arms = segmentation_stages(cfg, data["echonet"], "unilvseg", out, cache_dir, seed)
+    with stages("train"):  # every pretraining and fine-tuning first: one plan, one ETA, `jobs` at a time
         entries = {n[: -len("_ssl")]: cfg["encoders"][n] for n in names}
         pretrained = pretrain_all(
             entries,
@@ -557,6 +596,7 @@ def main(argv: list[str] | None = None) -> dict:
             args.skip_pretraining,
             int(cfg.get("threads", 2)),
             jobs=int(cfg.get("jobs", 1)),
+            more=[s for arm in seg_arms.values() for s in arm],
         )
     comparisons: list[tuple[str, str, str]] = []
     extra_results: dict[str, Any] = {}
@@ -626,11 +666,9 @@ def main(argv: list[str] | None = None) -> dict:
             with stages("fewlabel_frames"):
                 extra_results["fewlabel_frames"], c = fewlabel_frames_stage(cfg, variants, spec, n_res, seed)
                 extra_claims.extend(c)
-        if entry == "unilvseg_ssl" and cfg.get("segmentation"):
+        if entry == "unilvseg_ssl" and seg_arms:
             with stages("fewlabel_segmentation"):
-                extra_results["fewlabel_segmentation"], c = fewlabel_segmentation_stage(
-                    cfg, data["echonet"], info["checkpoint"], out, cache_dir, n_res, seed
-                )
+                extra_results["fewlabel_segmentation"], c = fewlabel_segmentation_results(seg_arms, out, n_res, seed)
                 extra_claims.extend(c)
 
     results: dict[str, Any] = {}

@@ -426,7 +426,7 @@ def test_representation_benchmark_tiny_end_to_end(tmp_path):
     assert set(stages) == {
         "data",
         "cache",
-        "pretrain",
+        "train",
         "supervised",
         "features",
         "fewlabel_frames",
@@ -494,8 +494,16 @@ def test_representation_benchmark_tiny_end_to_end(tmp_path):
         history = json.loads((out / k / "runs" / "monitor.json").read_text())["history"]
         assert info["monitor"] and json.dumps(info["monitor"]) == json.dumps(history)  # NaN scores compare as text
         assert 0 < info["monitor_share"] < 1
-        assert f"/4] {k}: start (not run yet); stage ETA" in proc.stdout  # the plan's progress lines
+        assert f"/8] {k}: start (not run yet); stage ETA" in proc.stdout  # the plan's progress lines
     assert "plan ETA" in proc.stdout
+    # the few-label segmentation arms are stages of the same plan: fine-tuning, then its evaluation
+    for arm in ("random", "ssl"):
+        for name in (f"seg_{arm}_2", f"seg_{arm}_2_eval"):
+            assert json.loads((out / name / "stage.json").read_text())["status"] == "done"
+            assert f"/8] {name}: start (" in proc.stdout
+    ssl_seg = json.loads((out / "seg_ssl_2" / "stage.json").read_text())
+    assert ssl_seg["overrides"]["pretrained_ckpt"] == str(kinds_models["unilvseg"].resolve())
+    assert ssl_seg["started"] >= json.loads((out / "unilvseg" / "stage.json").read_text())["finished"]
     # jobs: 2: the second stage started before the first had finished (stage.json times, to the second)
     first, second = (json.loads((out / k / "stage.json").read_text()) for k in kinds[:2])
     assert second["started"] <= first["finished"]

@@ -113,9 +113,15 @@ def test_both_inits_train_the_same_videos_and_the_ssl_arm_starts_from_the_checkp
         assert set(r["train_videos"]) <= set(files[files.Split == "TRAIN"].FileName.astype(str))
     assert ssl["train_videos"] == rnd["train_videos"] and len(ssl["train_videos"]) == 2
 
+    # a finished arm with the same settings is read, not run again
+    record = (tmp_path / "random" / "train" / "stage.json").read_text()
+    again = fewlabel_segmentation(echo, 2, None, tmp_path / "random", **common)
+    assert (tmp_path / "random" / "train" / "stage.json").read_text() == record
+    assert again["video_ids"] == rnd["video_ids"] and np.array_equal(again["inter"], rnd["inter"])
+
     pretrained = torch.load(ckpt, weights_only=True)
     for arm, same in (("ssl", True), ("random", False)):
-        final = torch.load(tmp_path / arm / "models" / "checkpoint_final.pt", weights_only=True)["model"]
+        final = torch.load(tmp_path / arm / "train" / "models" / "checkpoint_final.pt", weights_only=True)["model"]
         assert all(torch.equal(final[k], v) for k, v in pretrained.items()) is same, arm
 
 
