@@ -188,14 +188,14 @@ def _pretraining_estimate(spec: dict, bundle: str, configs: list[str], overrides
     """The stage's work for the plan's first ETA (the reproduce modules' FLOPs per clip at the CPU preset); once
     a stage of the same bundle and configs has finished, its measured time per sample replaces it."""
     from medssl_monai.reproduce import discovr, tvrl, ucl, unilvseg
-    from medssl_monai.reproduce.common import config_values, count_echonet
+    from medssl_monai.reproduce.common import config_values, count_echonet, count_frame_folders, count_series
 
     epochs = int(overrides.get("epochs") or config_values(bundle, configs, ["epochs"]).get("epochs") or 1)
     kind = _pretraining_set(spec)
     if kind == "timed_series":
-        n = tvrl._count_series(dataset)
+        n = count_series(dataset)
     elif kind == "ultrasound":
-        n = ucl._count(dataset)[0]
+        n = count_frame_folders(dataset)[0]
     else:
         n = count_echonet(dataset, "TRAIN")
     gflop = {

@@ -508,6 +508,20 @@ def test_representation_benchmark_tiny_end_to_end(tmp_path):
     first, second = (json.loads((out / k / "stage.json").read_text()) for k in kinds[:2])
     assert second["started"] <= first["finished"]
 
+    # the one-class diagnostic on the saved features: its whole-embedding row is the benchmark's own comparison
+    spec = importlib.util.spec_from_file_location("bench_diag", ROOT / "scripts" / "benchmark_diagnostics.py")
+    diag = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(diag)
+    table = diag.main(["--output_dir", str(out), "--rows", "discovr", "--components", "2"])
+    same = next(
+        c
+        for c in comparisons
+        if c["metric"] == "anomaly_auroc" and c["ssl_row"] == "discovr_ssl" and c["baseline_row"] == "discovr_random"
+    )
+    assert [r["subspace"] for r in table] == ["whole embedding", "2 EF-PLS directions"]
+    assert table[0]["diff"] == pytest.approx(same["diff"]) and table[0]["ssl"] == pytest.approx(same["ssl"])
+    assert all(0.0 <= r[k] <= 1.0 for r in table for k in ("ssl", "random"))
+
     # the same command again (one encoder, to keep CI short): its finished pretraining stage is skipped (settings
     # unchanged) and no model is touched
     before = {k: (m.stat().st_mtime_ns, m.read_bytes()) for k, m in kinds_models.items()}

@@ -189,6 +189,25 @@ def synthetic_data(out: Path, size: str, stream: TextIO, write: bool = True) -> 
     return {k: Path(v).resolve() for k, v in made.items()}
 
 
+def count_series(root: Path, split: str = "TRAIN") -> int:
+    """Subjects of ``split`` in a timed-series ``series.csv`` (0 when unreadable: only for estimates)."""
+    import csv
+
+    try:
+        with open(root / "series.csv", newline="") as f:
+            return len({r["subject_id"] for r in csv.DictReader(f) if str(r.get("split", "")).upper() == split})
+    except (OSError, KeyError):
+        return 0
+
+
+def count_frame_folders(root: Path) -> tuple[int, int]:
+    """``(videos, frames)`` of a frame-folder dataset (``Video_*/`` of JPEG frames; the frames extrapolated from
+    the first 20 videos; ``(0, 0)`` when unreadable: only for estimates)."""
+    videos = [p for p in root.glob("Video_*") if p.is_dir()]
+    frames = sum(len(list(v.glob("*.jpg"))) for v in videos[:20])
+    return len(videos), (frames * len(videos)) // max(1, min(20, len(videos)))
+
+
 def count_echonet(root: Path, split: str) -> int:
     """Videos of ``split`` in an EchoNet-format ``FileList.csv`` (0 when unreadable: only for estimates)."""
     import csv

@@ -15,7 +15,13 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from medssl_monai.reproduce.common import Context, config_values, count_echonet, shared_encoder_overrides
+from medssl_monai.reproduce.common import (
+    Context,
+    config_values,
+    count_echonet,
+    count_series,
+    shared_encoder_overrides,
+)
 from medssl_monai.reproduce.plan import Estimate, PlanError, Stage
 from medssl_monai.reproduce.table import Row, Section, Table, seed_bootstrap_cell
 
@@ -80,14 +86,6 @@ def _pct(fraction: float) -> str:
     return f"f{100 * fraction:g}".replace(".", "p")
 
 
-def _count_series(root: Path) -> int:
-    try:
-        with open(root / "series.csv", newline="") as f:
-            return len({r["subject_id"] for r in csv.DictReader(f) if r.get("split", "").upper() == "TRAIN"})
-    except (OSError, KeyError):
-        return 0
-
-
 def _configs(ctx: Context, task: str, pretraining: bool) -> list[str]:
     if task == "echo":
         return ctx.pretrain_configs() if pretraining else ctx.downstream_configs()
@@ -104,7 +102,7 @@ def build_stages(ctx: Context) -> list[Stage]:
     stages: list[Stage] = []
     for task in opts["tasks"]:
         data = ctx.data[TASKS[task]["data"]]
-        n_train = count_echonet(data, "TRAIN") if task == "echo" else _count_series(data)
+        n_train = count_echonet(data, "TRAIN") if task == "echo" else count_series(data)
         common = {"dataset_dir": str(data), "cache_dir": str(ctx.out / "cache")}
         pre_configs = _configs(ctx, task, True)
         probe_configs = _configs(ctx, task, False)

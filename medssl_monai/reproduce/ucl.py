@@ -18,9 +18,8 @@ videos with their labels unused, and the plan says so.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-from medssl_monai.reproduce.common import Context, config_values, shared_encoder_overrides
+from medssl_monai.reproduce.common import Context, config_values, count_frame_folders, shared_encoder_overrides
 from medssl_monai.reproduce.plan import Estimate, PlanError, Stage
 from medssl_monai.reproduce.table import Cell, Row, Section, Table
 
@@ -49,13 +48,6 @@ DESCRIPTION = (
     "UCL pretraining (hard negatives + curriculum) vs the loss without hard negatives vs random init; frame "
     "classification by k-fold cross-validation, accuracy / sensitivity / specificity with 95% intervals"
 )
-
-
-def _count(root: Path) -> tuple[int, int]:
-    """(videos, frames) of a frame-folder dataset (0, 0 when unreadable: only for estimates)."""
-    videos = [p for p in root.glob("Video_*") if p.is_dir()]
-    frames = sum(len(list(v.glob("*.jpg"))) for v in videos[:20])
-    return len(videos), (frames * len(videos)) // max(1, min(20, len(videos)))
 
 
 def prepare(ctx: Context) -> None:
@@ -94,8 +86,8 @@ def build_stages(ctx: Context) -> list[Stage]:
     folds = folds or ((0,) if ctx.preset.name == "tiny" else tuple(range(num_folds)))
     if any(not 0 <= int(k) < num_folds for k in folds):
         raise PlanError(f"ucl: folds {folds} outside 0..{num_folds - 1} (num_folds {num_folds})")
-    n_pre, _ = _count(unlabelled)
-    n_videos, n_frames = _count(labelled)
+    n_pre, _ = count_frame_folders(unlabelled)
+    n_videos, n_frames = count_frame_folders(labelled)
     cache = {"cache_dir": str(ctx.out / "cache")}
     pre_configs = ctx.pretrain_configs()
     shared = shared_encoder_overrides(PRETRAIN, pre_configs, CLASSIFY, cls_configs, ENCODER_KEYS)
