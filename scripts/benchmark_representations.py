@@ -218,6 +218,7 @@ def pretrain_all(
     threads: int,
     jobs: int = 1,
     more: Sequence[Stage] = (),
+    gflops: float = 1.0,
 ) -> dict[str, dict]:
     """Every entry's pretraining stage, run by one :class:`~medssl_monai.reproduce.plan.Plan` over ``out``.
 
@@ -229,6 +230,8 @@ def pretrain_all(
     ``jobs``, default 1): stages run at the same time, each its own process with ``threads`` torch threads.
     ``more``: other stages of the same plan after the pretrainings (the few-label segmentation arms), which may
     depend on them; ``skip`` keeps only the pretrainings it would not re-run, the others are decided as usual.
+    ``gflops`` (the config's ``gflops``): the sustained GFLOP/s per stage that turns the FLOP estimates into the
+    first ETAs, before a stage of the same kind has been timed in ``out``.
 
     Returns ``name -> {"checkpoint", "steps", "batch_size", "seconds", "monitor", "monitor_share"}`` (also
     written to ``<out>/<name>/pretrain.json``).
@@ -237,7 +240,7 @@ def pretrain_all(
 
     stages = [pretraining_stage(name, spec, data, cache_dir) for name, spec in entries.items()]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}  # the config's threads
-    plan = Plan([*stages, *more], out, env=env)
+    plan = Plan([*stages, *more], out, env=env, gflops=gflops)
     if skip:
         kept = []
         for d in plan.decisions():
@@ -247,7 +250,7 @@ def pretrain_all(
                 kept.append(d.stage)
         names = {s.name for s in kept}  # a kept stage no longer waits for a reused pretraining
         kept = [dataclasses.replace(s, depends_on=tuple(x for x in s.depends_on if x in names)) for s in kept]
-        plan = Plan(kept, out, env=env)
+        plan = Plan(kept, out, env=env, gflops=gflops)
     try:
         plan.run(jobs=jobs)
     except StageFailed as err:
@@ -597,6 +600,7 @@ def main(argv: list[str] | None = None) -> dict:
             int(cfg.get("threads", 2)),
             jobs=int(cfg.get("jobs", 1)),
             more=[s for arm in seg_arms.values() for s in arm],
+            gflops=float(cfg.get("gflops", 1.0)),
         )
     comparisons: list[tuple[str, str, str]] = []
     extra_results: dict[str, Any] = {}
