@@ -1,7 +1,7 @@
 """The representation benchmark: pretrain every encoder, probe it frozen beside positive controls, claim nothing
 that a paired interval does not support.
 
-Usage (from the repository root; the full protocol is one command, about an hour on a 2-core CPU)::
+Usage (from the repository root; the full protocol is one command, 72 minutes on a 2-core CPU)::
 
     python scripts/benchmark_representations.py --config scripts/benchmark_representations.yaml
     python scripts/benchmark_representations.py --config ... --dataset_dir /data/EchoNet-Dynamic
