@@ -210,11 +210,7 @@ def fewlabel_segmentation(
 
 def _training_choice(train: Stage, out: Path) -> tuple[list[str], int]:
     """The labelled videos and the batch size of a training stage, from its configs (the datalist is cheap)."""
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config(train.config_files())
-    parser.update({"bundle_root": str(train.folder(out)), **dict(train.overrides)})
+    parser = train.parser(out)
     videos = sorted({str(d["video_id"]) for d in parser.get_parsed_content("train#datalist")})
     return videos, int(parser.get_parsed_content("batch_size"))
 

@@ -153,6 +153,18 @@ class Stage:
         """The stage's output folder (its ``bundle_root``)."""
         return Path(out) / self.name
 
+    def parser(self, out: Path, nproc: int = 1) -> Any:
+        """A ``monai.bundle.ConfigParser`` holding the stage's configs as its run in ``out`` would see them.
+
+        ``bundle_root`` is the stage's folder and the stage's overrides are applied, as on its command line.
+        """
+        from monai.bundle import ConfigParser
+
+        parser = ConfigParser()
+        parser.read_config(self.config_files(nproc))
+        parser.update({"bundle_root": str(self.folder(out)), **dict(self.overrides)})
+        return parser
+
     def command(self, out: Path, nproc: int = 1, fresh: bool = False, python: str | None = None) -> list[str]:
         """The exact command line of the stage.
 
@@ -194,15 +206,11 @@ def _cli_value(value: Any) -> str:
 
 def stage_settings(stage: Stage, out: Path, nproc: int = 1) -> dict[str, Any]:
     """The run record settings the stage's bundle run would record now (the settings ``resume.pt`` holds)."""
-    from monai.bundle import ConfigParser
-
     from medssl_monai.engines.run_record import build_run_record
 
     files = stage.config_files(nproc)
-    parser = ConfigParser()
     try:
-        parser.read_config(files)
-        parser.update({"bundle_root": str(stage.folder(out)), **dict(stage.overrides)})
+        parser = stage.parser(out, nproc)
         record = build_run_record(parser, files)
     except Exception as e:
         raise PlanError(
