@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark_representations import echo_items  # noqa: E402
+from benchmark_representations import echo_arrays, echo_items  # noqa: E402
 
 from medssl_monai.evaluation.bootstrap import paired_bootstrap_diff  # noqa: E402
 from medssl_monai.evaluation.protocol import metric_auroc  # noqa: E402
@@ -32,10 +32,8 @@ def oneclass_table(
 ) -> list[dict]:
     """One dict per (method, subspace): ``method``, ``subspace``, ``ssl``, ``random``, ``diff``, ``diff_ci95``."""
     items = echo_items(echonet)
-    split = np.array([str(it["split"]).upper() for it in items])
-    ef = np.array([float(it["ef"]) for it in items])
-    abnormal = np.array([int(it["abnormal"]) for it in items])
-    ids = np.array([str(it["video_id"]) for it in items])
+    arrays = echo_arrays(items)
+    split, ef, abnormal, ids = arrays["split"], arrays["ef"], arrays["abnormal"], arrays["ids"]
     tr, ev = split == "TRAIN", np.isin(split, [s.upper() for s in eval_splits])
     rows = []
     for method in methods:

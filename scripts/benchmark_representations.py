@@ -26,13 +26,18 @@ Stages (all settings in the YAML; ``results.json`` records each stage's wall tim
    the checkpoints of an earlier benchmark version (``<name>/pretrain.json``, no ``stage.json``) as they are.
    ``<name>/pretrain.json`` holds what the later stages use: the checkpoint, the trainer's steps, the batch size,
    the run's seconds and the representation monitor's rows (read from ``runs/monitor.json``) and time share;
-4. ``supervised``: the same architectures trained on the TRAIN labels for the same steps and batch size;
+4. ``supervised``: the same architectures trained on the TRAIN labels for the same steps and batch size (an
+   entry's ``supervised_batch_size`` where the SSL batch counts other units: UCL's 32 videos are 32 anchor
+   frames with gradients, not 32 clips); from here on the script runs alone, with ``inprocess_threads``;
 5. ``features``: motion-keeping frozen features (:mod:`medssl_monai.evaluation.temporal`) of every row:
-   random init, SSL, supervised, the oracle and pixel controls (:mod:`medssl_monai.evaluation.controls`);
+   random init, SSL, supervised, the oracle and pixel controls (:mod:`medssl_monai.evaluation.controls`), and
+   the progression task's true lesion sizes with and without the visit times
+   (:mod:`medssl_monai.evaluation.growth_oracle`);
 6. ``probes``: cross-validated probes on TRAIN, bootstrap intervals on the evaluation videos
    (:mod:`medssl_monai.evaluation.protocol`), the label-efficiency curve and the paired claims;
 7. ``write``: ``results.json``, ``benchmark.md`` (refused when the oracle row is below EF R2 0.9 or abnormal AUROC
-   0.95), ``benchmark.png``, ``claims.json`` and ``controls.json`` in ``output_dir``.
+   0.95, or the growth oracle below progression AUROC 0.95), ``benchmark.png``, ``claims.json`` and
+   ``controls.json`` in ``output_dir``.
 """
 
 from __future__ import annotations
@@ -66,6 +71,12 @@ from medssl_monai.evaluation.controls import (
     train_supervised,
     write_lv_volumes,
 )
+from medssl_monai.evaluation.growth_oracle import (
+    MIN_GROWTH_ORACLE_AUROC,
+    check_growth_oracle,
+    growth_features,
+    lesion_sizes,
+)
 from medssl_monai.evaluation.protocol import (
     ProbeData,
     evaluate_row,
@@ -84,6 +95,8 @@ from medssl_monai.reproduce.plan import STAGE_FILE, Estimate, Stage
 logger = logging.getLogger("benchmark_representations")
 
 ORACLE = "oracle_lv_volume"
+GROWTH_ORACLE = "oracle_lesion_growth"  # the progression task's controls (evaluation.growth_oracle)
+GROWTH_NO_TIME = "oracle_lesion_sizes_no_time"
 PIXEL_ROWS = ("pixels_std_map", "pixels_dark_area")
 COLUMNS = tuple(c for c in METRICS if c[0] != "segmentation")
 METRIC_NAMES = {f"{t}_{m}" if t != "ef" else f"ef_{m}": h for t, m, h, _ in COLUMNS}
@@ -150,6 +163,29 @@ def echo_items(root: Path) -> list[dict]:
     for it in items:
         it["abnormal"] = int(it["Abnormal"]) if "Abnormal" in it else int(float(it["ef"]) < 50.0)
     return [it for it in items if np.isfinite(float(it["ef"]))]
+
+
+def growth_controls(results: dict[str, Any]) -> dict[str, Any]:
+    """controls.json's progression part: the growth oracle rows' AUROC and interval (none without the truth)."""
+    out: dict[str, Any] = {}
+    for key, row in (("progression", GROWTH_ORACLE), ("progression_no_time", GROWTH_NO_TIME)):
+        cell = results.get(row, {}).get("progression")
+        if isinstance(cell, dict):
+            a = cell["auroc"]
+            out[f"{key}_row"] = row
+            out[f"{key}_auroc"] = a["estimate"]
+            out[f"{key}_auroc_ci95"] = [a["ci_low"], a["ci_high"]]
+    return out
+
+
+def echo_arrays(items: list[dict]) -> dict[str, np.ndarray]:
+    """Per-video arrays of :func:`echo_items`: ``ids``, ``split`` (upper case), ``ef`` and ``abnormal``."""
+    return {
+        "ids": np.array([str(it["video_id"]) for it in items]),
+        "split": np.array([str(it["split"]).upper() for it in items]),
+        "ef": np.array([float(it["ef"]) for it in items]),
+        "abnormal": np.array([int(it["abnormal"]) for it in items]),
+    }
 
 
 # ---- 3. pretraining ---------------------------------------------------------------------------------------
@@ -531,10 +567,9 @@ def main(argv: list[str] | None = None) -> dict:
     with stages("data"):
         data = make_data(cfg, args.dataset_dir)
         items = echo_items(data["echonet"])
-        ids = [str(it["video_id"]) for it in items]
-        split = np.array([str(it["split"]).upper() for it in items])
-        ef = np.array([float(it["ef"]) for it in items])
-        abnormal = np.array([int(it["abnormal"]) for it in items])
+        arrays = echo_arrays(items)
+        ids = [str(i) for i in arrays["ids"]]
+        split, ef, abnormal = arrays["split"], arrays["ef"], arrays["abnormal"]
         curves = lv_volume_curves(data["echonet"])
         if curves is not None:
             write_lv_volumes({i: curves[i] for i in ids}, out / "LVVolumes.csv")  # the oracle's sidecar
@@ -569,6 +604,13 @@ def main(argv: list[str] | None = None) -> dict:
             x = edv_esv_features(items)
             meta_rows[ORACLE] = {"source": "EDV, ESV, ESV/EDV from FileList.csv (no per-frame volumes)"}
         rows[ORACLE] = (x, None)  # no LV in the timed series: progression n/a
+        sizes = lesion_sizes(data["timed_series"] / "series.csv", series_items)
+        if sizes is not None:  # the true lesion sizes, with and without the visit times (progression only)
+            visit_times = [it["times"] for it in series_items]
+            for row, use_time in ((GROWTH_ORACLE, True), (GROWTH_NO_TIME, False)):
+                rows[row] = (None, growth_features(visit_times, sizes, cfg["series_frames"], use_time))
+            meta_rows[GROWTH_ORACLE] = {"source": "true lesion sizes (SyntheticTruth.csv) and visit times"}
+            meta_rows[GROWTH_NO_TIME] = {"source": "true lesion sizes (SyntheticTruth.csv), visit index for time"}
         fns = {
             "pixels_std_map": lambda v: std_map_features(v, pix["grid"]),
             "pixels_dark_area": lambda v: dark_area_features(v, pix["dark_thresholds"]),
@@ -602,6 +644,9 @@ def main(argv: list[str] | None = None) -> dict:
             more=[s for arm in seg_arms.values() for s in arm],
             gflops=float(cfg.get("gflops", 1.0)),
         )
+    # what follows runs alone on the machine (no plan stage beside it): the features and supervised rows may use
+    # every core
+    torch.set_num_threads(int(cfg.get("inprocess_threads", cfg.get("threads", 2))))
     comparisons: list[tuple[str, str, str]] = []
     extra_results: dict[str, Any] = {}
     extra_claims: list[dict] = []  # paired comparisons of the per-paper stages (few-label frames, segmentation)
@@ -623,20 +668,22 @@ def main(argv: list[str] | None = None) -> dict:
                     train_ids = [i for i, m in zip(ids, tr_mask) if m]
                     clips = train_clips(train_ids, store, lay, n_clips)
                     rep = np.repeat(np.flatnonzero(tr_mask), n_clips)
+                    batch = int(spec.get("supervised_batch_size", info["batch_size"]))
                     losses = train_supervised(
                         enc,
                         clips,
                         ef[rep],
                         abnormal[rep],
                         steps=info["steps"],
-                        batch_size=info["batch_size"],
+                        batch_size=batch,
                         learning_rate=cfg["supervised"]["learning_rate"],
                         weight_decay=cfg["supervised"]["weight_decay"],
                         seed=seed,
                     )
                     meta_rows[row] = {
                         "steps": info["steps"],
-                        "batch_size": info["batch_size"],
+                        "batch_size": batch,
+                        "ssl_batch_size": info["batch_size"],
                         "loss_first_last": [losses[0], losses[-1]],
                         "seconds": round(time.time() - t0, 1),
                     }
@@ -702,6 +749,9 @@ def main(argv: list[str] | None = None) -> dict:
     with stages("write"):
         table_rows = {r: {k: v for k, v in res.items() if k != "_probe"} for r, res in results.items()}
         table = benchmark_table(table_rows, COLUMNS, oracle_row=ORACLE)  # refuses a broken protocol
+        growth = results.get(GROWTH_ORACLE, {}).get("progression")
+        if growth is not None:
+            check_growth_oracle(growth["auroc"]["estimate"])
         benchmark_chart(table_rows, out / "benchmark.png", COLUMNS)
         figures = ["benchmark.png"]
         if claims:
@@ -719,7 +769,7 @@ def main(argv: list[str] | None = None) -> dict:
             "ef_r2_ci95": [oracle["ef"]["r2"]["ci_low"], oracle["ef"]["r2"]["ci_high"]],
             "abnormal_auroc": oracle["abnormal_lin"]["auroc"]["estimate"],
             "abnormal_auroc_ci95": [oracle["abnormal_lin"]["auroc"][k] for k in ("ci_low", "ci_high")],
-            "thresholds": {"ef_r2": 0.9, "abnormal_auroc": 0.95},
+            "thresholds": {"ef_r2": 0.9, "abnormal_auroc": 0.95, "progression_auroc": MIN_GROWTH_ORACLE_AUROC},
             "pixel_rows": {
                 r: {
                     "ef_r2": results[r]["ef"]["r2"]["estimate"],
@@ -727,6 +777,7 @@ def main(argv: list[str] | None = None) -> dict:
                 }
                 for r in PIXEL_ROWS
             },
+            **growth_controls(results),
             "protocol": cfg.get("protocol", "custom"),
             "n_eval_videos": int(ev.sum()),
             "n_eval_abnormal": int(abnormal[ev].sum()),
@@ -739,7 +790,8 @@ def main(argv: list[str] | None = None) -> dict:
         meta = {
             "protocol": cfg.get("protocol", "custom"),
             "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-            "torch_threads": torch.get_num_threads(),
+            "torch_threads": int(cfg.get("threads", 2)),  # each training stage's
+            "inprocess_threads": torch.get_num_threads(),  # the features, supervised rows and probes
             "python": platform.python_version(),
             "torch": torch.__version__,
             "stages_s": stages.seconds,

@@ -437,8 +437,10 @@ def test_representation_benchmark_tiny_end_to_end(tmp_path):
     rows = set(payload["results"])
     kinds = ("unilvseg", "tvrl", "discovr", "ucl")
     expected = {f"{k}_{v}" for k in kinds for v in ("random", "ssl", "supervised")}
-    assert rows == expected | {"oracle_lv_volume", "pixels_std_map", "pixels_dark_area"}
+    growth = {"oracle_lesion_growth", "oracle_lesion_sizes_no_time"}  # the progression task's controls
+    assert rows == expected | growth | {"oracle_lv_volume", "pixels_std_map", "pixels_dark_area"}
     assert payload["results"]["oracle_lv_volume"]["progression"] == "n/a"
+    assert all(payload["results"][g]["ef"] == "n/a" for g in growth)  # series-only rows
     for k in kinds:  # the supervised budget is the SSL run's steps and batch size
         meta = payload["meta"]["rows"]
         assert meta[f"{k}_supervised"]["steps"] == meta[f"{k}_ssl"]["steps"] > 0
@@ -472,6 +474,8 @@ def test_representation_benchmark_tiny_end_to_end(tmp_path):
     controls = json.loads((out / "controls.json").read_text())
     validate_controls(controls)
     assert controls["ef_r2"] >= 0.9 and controls["abnormal_auroc"] >= 0.95  # else no table would be written
+    assert controls["progression_auroc"] >= 0.95 and controls["progression_row"] == "oracle_lesion_growth"
+    assert 0.0 <= controls["progression_no_time_auroc"] <= 1.0
 
     md = (out / "benchmark.md").read_text()
     assert "| oracle_lv_volume |" in md and "Headline claims" in md and "EF R2 by share of TRAIN labels" in md
