@@ -146,3 +146,32 @@ def test_label_efficiency_counts_and_improves():
     assert out["0.1"]["n_train"] == 14 and len(out["0.1"]["r2"]) == 2
     assert out["1"]["n_train"] == 140 and len(out["1"]["r2"]) == 1 and out["1"]["r2_std"] == 0.0
     assert out["1"]["r2_mean"] >= out["0.1"]["r2_mean"] - 0.02
+
+
+def test_the_ridge_path_scores_every_alpha_as_grid_search_does():
+    """The EF probe's one-SVD-per-fold alpha search gives GridSearchCV's fold-mean R2, choice and predictions."""
+    from sklearn.linear_model import Ridge
+    from sklearn.model_selection import GridSearchCV, GroupKFold
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from medssl_monai.evaluation.protocol import RIDGE_ALPHAS, fit_predict, ridge_cv_scores
+
+    rng = np.random.default_rng(0)
+    for n, d in ((120, 8), (90, 300)):  # more samples than features, and fewer
+        x = rng.normal(size=(n, d)) * rng.uniform(0.1, 10.0, size=d)
+        x[:, 0] = 3.0  # a constant feature: the scaler leaves it at 0
+        y = 50.0 + x[:, 1:4] @ np.array([2.0, -1.0, 0.5]) + rng.normal(scale=2.0, size=n)
+        groups = np.repeat(np.arange(n // 3), 3)
+        cv = GroupKFold(n_splits=5, shuffle=True, random_state=0)
+        model = Pipeline([("scale", StandardScaler()), ("m", Ridge())])
+        search = GridSearchCV(model, {"m__alpha": list(RIDGE_ALPHAS)}, scoring="r2", cv=cv).fit(x, y, groups=groups)
+        np.testing.assert_allclose(
+            ridge_cv_scores(x, y, groups, cv, RIDGE_ALPHAS),
+            search.cv_results_["mean_test_score"],
+            rtol=1e-8,
+            atol=1e-10,
+        )
+        pred, info = fit_predict("ef", x, y, groups, x[:10], seed=0)
+        assert info["params"] == search.best_params_
+        np.testing.assert_allclose(pred, search.best_estimator_.predict(x[:10]), rtol=1e-9)
