@@ -27,8 +27,9 @@ Stages (all settings in the YAML; ``results.json`` records each stage's wall tim
    ``<name>/pretrain.json`` holds what the later stages use: the checkpoint, the trainer's steps, the batch size,
    the run's seconds and the representation monitor's rows (read from ``runs/monitor.json``) and time share;
 4. ``supervised``: the same architectures trained on the TRAIN labels for the same steps and batch size (an
-   entry's ``supervised_batch_size`` where the SSL batch counts other units: UCL's 32 videos are 32 anchor
-   frames with gradients, not 32 clips); from here on the script runs alone, with ``inprocess_threads``;
+   entry's ``supervised_batch_size`` where the SSL batch counts other units: UCL's 32 videos put 128 frames
+   through its trained encoder, the frames of 8 clips); from here on the script runs alone, with
+   ``inprocess_threads``;
 5. ``features``: motion-keeping frozen features (:mod:`medssl_monai.evaluation.temporal`) of every row:
    random init, SSL, supervised, the oracle and pixel controls (:mod:`medssl_monai.evaluation.controls`), and
    the progression task's true lesion sizes with and without the visit times

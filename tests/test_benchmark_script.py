@@ -525,6 +525,14 @@ def test_representation_benchmark_tiny_end_to_end(tmp_path):
     assert [r["subspace"] for r in table] == ["whole embedding", "2 EF-PLS directions"]
     assert table[0]["diff"] == pytest.approx(same["diff"]) and table[0]["ssl"] == pytest.approx(same["ssl"])
     assert all(0.0 <= r[k] <= 1.0 for r in table for k in ("ssl", "random"))
+    # what the series rows read: the oracles first, then the rows with the benchmark's own progression AUROC
+    series = diag.main(["--output_dir", str(out), "--series", "tvrl_ssl", "tvrl_random"])
+    names = ["oracle_lesion_growth", "oracle_lesion_sizes_no_time", "tvrl_ssl", "tvrl_random"]
+    assert [r["row"] for r in series] == names
+    assert series[0]["size_r2"] > 0.95 and series[0]["growth_r2"] > 0.95  # the oracle holds both
+    assert series[1]["minus_no_time"] == 0.0
+    for r in series[2:]:
+        assert r["auroc"] == pytest.approx(payload["results"][r["row"]]["progression"]["auroc"]["estimate"])
 
     # the same command again (one encoder, to keep CI short): its finished pretraining stage is skipped (settings
     # unchanged) and no model is touched
