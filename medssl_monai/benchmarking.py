@@ -43,7 +43,7 @@ from ignite.engine import Events
 from monai.bundle import ConfigParser
 from torch.utils.flop_counter import FlopCounterMode
 
-from medssl_monai.bundle_tools import find_bundles, train_configs
+from medssl_monai.bundle_tools import config_path, find_bundles, train_configs
 
 __all__ = [
     "ANCHORS",
@@ -176,11 +176,17 @@ def build_parser(
     data_size: str | None = None,
 ) -> ConfigParser:
     """Parse a bundle's training configs with the benchmark's overrides (see :func:`build_trainer`)."""
-    if sizes not in ("recipe", "small"):
-        raise ValueError(f"sizes must be 'recipe' or 'small', got {sizes!r}")
+    if sizes not in ("recipe", "small", "cpu"):
+        raise ValueError(f"sizes must be 'recipe', 'small' or 'cpu', got {sizes!r}")
     bundle = Path(bundle).resolve()
     parser = ConfigParser()
-    parser.read_config(train_configs(bundle, small=sizes == "small"))
+    if sizes == "cpu":  # the CPU preset the representation benchmark trains with (docs/benchmark.md)
+        preset = config_path(bundle, "cpu")
+        if preset is None:
+            raise ValueError(f"{bundle.name} has no configs/cpu.yaml (the 'cpu' sizes need one)")
+        parser.read_config([str(config_path(bundle, "train")), str(preset)])
+    else:
+        parser.read_config(train_configs(bundle, small=sizes == "small"))
     work_dir = Path(work_dir or tempfile.mkdtemp(prefix=f"bench_{bundle.name}_"))
     values: dict[str, Any] = {
         "bundle_root": str(bundle),
@@ -232,7 +238,8 @@ def build_trainer(
 
     Args:
         bundle: the bundle folder.
-        sizes: ``"recipe"`` (``train.yaml``, the paper sizes) or ``"small"`` (plus ``small.yaml``).
+        sizes: ``"recipe"`` (``train.yaml``, the paper sizes), ``"small"`` (plus ``small.yaml``) or ``"cpu"`` (plus
+            ``cpu.yaml``, the representation benchmark's CPU preset).
         device: overrides the bundle's ``device``; ``None`` keeps it (CUDA if available).
         amp: overrides ``amp`` (MONAI's trainer autocasts on CUDA only); ``None`` keeps the bundle's.
         amp_dtype: ``"bfloat16"`` or ``"float16"`` for ``train#trainer#amp_kwargs``; ``None`` keeps it.

@@ -17,6 +17,8 @@ Usage::
     python scripts/benchmark.py --device cuda --sizes recipe --out runs/bench_h100.json
     # the same with torch.compile, and the reference-style anchors for ratios on the same GPU
     python scripts/benchmark.py --device cuda --sizes recipe --compile --anchors --out runs/bench_h100_compile.json
+    # CPU, the representation benchmark's presets (cpu.yaml), one core, with and without channels-last
+    python scripts/benchmark.py --sizes cpu --modes model --threads 1 --channels_last false --out runs/cpu0.json
     # only the anchors
     python scripts/benchmark.py --device cuda --anchors --bundles none
     # CPU cost per sample and per transform, one core, recipe sizes (docs/performance.md)
@@ -58,6 +60,7 @@ from medssl_monai.benchmarking import (  # noqa: E402
     machine_info,
     training_bundles,
 )
+from medssl_monai.bundle_tools import config_path  # noqa: E402
 from medssl_monai.config_checks import parse_overrides  # noqa: E402
 from medssl_monai.profiling import profile_bundle  # noqa: E402
 
@@ -157,7 +160,8 @@ def main(
 
     Args:
         device: ``cpu``/``cuda``/``cuda:1``; default: each bundle's (CUDA if available).
-        sizes: ``small`` (``train.yaml`` + ``small.yaml``) or ``recipe`` (``train.yaml``, the paper sizes).
+        sizes: ``small`` (``train.yaml`` + ``small.yaml``), ``recipe`` (``train.yaml``, the paper sizes) or ``cpu``
+            (``train.yaml`` + ``cpu.yaml``: the representation benchmark's presets; default: the bundles that have one).
         bundles: comma-separated bundle names; default every training bundle; ``none`` for anchors only.
         steps: timed steps per mode.
         warmup: untimed steps before (cuDNN autotuning, compilation, worker start-up, cache build).
@@ -202,6 +206,8 @@ def main(
             torch.set_float32_matmul_precision(str(matmul_precision))
         names = _as_list(bundles)
         selected = [] if names == ["none"] else training_bundles(root, names)
+        if sizes == "cpu" and not names:  # every bundle that has the preset
+            selected = [b for b in selected if config_path(b, "cpu") is not None]
         mode_list = [m for m in _as_list(modes) or [] if m != "none"]
         unknown = sorted(set(mode_list) - {"pipeline", "model", "loader"})
         if unknown:

@@ -177,6 +177,19 @@ def test_data_size_sets_the_synthetic_default_only():
     assert parser.get()["dataset_dir"] == "/d/x"  # a user's dataset is never resized
 
 
+def test_cpu_sizes_read_the_representation_benchmark_preset():
+    from medssl_monai.benchmarking import build_parser
+
+    seg = ROOT / "bundles" / "unilvseg_echo_lv_segmentation"
+    parser = build_parser(seg, sizes="cpu", device="cpu")
+    assert parser["epoch_length"] == 480 and parser["spatial_size"] == 48  # cpu.yaml's, not train.yaml's 112
+    assert build_parser(seg, sizes="recipe", device="cpu")["spatial_size"] == 112
+    with pytest.raises(ValueError, match="ucl_us_classification has no configs/cpu.yaml"):
+        build_parser(ROOT / "bundles" / "ucl_us_classification", sizes="cpu", device="cpu")
+    with pytest.raises(ValueError, match="'recipe', 'small' or 'cpu'"):
+        build_parser(seg, sizes="tiny", device="cpu")
+
+
 def test_benchmark_script_profile_writes_tables_and_trace(tmp_path, monkeypatch):
     """``--profile DIR`` writes, per bundle, the op and module tables, the precision census and a Chrome trace."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
