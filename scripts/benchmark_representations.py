@@ -80,11 +80,10 @@ from medssl_monai.evaluation.growth_oracle import (
 )
 from medssl_monai.evaluation.protocol import (
     ProbeData,
-    evaluate_row,
     headline_claims,
-    label_efficiency,
     make_claim,
     paired_claims,
+    probe_rows,
     validate_claims,
     validate_controls,
     write_json,
@@ -726,14 +725,21 @@ def main(argv: list[str] | None = None) -> dict:
     results: dict[str, Any] = {}
     scores: dict[str, dict[str, np.ndarray]] = {}
     efficiency: dict[str, Any] = {}
-    with stages("probes"):
-        for row, (x, s) in rows.items():
-            echo = None if x is None else ProbeData(x, echo_labels, split, groups)
-            ser = None if s is None else ProbeData(s, s_labels, s_split, s_groups)
-            results[row], scores[row] = evaluate_row(echo, ser, eval_splits=evals, n_resamples=n_res, seed=seed)
-            if x is not None:
-                efficiency[row] = label_efficiency(echo, cfg["label_fractions"], cfg["label_seeds"], evals)
-            logger.info("probed %s", row)
+    with stages("probes"):  # rows in `jobs` processes, one BLAS thread each (the probes gain nothing from two)
+        probe_data = {
+            row: (
+                None if x is None else ProbeData(x, echo_labels, split, groups),
+                None if s is None else ProbeData(s, s_labels, s_split, s_groups),
+            )
+            for row, (x, s) in rows.items()
+        }
+        probed = probe_rows(
+            probe_data, evals, n_res, seed, cfg["label_fractions"], cfg["label_seeds"], jobs=int(cfg.get("jobs", 1))
+        )
+        for row, (res, sc, eff) in probed.items():
+            results[row], scores[row] = res, sc
+            if eff is not None:
+                efficiency[row] = eff
         ev = np.isin(split, [e.upper() for e in evals])
         s_ev = np.isin(s_split, [e.upper() for e in evals])
         task_labels = {

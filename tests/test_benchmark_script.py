@@ -319,6 +319,35 @@ def test_cpu_preset_trains_two_iterations(bundle, tiny_data, tmp_path):
     assert (work / "models" / "model.pt").is_file()
 
 
+@pytest.mark.slow
+def test_ucl_cpu_preset_weights_do_not_depend_on_validation(tiny_data, tmp_path):
+    """configs/cpu.yaml validates every 10th epoch to save time: that must not change what is trained."""
+    import shutil
+    import sys
+
+    from bounded import run_bounded
+
+    parser, _ = _preset(PRETRAINING_US)
+    assert int(parser["val_interval"]) > 1
+    weights = []
+    for val_interval in (1, 2):
+        work = tmp_path / f"val{val_interval}"
+        shutil.copytree(ROOT / "bundles" / PRETRAINING_US, work, ignore=shutil.ignore_patterns("models", "runs"))
+        configs = "['configs/train.yaml','configs/cpu.yaml']"
+        cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", configs]
+        cmd += ["--bundle_root", str(work), "--dataset_dir", str(tiny_data["ultrasound"])]
+        cmd += ["--cache_dir", str(tmp_path / "cache"), "--epochs", "2", "--batch_size", "3", "--num_workers", "0"]
+        cmd += ["--val_interval", str(val_interval), "--monitor_every", "0"]
+        proc = run_bounded(cmd, cwd=work, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        log = proc.stdout + proc.stderr
+        assert proc.returncode == 0, log[-4000:]
+        assert log.count("SupervisedEvaluator - INFO - Epoch[") == 2 // val_interval, log[-4000:]
+        weights.append(torch.load(work / "models" / "model.pt", map_location="cpu", weights_only=True))
+    assert weights[0].keys() == weights[1].keys()
+    for key, value in weights[0].items():
+        assert torch.equal(value, weights[1][key]), key
+
+
 TINY_BENCHMARK = {
     "protocol": "tiny (CI)",
     "data_seed": 0,

@@ -19,6 +19,7 @@ from medssl_monai.evaluation.protocol import (
     metric_mae,
     metric_r2,
     paired_claims,
+    probe_rows,
     validate_claims,
     validate_controls,
     write_json,
@@ -136,6 +137,43 @@ def test_validate_claims_checks_numbers_and_interval():
     validate_controls({"oracle_row": "oracle", "ef_r2": 0.99, "abnormal_auroc": 1.0})
     with pytest.raises(ValueError, match="abnormal_auroc"):
         validate_controls({"oracle_row": "oracle", "ef_r2": 0.99})
+
+
+def _assert_close_tree(a, b, path=""):
+    if isinstance(a, dict):
+        assert list(a) == list(b), path
+        for k in a:
+            _assert_close_tree(a[k], b[k], f"{path}/{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (u, v) in enumerate(zip(a, b)):
+            _assert_close_tree(u, v, f"{path}[{i}]")
+    elif isinstance(a, np.ndarray):
+        np.testing.assert_allclose(np.asarray(a, dtype=float), np.asarray(b, dtype=float), rtol=1e-9, err_msg=path)
+    elif isinstance(a, float):
+        assert a == pytest.approx(b, rel=1e-9, abs=1e-12), path
+    else:
+        assert a == b, path
+
+
+def test_probe_rows_in_processes_match_one_process():
+    """Rows probed by two spawned workers: the same results, in the rows' order, as in this process."""
+    split = np.where(np.arange(80) < 56, "TRAIN", "TEST")
+    rows = {}
+    for seed, name in enumerate(["b_row", "a_row", "series_only"]):
+        x, ef, ab = _data(80, seed=seed)
+        data = ProbeData(x, {"ef": ef, "abnormal": ab, "progression": ab}, split, np.arange(80))
+        rows[name] = (None, data) if name == "series_only" else (data, None)
+    kw = dict(eval_splits=("TEST",), n_resamples=50, seed=0, label_fractions=(0.5, 1.0), label_seeds=(0, 1))
+    serial = probe_rows(rows, **kw, jobs=1)
+    parallel = probe_rows(rows, **kw, jobs=2)
+    assert list(serial) == list(parallel) == list(rows)
+    assert serial["series_only"][2] is None and serial["a_row"][2]["1"]["n_train"] == 56
+    assert serial["series_only"][0]["ef"] == "n/a" and "progression" in serial["series_only"][1]
+    _assert_close_tree(serial, parallel)
+    # the same as evaluate_row called directly
+    res, scores = evaluate_row(rows["a_row"][0], None, eval_splits=("TEST",), n_resamples=50, seed=0)
+    _assert_close_tree((res, scores), serial["a_row"][:2])
 
 
 def test_label_efficiency_counts_and_improves():
