@@ -798,7 +798,7 @@ def main(argv: list[str] | None = None) -> dict:
             "protocol": cfg.get("protocol", "custom"),
             "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
             "torch_threads": int(cfg.get("threads", 2)),  # each training stage's
-            "inprocess_threads": torch.get_num_threads(),  # the features, supervised rows and probes
+            "inprocess_threads": torch.get_num_threads(),  # the features and supervised rows (probes: `jobs` processes)
             "python": platform.python_version(),
             "torch": torch.__version__,
             "stages_s": stages.seconds,
