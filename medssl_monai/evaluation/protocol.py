@@ -496,15 +496,18 @@ def label_efficiency(
 
 
 def _probe_row(
-    job: tuple[ProbeData | None, ProbeData | None, dict[str, Any]],
+    data: tuple[ProbeData | None, ProbeData | None],
+    eval_splits: Sequence[str],
+    n_resamples: int,
+    seed: int,
+    label_fractions: Sequence[float],
+    label_seeds: Sequence[int],
 ) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, dict[str, Any]] | None]:
-    echo, series, kw = job
-    results, scores = evaluate_row(
-        echo, series, eval_splits=kw["eval_splits"], n_resamples=kw["n_resamples"], seed=kw["seed"]
-    )
+    echo, series = data
+    results, scores = evaluate_row(echo, series, eval_splits=eval_splits, n_resamples=n_resamples, seed=seed)
     if echo is None:
         return results, scores, None
-    return results, scores, label_efficiency(echo, kw["label_fractions"], kw["label_seeds"], kw["eval_splits"])
+    return results, scores, label_efficiency(echo, label_fractions, label_seeds, eval_splits)
 
 
 def _one_thread() -> None:
@@ -530,30 +533,36 @@ def probe_rows(
     5.4 s with one beside another row), so on a 2-core machine two processes halve the time. The results match
     the one-process ones up to BLAS summation order (differences of about 1e-15).
     """
-    kw = {
-        "eval_splits": list(eval_splits),
-        "n_resamples": int(n_resamples),
-        "seed": int(seed),
-        "label_fractions": list(label_fractions),
-        "label_seeds": list(label_seeds),
-    }
-    names = list(rows)
-    work = [(*rows[name], kw) for name in names]
-    out: dict[str, Any] = {}
-    if jobs <= 1 or len(work) <= 1:
-        for name, job in zip(names, work):
-            out[name] = _probe_row(job)
-            logger.info("probed %s", name)
-        return out
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    import functools
 
-    # spawn: a forked child of a process that has run torch / OpenMP / OpenCV threads can deadlock
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(min(int(jobs), len(work)), mp_context=context, initializer=_one_thread) as pool:
-        for name, result in zip(names, pool.map(_probe_row, work)):
+    probe = functools.partial(  # picklable: a module-level function with plain arguments
+        _probe_row,
+        eval_splits=list(eval_splits),
+        n_resamples=int(n_resamples),
+        seed=int(seed),
+        label_fractions=list(label_fractions),
+        label_seeds=list(label_seeds),
+    )
+    names = list(rows)
+    if jobs <= 1 or len(names) <= 1:
+        results = map(probe, rows.values())
+        pool = None
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # spawn: a forked child of a process that has run torch / OpenMP / OpenCV threads can deadlock
+        context = multiprocessing.get_context("spawn")
+        pool = ProcessPoolExecutor(min(int(jobs), len(names)), mp_context=context, initializer=_one_thread)
+        results = pool.map(probe, rows.values())
+    out: dict[str, Any] = {}
+    try:
+        for name, result in zip(names, results):
             out[name] = result
             logger.info("probed %s", name)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     return out
 
 
