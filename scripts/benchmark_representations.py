@@ -28,7 +28,9 @@ Stages (all settings in the YAML; ``results.json`` records each stage's wall tim
    the run's seconds and the representation monitor's rows (read from ``runs/monitor.json``) and time share;
 4. ``supervised``: the same architectures trained on the TRAIN labels for the same steps and batch size (an
    entry's ``supervised_batch_size`` where the SSL batch counts other units: UCL's 32 videos put 128 frames
-   through its trained encoder, the frames of 8 clips); from here on the script runs alone, with
+   through its trained encoder, the frames of 8 clips); from here on the script runs alone on the machine: the
+   rows train side by side in ``jobs`` spawned processes of one torch thread each
+   (:func:`~medssl_monai.evaluation.controls.train_supervised_rows`), the features below use
    ``inprocess_threads``;
 5. ``features``: motion-keeping frozen features (:mod:`medssl_monai.evaluation.temporal`) of every row:
    random init, SSL, supervised, the oracle and pixel controls (:mod:`medssl_monai.evaluation.controls`), and
@@ -45,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -69,7 +72,7 @@ from medssl_monai.evaluation.controls import (
     lv_volume_curves,
     oracle_features,
     std_map_features,
-    train_supervised,
+    train_supervised_rows,
     write_lv_volumes,
 )
 from medssl_monai.evaluation.growth_oracle import (
@@ -357,11 +360,14 @@ def _arch(spec: dict) -> dict:
     return {k: v for k, v in spec.get("overrides", {}).items() if k not in skip and "#" not in k}
 
 
+def _encoder_factory(spec: dict, ckpt: str | None) -> Callable[[], torch.nn.Module]:
+    """A picklable builder of the entry's encoder (random init from seed 0, then ``ckpt`` if given)."""
+    configs = ("train.yaml", *spec.get("configs", []))
+    return functools.partial(build_encoder, spec["kind"], ckpt, configs=configs, seed=0, **_arch(spec))
+
+
 def _encoder(spec: dict, ckpt: str | None):
-    torch.manual_seed(0)
-    return build_encoder(
-        spec["kind"], ckpt, configs=("train.yaml", *spec.get("configs", [])), seed=0, **_arch(spec)
-    ).eval()
+    return _encoder_factory(spec, ckpt)().eval()
 
 
 # ---- 5. features ------------------------------------------------------------------------------------------
@@ -644,9 +650,42 @@ def main(argv: list[str] | None = None) -> dict:
             more=[s for arm in seg_arms.values() for s in arm],
             gflops=float(cfg.get("gflops", 1.0)),
         )
-    # what follows runs alone on the machine (no plan stage beside it): the features and supervised rows may use
-    # every core
+    # what follows runs alone on the machine (no plan stage beside it): the features may use every core
     torch.set_num_threads(int(cfg.get("inprocess_threads", cfg.get("threads", 2))))
+    # the supervised rows first, `jobs` at a time (independent of each other and of the features below)
+    train_ids = [i for i, m in zip(ids, tr_mask) if m]
+    supervised_tasks = {}
+    for entry in names:
+        spec = cfg["encoders"][entry]
+        if not spec.get("supervised"):
+            continue
+        name = entry[: -len("_ssl")]
+        info = pretrained[name]
+        n_clips = int(spec.get("clips_per_video", cfg["clips_per_video"]))
+        rep = np.repeat(np.flatnonzero(tr_mask), n_clips)
+        train_args = {
+            "clips": train_clips(train_ids, store, spec.get("layout", {}), n_clips),
+            "ef": ef[rep],
+            "abnormal": abnormal[rep],
+            "steps": info["steps"],
+            "batch_size": int(spec.get("supervised_batch_size", info["batch_size"])),
+            "learning_rate": cfg["supervised"]["learning_rate"],
+            "weight_decay": cfg["supervised"]["weight_decay"],
+            "seed": seed,
+        }
+        supervised_tasks[f"{name}_supervised"] = (_encoder_factory(spec, None), train_args)
+    with stages("supervised"):
+        supervised = train_supervised_rows(supervised_tasks, jobs=int(cfg.get("jobs", 1)))
+    for row, (_, losses, seconds) in supervised.items():
+        train_args = supervised_tasks[row][1]
+        meta_rows[row] = {
+            "steps": train_args["steps"],
+            "batch_size": train_args["batch_size"],
+            "ssl_batch_size": pretrained[row[: -len("_supervised")]]["batch_size"],
+            "loss_first_last": [losses[0], losses[-1]],
+            "seconds": round(seconds, 1),
+        }
+    del supervised_tasks
     comparisons: list[tuple[str, str, str]] = []
     extra_results: dict[str, Any] = {}
     extra_claims: list[dict] = []  # paired comparisons of the per-paper stages (few-label frames, segmentation)
@@ -661,32 +700,7 @@ def main(argv: list[str] | None = None) -> dict:
         if spec.get("supervised"):
             variants[f"{name}_supervised"] = "supervised"
         for row, ckpt in variants.items():
-            enc = _encoder(spec, None if ckpt == "supervised" else ckpt)
-            if ckpt == "supervised":
-                with stages("supervised"):
-                    t0 = time.time()
-                    train_ids = [i for i, m in zip(ids, tr_mask) if m]
-                    clips = train_clips(train_ids, store, lay, n_clips)
-                    rep = np.repeat(np.flatnonzero(tr_mask), n_clips)
-                    batch = int(spec.get("supervised_batch_size", info["batch_size"]))
-                    losses = train_supervised(
-                        enc,
-                        clips,
-                        ef[rep],
-                        abnormal[rep],
-                        steps=info["steps"],
-                        batch_size=batch,
-                        learning_rate=cfg["supervised"]["learning_rate"],
-                        weight_decay=cfg["supervised"]["weight_decay"],
-                        seed=seed,
-                    )
-                    meta_rows[row] = {
-                        "steps": info["steps"],
-                        "batch_size": batch,
-                        "ssl_batch_size": info["batch_size"],
-                        "loss_first_last": [losses[0], losses[-1]],
-                        "seconds": round(time.time() - t0, 1),
-                    }
+            enc = supervised[row][0] if ckpt == "supervised" else _encoder(spec, ckpt)
             with stages("features"):
                 t0 = time.time()
                 feat = TemporalFeatures(enc).eval()
@@ -798,7 +812,7 @@ def main(argv: list[str] | None = None) -> dict:
             "protocol": cfg.get("protocol", "custom"),
             "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
             "torch_threads": int(cfg.get("threads", 2)),  # each training stage's
-            "inprocess_threads": torch.get_num_threads(),  # the features and supervised rows (probes: `jobs` processes)
+            "inprocess_threads": torch.get_num_threads(),  # the features (supervised rows, probes: `jobs` processes)
             "python": platform.python_version(),
             "torch": torch.__version__,
             "stages_s": stages.seconds,

@@ -43,6 +43,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from medssl_monai.evaluation.bootstrap import bootstrap_ci, paired_bootstrap_diff
+from medssl_monai.evaluation.processes import map_in_processes
 
 __all__ = [
     "TASKS",
@@ -510,12 +511,6 @@ def _probe_row(
     return results, scores, label_efficiency(echo, label_fractions, label_seeds, eval_splits)
 
 
-def _one_thread() -> None:
-    from threadpoolctl import threadpool_limits
-
-    threadpool_limits(1)  # this worker's BLAS / OpenMP pools, for the rest of its life
-
-
 def probe_rows(
     rows: Mapping[str, tuple[ProbeData | None, ProbeData | None]],
     eval_splits: Sequence[str] = ("VAL", "TEST"),
@@ -543,26 +538,10 @@ def probe_rows(
         label_fractions=list(label_fractions),
         label_seeds=list(label_seeds),
     )
-    names = list(rows)
-    if jobs <= 1 or len(names) <= 1:
-        results = map(probe, rows.values())
-        pool = None
-    else:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        # spawn: a forked child of a process that has run torch / OpenMP / OpenCV threads can deadlock
-        context = multiprocessing.get_context("spawn")
-        pool = ProcessPoolExecutor(min(int(jobs), len(names)), mp_context=context, initializer=_one_thread)
-        results = pool.map(probe, rows.values())
     out: dict[str, Any] = {}
-    try:
-        for name, result in zip(names, results):
-            out[name] = result
-            logger.info("probed %s", name)
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
+    for name, result in zip(rows, map_in_processes(probe, list(rows.values()), jobs)):
+        out[name] = result
+        logger.info("probed %s", name)
     return out
 
 

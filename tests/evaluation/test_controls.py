@@ -19,6 +19,7 @@ from medssl_monai.evaluation.controls import (
     oracle_features,
     std_map_features,
     train_supervised,
+    train_supervised_rows,
     write_lv_volumes,
 )
 
@@ -153,3 +154,42 @@ def test_layout_indices_hand_computed():
     np.testing.assert_array_equal(layout_indices(13, 4, 2, 3), [[0, 2, 4, 6], [3, 5, 7, 9], [6, 8, 10, 12]])
     # a video shorter than the span: one start, the last frame repeated
     np.testing.assert_array_equal(layout_indices(5, 4, 2, 2), [[0, 2, 4, 4], [0, 2, 4, 4]])
+
+
+def test_supervised_rows_in_processes_match_one_process():
+    """Two rows trained by two spawned one-thread workers: the weights, losses and order of this process at one
+    thread; the weights come back into fresh encoders that really were trained."""
+    import functools
+
+    from medssl_monai.encoders import build_encoder
+
+    make = functools.partial(  # picklable: the worker rebuilds the same random init
+        build_encoder, "tvrl", None, configs=("train.yaml", "small.yaml"), seed=0
+    )
+    gen = torch.Generator().manual_seed(0)
+    clips = torch.randint(0, 256, (12, 1, 4, 32, 32), dtype=torch.uint8, generator=gen)
+    ef = clips.float().mean(dim=(1, 2, 3, 4)).numpy()
+    abnormal = (ef < np.median(ef)).astype(int)
+    tasks = {
+        row: (make, dict(clips=clips, ef=ef, abnormal=abnormal, steps=3, batch_size=4, learning_rate=1e-2, seed=s))
+        for row, s in (("b_supervised", 1), ("a_supervised", 2))
+    }
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the workers' thread count: the same summation order
+    try:
+        serial = train_supervised_rows(tasks, jobs=1)
+    finally:
+        torch.set_num_threads(threads)
+    parallel = train_supervised_rows(tasks, jobs=2)
+    assert list(serial) == list(parallel) == list(tasks)
+    untrained = make().state_dict()
+    for row in tasks:
+        (enc, losses, seconds), (enc_p, losses_p, _) = serial[row], parallel[row]
+        assert len(losses) == 3 and losses == losses_p and seconds > 0
+        assert not enc_p.training
+        a, b = enc.state_dict(), enc_p.state_dict()
+        assert a.keys() == b.keys()
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=f"{row}: {k}")
+        assert any(not torch.equal(a[k], untrained[k]) for k in a if a[k].is_floating_point())
+    assert serial["a_supervised"][1] != serial["b_supervised"][1]  # the seed draws other batches
