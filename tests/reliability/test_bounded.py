@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 
@@ -23,6 +24,13 @@ stuck_in_parent()
 """
 
 
+def _printed_pid(message: str, label: str) -> int:
+    """The pid a hung script printed as ``label pid`` on its stdout (the processes' stderr dumps interleave)."""
+    found = re.search(rf"^{label} (\d+)$", message.split("--- stdout ---")[-1], re.M)
+    assert found, f"no '{label} <pid>' line in the output tail:\n{message}"
+    return int(found.group(1))
+
+
 def test_a_hung_run_fails_with_every_process_stack_and_leaves_no_process():
     t0 = time.monotonic()
     with pytest.raises(HungProcessError) as info:
@@ -30,7 +38,7 @@ def test_a_hung_run_fails_with_every_process_stack_and_leaves_no_process():
     assert time.monotonic() - t0 < 30
     message = str(info.value)
     assert "stuck_in_parent" in message and "stuck_in_child" in message  # the forked child's stack too
-    child = int(message.split("child ")[1].split()[0])
+    child = _printed_pid(message, "child")
     time.sleep(0.5)
     with pytest.raises(ProcessLookupError):
         os.kill(child, 0)
@@ -60,7 +68,7 @@ def test_a_hung_run_also_stops_descendants_in_sessions_of_their_own():
     assert time.monotonic() - t0 < 30, "the child kept the output pipe open"
     message = str(info.value)
     assert "stuck_in_own_session" in message  # its stack too
-    child = int(message.split("session-child ")[1].split()[0])
+    child = _printed_pid(message, "session-child")
     time.sleep(0.5)
     with pytest.raises(ProcessLookupError):
         os.kill(child, 0)
