@@ -10,6 +10,7 @@ from sklearn.metrics import r2_score, roc_auc_score
 
 from medssl_monai.evaluation.protocol import (
     CLAIM_KEYS,
+    ClippedStandardScaler,
     KNNAnomaly,
     ProbeData,
     evaluate_row,
@@ -191,7 +192,6 @@ def test_the_ridge_path_scores_every_alpha_as_grid_search_does():
     from sklearn.linear_model import Ridge
     from sklearn.model_selection import GridSearchCV, GroupKFold
     from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import StandardScaler
 
     from medssl_monai.evaluation.protocol import RIDGE_ALPHAS, fit_predict, ridge_cv_scores
 
@@ -199,10 +199,11 @@ def test_the_ridge_path_scores_every_alpha_as_grid_search_does():
     for n, d in ((120, 8), (90, 300)):  # more samples than features, and fewer
         x = rng.normal(size=(n, d)) * rng.uniform(0.1, 10.0, size=d)
         x[:, 0] = 3.0  # a constant feature: the scaler leaves it at 0
+        x[0, 4] = 1e4  # an outlier past the clip in most folds
         y = 50.0 + x[:, 1:4] @ np.array([2.0, -1.0, 0.5]) + rng.normal(scale=2.0, size=n)
         groups = np.repeat(np.arange(n // 3), 3)
         cv = GroupKFold(n_splits=5, shuffle=True, random_state=0)
-        model = Pipeline([("scale", StandardScaler()), ("m", Ridge())])
+        model = Pipeline([("scale", ClippedStandardScaler()), ("m", Ridge())])
         search = GridSearchCV(model, {"m__alpha": list(RIDGE_ALPHAS)}, scoring="r2", cv=cv).fit(x, y, groups=groups)
         np.testing.assert_allclose(
             ridge_cv_scores(x, y, groups, cv, RIDGE_ALPHAS),
@@ -213,3 +214,29 @@ def test_the_ridge_path_scores_every_alpha_as_grid_search_does():
         pred, info = fit_predict("ef", x, y, groups, x[:10], seed=0)
         assert info["params"] == search.best_params_
         np.testing.assert_allclose(pred, search.best_estimator_.predict(x[:10]), rtol=1e-9)
+
+
+def test_the_scaler_clips_at_ten_train_standard_deviations():
+    scaler = ClippedStandardScaler().fit(np.array([[0.0], [2.0]]))  # mean 1, std 1
+    np.testing.assert_array_equal(scaler.transform(np.array([[1.0], [3.0], [100.0], [-50.0]]))[:, 0], [0, 2, 10, -10])
+
+
+def test_a_nearly_constant_feature_cannot_blow_up_the_ef_probe():
+    """A unit that is almost silent on the probe's TRAIN videos and active on an evaluation video (seen in UCL's
+    25 % label subsets: predictions of EF 308 %) moves a prediction by at most the clip."""
+    from sklearn.linear_model import Ridge
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(0)
+    n, m, d = 150, 60, 20
+    x = rng.normal(size=(n + m, d))
+    y = 55.0 + 8.0 * x[:, 1] + rng.normal(scale=1.0, size=n + m)
+    x[:n, 0] = rng.normal(scale=1e-6, size=n)  # nearly silent on the TRAIN videos
+    x[n:, 0] = 1.0  # active on every evaluation video: about 1e6 TRAIN std
+    groups = np.arange(n)
+    pred, info = fit_predict("ef", x[:n], y[:n], groups, x[n:], seed=0)
+    assert r2_score(y[n:], pred) > 0.8 and 20 < pred.min() and pred.max() < 90
+    # the same probe with an unclipped scaler (and the alpha chosen above) is thrown off by that one unit
+    plain = Pipeline([("scale", StandardScaler()), ("m", Ridge(alpha=info["params"]["m__alpha"]))]).fit(x[:n], y[:n])
+    assert np.abs(plain.predict(x[n:]) - 55.0).max() > 1000
