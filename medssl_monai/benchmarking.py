@@ -403,7 +403,7 @@ def count_step_flops(trainer: Any, batch: Any) -> float:
 
 #: source files whose host reads are of host tensors by design, so no sync on a GPU either: the device
 #: augmentation's draws (made on the host) and MONAI DiceLoss's reduction axes (``torch.arange(...).tolist()``)
-HOST_SIDE_SOURCES = ("medssl_monai/transforms/device.py", "monai/losses/dice.py")
+HOST_SIDE_SOURCES = ("medssl_monai/transforms/device/", "monai/losses/dice.py")
 
 
 def step_host_syncs(

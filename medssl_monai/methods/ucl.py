@@ -39,7 +39,11 @@ from medssl_monai import distributed
 from medssl_monai.engines.ssl import ema_update
 from medssl_monai.losses.ucl import UCLLoss, mixed_negative
 from medssl_monai.networks.resnet import feature_dim
-from medssl_monai.transforms.device import FrameCropDeviceAugmentation, FrameResizedCropDeviceAugmentation
+from medssl_monai.transforms.device import (
+    FrameCropDeviceAugmentation,
+    FrameResizedCropDeviceAugmentation,
+    device_constant,
+)
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -64,8 +68,9 @@ def normalize_frames(
 ) -> torch.Tensor:
     """``(x / 255 - mean) / std`` over the channel axis ``-3`` of ``[...] x C x H x W`` frames (uint8 or 0..255)."""
     c = x.shape[-3]
-    m = torch.as_tensor(mean[:c], dtype=torch.float32, device=x.device).view(c, 1, 1)
-    s = torch.as_tensor(std[:c], dtype=torch.float32, device=x.device).view(c, 1, 1)
+    # cached on the device: a copy of the constants in every step would synchronise it
+    m = device_constant(tuple(float(v) for v in mean[:c]), (c, 1, 1), torch.float32, x.device)
+    s = device_constant(tuple(float(v) for v in std[:c]), (c, 1, 1), torch.float32, x.device)
     return (x.float() / 255.0 - m) / s
 
 

@@ -24,6 +24,7 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, RandomizableTransform
 
 from medssl_monai.opencv import import_cv2
+from medssl_monai.transforms.device.common import device_constant
 
 __all__ = [
     "ECHONET_MEAN",
@@ -74,11 +75,12 @@ def normalize_clip(
             raise ValueError(f"{name} has {t.size} values but the clip has {c} channels")
     if (std_np <= 0).any():
         raise ValueError(f"std must be positive, got {std_np.tolist()}")
-    mean_t, std_t = torch.from_numpy(mean_np), torch.from_numpy(std_np)
-    # one fused multiply-add on the device: x * (scale / std) + (-mean / std), constants folded in float64
-    a = (scale / std_t).to(dtype=dtype, device=x.device).expand(c).reshape(c, 1, 1, 1)
-    b = (-mean_t / std_t).to(dtype=dtype, device=x.device).expand(c).reshape(c, 1, 1, 1)
-    return torch.addcmul(b, x.to(dtype), a)
+    # one fused multiply-add on the device: x * (scale / std) + (-mean / std), constants folded in float64 and
+    # kept on the device (a copy per call would synchronise the step)
+    a = np.broadcast_to(scale / std_np, (c,))
+    b = np.broadcast_to(-mean_np / std_np, (c,))
+    a_t, b_t = (device_constant(tuple(v.tolist()), (c, 1, 1, 1), dtype, x.device) for v in (a, b))
+    return torch.addcmul(b_t, x.to(dtype), a_t)
 
 
 class NormalizeClipd(MapTransform):

@@ -27,7 +27,7 @@ SCRIPT = textwrap.dedent(
 
     path = sys.argv[1]  # written by the test: this process runs no OpenCV before the call under test
     if sys.argv[2] == "device_clahe":  # what the trainer's first augmented batch runs in the parent
-        from medssl_monai.transforms.device import _grey_lab_tables
+        from medssl_monai.transforms.device.clahe import _grey_lab_tables
 
         _grey_lab_tables()
     else:  # a user's (or a test's) own OpenCV call on a large image, before the library is asked for cv2

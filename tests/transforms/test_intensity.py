@@ -18,6 +18,8 @@ from medssl_monai.transforms.intensity import (
     color_jitter_frames,
     normalize_clip,
 )
+from medssl_monai.methods.ucl import normalize_frames
+from medssl_monai.transforms.device import device_constant
 
 
 def _identical_frames_clip(t: int = 5, h: int = 16, w: int = 16, seed: int = 0) -> torch.Tensor:
@@ -60,6 +62,31 @@ def test_normalize_clip_scales_and_errors():
         normalize_clip(torch.zeros(1, 2, 2, 2, dtype=torch.uint8))
     with pytest.raises(ValueError, match="C x T x H x W"):
         normalize_clip(torch.zeros(2, 2, 2))
+
+
+def test_normalisation_constants_are_built_once_per_device_and_dtype():
+    """The constants stay on the device (a host copy in every step would synchronise a CUDA step): the second
+    call reuses them, including when the first call ran under inference mode and the next one needs autograd."""
+    device_constant.cache_clear()
+    x = torch.randint(0, 256, (2, 3, 2, 4, 4), dtype=torch.uint8)
+    with torch.inference_mode():  # e.g. a validation pass before the first training step
+        normalize_clip(x)
+        normalize_frames(x.transpose(1, 2))
+    built = device_constant.cache_info().misses
+    assert built == 4  # scale/std and -mean/std; UCL's mean and std
+    xf = x.float().requires_grad_()
+    y = normalize_clip(xf)  # saves the cached scale for backward: it must not be an inference tensor
+    y.sum().backward()
+    frames = normalize_frames(x.transpose(1, 2))
+    assert device_constant.cache_info().misses == built
+    mean, std = (torch.tensor(v, dtype=torch.float64).reshape(3, 1, 1, 1) for v in (ECHONET_MEAN, ECHONET_STD))
+    assert torch.allclose(y.detach().double(), (x.double() / 255 - mean) / std, rtol=0, atol=1e-5)
+    assert torch.allclose(xf.grad.double(), (1 / (255 * std)).expand_as(xf), rtol=1e-6, atol=0)
+    imagenet = normalize_frames(torch.full((1, 3, 1, 1), 255, dtype=torch.uint8))
+    assert imagenet.flatten().tolist() == pytest.approx([(1 - 0.485) / 0.229, (1 - 0.456) / 0.224, (1 - 0.406) / 0.225])
+    assert frames.shape == (2, 2, 3, 4, 4)
+    normalize_clip(x, dtype=torch.float16)  # another dtype: its own constants
+    assert device_constant.cache_info().misses == built + 2
 
 
 def test_normalize_clipd():
