@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+from medssl_monai.methods.ucl import normalize_frames
+from medssl_monai.transforms.device import device_constant
 from medssl_monai.transforms.intensity import (
     ECHONET_MEAN,
     ECHONET_STD,
@@ -18,8 +20,6 @@ from medssl_monai.transforms.intensity import (
     color_jitter_frames,
     normalize_clip,
 )
-from medssl_monai.methods.ucl import normalize_frames
-from medssl_monai.transforms.device import device_constant
 
 
 def _identical_frames_clip(t: int = 5, h: int = 16, w: int = 16, seed: int = 0) -> torch.Tensor:
