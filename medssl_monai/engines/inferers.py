@@ -10,6 +10,7 @@ from monai.inferers import Inferer
 
 from medssl_monai.evaluation.sliding import sliding_window_video
 from medssl_monai.losses.dice import select_frames
+from medssl_monai.losses.temporal_bounds import TracedPrediction
 from medssl_monai.transforms.intensity import ECHONET_MEAN, ECHONET_STD, normalize_clip
 
 __all__ = ["TracedFrameInferer", "VideoSlidingWindowInferer"]
@@ -23,11 +24,20 @@ class TracedFrameInferer(Inferer):
     gradient because they never reach the loss.
     """
 
+    def __init__(self, keep_clip: bool = False) -> None:
+        """``keep_clip``: return a :class:`~medssl_monai.losses.temporal_bounds.TracedPrediction` (the traced slice,
+        the whole clip and the index) for a loss that also looks at the untraced frames (the bound term of
+        :class:`~medssl_monai.losses.temporal_bounds.TracedClipLoss`)."""
+        self.keep_clip = bool(keep_clip)
+
     def __call__(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, index=None, **kwargs):
         pred = network(inputs, *args, **kwargs)
         if index is None:
             return pred
-        return select_frames(pred, index)
+        traced = select_frames(pred, index)
+        if self.keep_clip:
+            return TracedPrediction(traced, pred, torch.as_tensor(index, device=pred.device))
+        return traced
 
 
 class VideoSlidingWindowInferer(Inferer):

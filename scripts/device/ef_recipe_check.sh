@@ -4,6 +4,7 @@
 # (scripts/diagnose_video_ef.py). About 5 minutes on one H100 with the defaults (240 videos, 15 epochs).
 #
 #   OUT=runs/ef_check bash scripts/device/ef_recipe_check.sh [num_videos] [epochs]
+#   BOUND_WEIGHT=0.5 OUT=... bash ...   # with the untraced-frame bound term (train.yaml's bound_weight; default 0)
 #
 # Needs the project's Python packages importable (the repository on PYTHONPATH, MONAI, Ignite, nibabel, ...).
 # Writes to $OUT: train.log and eval.log (the last lines), summary.json (Dice and EF), per_video_ef.csv,
@@ -31,7 +32,7 @@ PY
 common=(--bundle_root "$WORK/bundle" --dataset_dir "$WORK/echonet" --cache_dir "$WORK/cache")
 start=$(date +%s)
 python -m monai.bundle run --config_file "['$B/configs/train.yaml']" "${common[@]}" \
-  --epochs "$EPOCHS" --lr_milestones "[$((EPOCHS * 3 / 4)),$EPOCHS]" --num_workers 12 2>&1 | tail -n 40 > "$OUT/train.log"
+  --epochs "$EPOCHS" --lr_milestones "[$((EPOCHS * 3 / 4)),$EPOCHS]" --num_workers 12 --bound_weight "${BOUND_WEIGHT:-0}" 2>&1 | tail -n 40 > "$OUT/train.log"
 echo "training: $(( $(date +%s) - start )) s" | tee -a "$OUT/train.log"
 python -m monai.bundle run --config_file "['$B/configs/train.yaml','$B/configs/evaluate.yaml']" "${common[@]}" \
   --num_workers 12 2>&1 | tail -n 40 > "$OUT/eval.log"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks left open on the CPU, as one prepared script in parts that each fit one device call (< 10 min).
 #   part ef     (~5 min)  UniLVSeg recipe: train 15 epochs on 240 synthetic videos, evaluate, diagnose the EF bias
-#                         (scripts/device/ef_recipe_check.sh)
+#                         (scripts/device/ef_recipe_check.sh); BOUND_WEIGHT=0.5 trains with the untraced-frame bound
 #   part tests  (~2 min)  the CUDA-only tests: no host-device sync in the device augmentations and training steps,
 #                         no active loss scaler under bf16, TVRL attention without a key-padding mask
 #   part bench  (~8 min)  model steps at the recipe sizes with the reference-style anchors and per-bundle profiles

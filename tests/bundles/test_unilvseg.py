@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 from pathlib import Path
 
@@ -120,3 +121,38 @@ def test_segmentation_drops_the_last_partial_batch_as_the_reference(batch_size, 
     loader = parser.get_parsed_content("train#dataloader")
     assert n % 3 != 0  # the tiny set leaves a partial batch at batch size 3
     assert len(loader) == (n // batch_size if n >= batch_size else 1)
+
+
+def test_the_bound_term_trains_from_the_bundle(tiny_data, tmp_path):
+    """``--bound_weight`` > 0: the trainer's inferer keeps the clip, the loss adds the bound on the untraced frames
+    (a finite loss above the Dice alone on the same prediction); 0 (the default) is the paper's Dice only."""
+    from medssl_monai.losses.temporal_bounds import TracedClipLoss, TracedPrediction
+
+    seg = _copy("unilvseg_echo_lv_segmentation", tmp_path)
+    common = {
+        "dataset_dir": str(tiny_data["echonet"]),
+        "cache_dir": str(tmp_path / "cache"),
+        "epochs": 1,
+        "num_workers": 0,
+        "batch_size": 2,
+        "bundle_root": str(seg),
+    }
+    default = ConfigWorkflow(
+        config_file=[str(seg / "configs" / c) for c in ["train.yaml", "small.yaml"]],
+        workflow_type="train",
+        logging_file=False,
+        **common,
+    )
+    default.initialize()
+    assert default.parser.get_parsed_content("loss").bound_weight == 0
+    assert not default.parser.get_parsed_content("train#trainer_inferer").keep_clip
+
+    wf = _run(seg, ["train.yaml", "small.yaml"], bound_weight=0.5, **common)
+    loss = wf.parser.get_parsed_content("loss")
+    assert isinstance(loss, TracedClipLoss) and loss.bound_weight == 0.5
+    out = wf.parser.get_parsed_content("train#trainer").state.output
+    pred = out["pred"]
+    assert isinstance(pred, TracedPrediction) and pred.clip.ndim == 5
+    dice_only = float(loss.traced_loss(pred.traced, out["label"]))
+    assert math.isfinite(float(out["loss"])) and float(out["loss"]) > dice_only
+    assert (seg / "models" / "model.pt").is_file()

@@ -108,6 +108,23 @@ def test_training_step_has_no_host_sync(bundle, monkeypatch):
     assert bad == [], "\n".join(f"{s.op} at {s.where}" for s in bad)
 
 
+def test_unilvseg_step_with_the_bound_term_has_no_host_sync(monkeypatch):
+    """The untraced-frame bound (whole-clip prediction, erosion and dilation of the mask, the voxel count) adds no
+    host read to UniLVSeg's step."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    from medssl_monai.losses.temporal_bounds import TemporalBoundLoss
+
+    calls = []
+    forward = TemporalBoundLoss.forward
+    monkeypatch.setattr(TemporalBoundLoss, "forward", lambda self, *a: calls.append(1) or forward(self, *a))
+    bundle = ROOT / "bundles" / "unilvseg_echo_lv_segmentation"
+    syncs = step_host_syncs(bundle, sizes="small", device="cpu", overrides={"bound_weight": 0.5})
+    assert calls  # the bound term ran in the step
+    known = KNOWN_SYNCS.get(bundle.name, ())
+    bad = [s for s in syncs if not s.allowed and not any(k in s.where for k in known)]
+    assert bad == [], "\n".join(f"{s.op} at {s.where}" for s in bad)
+
+
 def test_ucl_pocus_training_step_has_no_host_sync(monkeypatch):
     """The POCUS preset's step (its resized crop and flip on the device) reads only its host-side draws."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
