@@ -37,6 +37,7 @@ echo "training: $(( $(date +%s) - start )) s" | tee -a "$OUT/train.log"
 python -m monai.bundle run --config_file "['$B/configs/train.yaml','$B/configs/evaluate.yaml']" "${common[@]}" \
   --num_workers 12 2>&1 | tail -n 40 > "$OUT/eval.log"
 cp "$WORK/bundle/eval/summary.json" "$WORK/bundle/eval/per_video_ef.csv" "$OUT/"
+cp "$WORK/bundle/eval/per_frame_area.csv" "$OUT/" 2>/dev/null || true
 python scripts/diagnose_video_ef.py --bundle_root "$B" --configs train.yaml \
   --model_path "$WORK/bundle/models/model.pt" --dataset_dir "$WORK/echonet" --out "$WORK/diag" | tee "$OUT/diag.md"
 cp "$WORK/diag/summary.csv" "$OUT/diag_summary.csv"

@@ -18,8 +18,11 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.csv" 2>&1 || true
 case "${1:-}" in
-  ef)
-    OUT=$OUT bash scripts/device/ef_recipe_check.sh "${2:-240}" "${3:-15}"
+  ef)  # everything in one archive (8 files come back at most); the tables on stdout
+    tag=ef_bw${BOUND_WEIGHT:-0}
+    OUT=/tmp/$tag bash scripts/device/ef_recipe_check.sh "${2:-240}" "${3:-15}"
+    cat /tmp/$tag/diag.md
+    tar -czf "$OUT/$tag.tgz" -C /tmp "$tag"
     ;;
   tests)
     python3 -m pytest -q -p no:cacheprovider -rs tests/engines/test_host_syncs.py tests/engines/test_amp.py \
