@@ -8,7 +8,7 @@
 #
 # Needs the project's Python packages importable (the repository on PYTHONPATH, MONAI, Ignite, nibabel, ...).
 # Writes to $OUT: train.log and eval.log (the last lines), summary.json (Dice and EF), per_video_ef.csv,
-# diag_summary.csv and diag_per_video.csv, and the area curves of the worst videos as one PNG montage.
+# diag_summary.csv and diag_per_video.csv, diag_cpu.md (3 videos on the CPU), and the area curves of the worst videos as one PNG montage.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-runs/ef_recipe_check}
@@ -41,6 +41,10 @@ cp "$WORK/bundle/eval/per_frame_area.csv" "$OUT/" 2>/dev/null || true
 python scripts/diagnose_video_ef.py --bundle_root "$B" --configs train.yaml \
   --model_path "$WORK/bundle/models/model.pt" --dataset_dir "$WORK/echonet" --out "$WORK/diag" | tee "$OUT/diag.md"
 cp "$WORK/diag/summary.csv" "$OUT/diag_summary.csv"
+# the same model on the CPU (3 videos, fp32): tells a CUDA-only inference problem from the model's own masks
+python scripts/diagnose_video_ef.py --bundle_root "$B" --configs train.yaml --device cpu --max_videos 3 \
+  --variants fp32 --model_path "$WORK/bundle/models/model.pt" --dataset_dir "$WORK/echonet" --out "$WORK/diag_cpu" \
+  | tee "$OUT/diag_cpu.md"
 cp "$WORK/diag/per_video.csv" "$OUT/diag_per_video.csv"
 python - "$WORK/bundle/eval/area_curves" "$OUT/area_curves.png" <<'PY'
 import sys

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU checks left open on the CPU, as one prepared script in parts that each fit one device call (< 10 min).
 #   part ef     (~5 min)  UniLVSeg recipe: train 15 epochs on 240 synthetic videos, evaluate, diagnose the EF bias
-#                         (scripts/device/ef_recipe_check.sh); BOUND_WEIGHT=0.5 trains with the untraced-frame bound
+#                         (scripts/device/ef_recipe_check.sh); BOUND_WEIGHT=0.5 trains with the untraced-frame bound,
+#                         RETURN_MODEL=1 also brings the weights back (bf16, in 15 MiB parts)
 #   part tests  (~2 min)  the CUDA-only tests: no host-device sync in the device augmentations and training steps,
 #                         no active loss scaler under bf16, TVRL attention without a key-padding mask
 #   part bench  (~8 min)  model steps at the recipe sizes with the reference-style anchors and per-bundle profiles
@@ -21,8 +22,13 @@ case "${1:-}" in
   ef)  # everything in one archive (8 files come back at most); the tables on stdout
     tag=ef_bw${BOUND_WEIGHT:-0}
     OUT=/tmp/$tag bash scripts/device/ef_recipe_check.sh "${2:-240}" "${3:-15}"
-    cat /tmp/$tag/diag.md
+    cat /tmp/$tag/diag.md /tmp/$tag/diag_cpu.md
     tar -czf "$OUT/$tag.tgz" -C /tmp "$tag"
+    if [ "${RETURN_MODEL:-0}" = 1 ]; then  # the weights in bf16, in 15 MiB parts (16 MiB a file comes back at most)
+      python3 -c "import sys, torch; from medssl_monai.bundle_tools import load_state_dict; torch.save({k: v.bfloat16() if v.is_floating_point() else v for k, v in load_state_dict(sys.argv[1]).items()}, sys.argv[2])" \
+        "${WORK:-/tmp/ef_recipe_check}/bundle/models/model.pt" /tmp/$tag/model_bf16.pt
+      split -b 15M -d /tmp/$tag/model_bf16.pt "$OUT/${tag}_model_bf16.pt.part"  # cat the parts to rebuild
+    fi
     ;;
   tests)
     python3 -m pytest -q -p no:cacheprovider -rs tests/engines/test_host_syncs.py tests/engines/test_amp.py \
