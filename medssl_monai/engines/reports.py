@@ -32,7 +32,7 @@ from ignite.engine import Engine, Events
 from medssl_monai.data.robust import BadSample, SkipCursor, attach_skipped_samples, skipped_summary
 from medssl_monai.engines.writers import StreamingCsv, sample_id
 from medssl_monai.evaluation.bootstrap import bootstrap_ci, dice_summary
-from medssl_monai.evaluation.ef import ef_from_masks
+from medssl_monai.evaluation.ef import ef_from_masks, implausible_masks
 from medssl_monai.evaluation.plots import (
     plot_area_curve,
     plot_bland_altman,
@@ -317,8 +317,10 @@ class VideoEFReport(_Report):
     Writes, besides the summary (key ``ef`` of ``summary.json``) and the Bland-Altman and scatter plots:
 
     - ``per_video_ef.csv``: per video the true and estimated EF, the error, and for every beat found its ED and ES
-      frames, areas (pixels), volumes and EF (space-separated, one entry per beat), then ``status`` (``ok``, or
-      ``skipped`` for a video that could not be read) and ``reason``; appended and flushed as each video ends;
+      frames, areas (pixels), volumes and EF (space-separated, one entry per beat), ``mask_check`` (why the masks
+      cannot be a left ventricle, :func:`~medssl_monai.evaluation.ef.implausible_masks`; empty when they can; the
+      count is ``videos_with_implausible_masks`` in the summary), then ``status`` (``ok``, or ``skipped`` for a
+      video that could not be read) and ``reason``; appended and flushed as each video ends;
     - ``per_frame_area.csv``: per video and frame the LV area of the cleaned mask, the smoothed area the frames were
       picked on, the volume, and whether the frame was taken as ED or ES;
     - ``area_curves/<video>.png`` for the ``num_curves`` videos with the largest absolute EF error: the area curve,
@@ -430,6 +432,7 @@ class VideoEFReport(_Report):
                     "edv": join(bt.edv for bt in res.beats),
                     "esv": join(bt.esv for bt in res.beats),
                     "beat_ef": join(bt.ef for bt in res.beats),
+                    "mask_check": implausible_masks(res, int(masks.shape[1] * masks.shape[2])),
                 }
             )
             t = np.arange(masks.shape[0])
@@ -490,6 +493,18 @@ class VideoEFReport(_Report):
             "videos_without_mask": int(len(df) - len(ok)),
             "videos_skipped": len(self.skipped),  # could not be read: not in the metrics
         }
+        checked = df["mask_check"].fillna("") if "mask_check" in df else pd.Series([""] * len(df))
+        self.summary["videos_with_implausible_masks"] = int((checked != "").sum())
+        if self.summary["videos_with_implausible_masks"]:
+            logger.warning(
+                "EF from masks: %d of %d videos have masks that cannot be a left ventricle (column mask_check of "
+                "%s, e.g. %s: %s); their EF is not meaningful",
+                self.summary["videos_with_implausible_masks"],
+                len(df),
+                self.output_dir / "per_video_ef.csv",
+                df.loc[checked != "", "video_id"].iloc[0],
+                checked[checked != ""].iloc[0],
+            )
         if len(ok) >= 1:
             self.summary["bias"] = float(np.mean(p - t))
         if len(ok) >= 2:
@@ -532,6 +547,7 @@ EF_COLUMNS = (
     "edv",
     "esv",
     "beat_ef",
+    "mask_check",
     "status",
     "reason",
 )
@@ -554,7 +570,8 @@ class VideoMaskWriter:
     and ``<id>_ef.json`` (EF from the masks, beats). An id that is a relative path (``a/1`` for ``a/1.avi``, see
     :func:`medssl_monai.data.inputs.inference_datalist`) writes into that subfolder, so ``a/1.avi`` and ``b/1.avi``
     do not overwrite each other. ``predictions.csv`` lists every video as it is written (appended and flushed),
-    with ``status`` ``ok``, or ``skipped`` and the ``reason`` for a video that could not be read.
+    with ``mask_check`` (why its masks cannot be a left ventricle, empty when they can; a WARNING too), and
+    ``status`` ``ok``, or ``skipped`` and the ``reason`` for a video that could not be read.
 
     Args:
         output_dir: the output folder.
@@ -563,7 +580,7 @@ class VideoMaskWriter:
         fps: overlay frame rate when the batch gives none.
     """
 
-    COLUMNS = ("video_id", "frames", "mask_pixels_mean", "ef", "beats", "status", "reason")
+    COLUMNS = ("video_id", "frames", "mask_pixels_mean", "ef", "beats", "mask_check", "status", "reason")
 
     def __init__(
         self,
@@ -641,7 +658,15 @@ class VideoMaskWriter:
             try:
                 res = ef_from_masks(masks, method=self.method, min_distance=self.min_distance)
                 area = res.area
-                row.update(ef=res.ef, beats=len(res.beats))
+                check = implausible_masks(res, int(masks.shape[1] * masks.shape[2]))
+                row.update(ef=res.ef, beats=len(res.beats), mask_check=check)
+                if check:
+                    logger.warning(
+                        "VideoMaskWriter: %s: EF %.1f%% from masks that cannot be a left ventricle: %s",
+                        vid,
+                        res.ef,
+                        check,
+                    )
                 Path(f"{stem}_ef.json").write_text(
                     json.dumps(
                         {"video_id": vid, "ef": res.ef, "method": res.method, "beats": [vars(bt) for bt in res.beats]},

@@ -42,6 +42,7 @@ __all__ = [
     "disc_volume_from_mask",
     "mask_volume",
     "ef_from_masks",
+    "implausible_masks",
 ]
 
 VolumeMethod = Literal["area_length", "discs"]
@@ -286,3 +287,34 @@ def _beat(ed: int, es: int, area: np.ndarray, volume: np.ndarray) -> Beat:
         ed_area=float(area[ed]),
         es_area=float(area[es]),
     )
+
+
+def implausible_masks(result: EFResult, frame_pixels: int, max_cover: float = 0.5, min_area_ratio: float = 0.2) -> str:
+    """Why the masks behind an EF cannot be a left ventricle ("" when nothing is wrong), for the EF reports.
+
+    Two checks that no heart passes: a mask covering more than ``max_cover`` of the frame (the LV of an apical view
+    covers about 5-25 % of it), and a beat whose ES area is under ``min_area_ratio`` of its ED area (an area-length EF
+    above about 95 %). Both are what a model that segments only frames like its traced training frames gives on the
+    others: whole-frame masks taken as ED (``unilvseg_echo_lv_segmentation/docs/README.md``, "EF at the recipe
+    settings").
+
+    Args:
+        result: :func:`ef_from_masks`'s result; ``area`` in pixels (``pixel_spacing`` 1).
+        frame_pixels: ``H * W`` of the frames.
+        max_cover, min_area_ratio: the two limits.
+    """
+    reasons = []
+    area = np.asarray(result.area, dtype=np.float64)
+    if area.size and frame_pixels > 0:
+        worst = int(np.argmax(area))
+        cover = float(area[worst]) / float(frame_pixels)
+        if cover > max_cover:
+            n = int(np.sum(area > max_cover * frame_pixels))
+            reasons.append(
+                f"the mask covers {cover:.0%} of the frame at frame {worst} ({n} of {area.size} frames over "
+                f"{max_cover:.0%})"
+            )
+    ratios = [b.es_area / b.ed_area for b in result.beats if b.ed_area > 0 and np.isfinite(b.es_area)]
+    if ratios and min(ratios) < min_area_ratio:
+        reasons.append(f"an ES area is {min(ratios):.0%} of its ED area (under {min_area_ratio:.0%})")
+    return "; ".join(reasons)

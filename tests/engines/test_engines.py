@@ -13,7 +13,7 @@ from monai.losses import DiceLoss
 from medssl_monai.engines.inferers import TracedFrameInferer, VideoSlidingWindowInferer
 from medssl_monai.engines.metrics import PooledDice
 from medssl_monai.engines.prepare import ClipPrepareBatch, MaskedClipPrepareBatch
-from medssl_monai.engines.reports import TracedFrameReport, VideoEFReport, update_json
+from medssl_monai.engines.reports import TracedFrameReport, VideoEFReport, VideoMaskWriter, update_json
 from medssl_monai.transforms.intensity import ECHONET_MEAN, ECHONET_STD
 
 
@@ -155,6 +155,46 @@ def test_video_ef_report_recovers_ef_of_a_beating_disc(tmp_path):
     # the worst videos' area curves (num_curves 8 >= 3 videos: all of them)
     assert sorted(q.name for q in (tmp_path / "area_curves").glob("*.png")) == ["v0.png", "v1.png", "v2.png"]
     assert "bias" in summary
+    assert summary["videos_with_implausible_masks"] == 0 and per_video["mask_check"].isna().all()
+
+
+def test_video_ef_report_flags_whole_frame_masks(tmp_path, caplog):
+    """The recipe model's failure: untraced frames called LV everywhere, taken as ED, so EF near 100 %. The video
+    is flagged in per_video_ef.csv and the summary, with a WARNING; a plausible video is not."""
+    import pandas as pd
+
+    bad = _beating_disc(7.0).clone()
+    bad[:, :, 5:25] = 5.0  # 20 of 60 frames: the whole 32 x 32 frame
+    report = VideoEFReport(tmp_path, n_resamples=100, min_distance=10)
+    report.reset()
+    for i, (pred, ef) in enumerate([(_beating_disc(7.0), 65.7), (_beating_disc(8.0), 48.8), (bad, 65.7)]):
+        report.iteration_completed(_engine({"pred": pred}, {"video_id": [f"v{i}"], "ef": torch.tensor([ef])}))
+    with caplog.at_level("WARNING"):
+        report.completed(None)
+    per_video = pd.read_csv(tmp_path / "per_video_ef.csv").set_index("video_id")
+    assert per_video.loc[["v0", "v1"], "mask_check"].isna().all()
+    assert per_video.loc["v2", "mask_check"].startswith("the mask covers 100% of the frame at frame 5 (20 of 60")
+    assert "an ES area is" in per_video.loc["v2", "mask_check"]  # ~150 px ES against a 1,024 px 'ED'
+    assert per_video.loc["v2", "ef_pred"] > 90
+    assert json.loads((tmp_path / "summary.json").read_text())["ef"]["videos_with_implausible_masks"] == 1
+    assert "1 of 3 videos have masks that cannot be a left ventricle" in caplog.text and "e.g. v2:" in caplog.text
+
+
+def test_video_mask_writer_flags_whole_frame_masks(tmp_path, caplog):
+    import pandas as pd
+
+    bad = _beating_disc(7.0).clone()
+    bad[:, :, 5:25] = 5.0
+    writer = VideoMaskWriter(tmp_path, write_video=False, min_distance=10)
+    image = torch.zeros(1, 1, 60, 32, 32, dtype=torch.uint8)
+    with caplog.at_level("WARNING"):
+        for vid, pred in (("ok", _beating_disc(7.0)), ("bad", bad)):
+            writer.iteration_completed(_engine({"pred": pred}, {"video_id": [vid], "image": image}))
+        writer.completed(None)
+    rows = pd.read_csv(tmp_path / "predictions.csv").set_index("video_id")
+    assert pd.isna(rows.loc["ok", "mask_check"])
+    assert rows.loc["bad", "mask_check"].startswith("the mask covers 100% of the frame")
+    assert "bad: EF" in caplog.text and "cannot be a left ventricle" in caplog.text and "ok: EF" not in caplog.text
 
 
 def test_update_json_merges(tmp_path):

@@ -9,6 +9,7 @@ from medssl_monai.evaluation.ef import (
     clean_lv_masks,
     disc_volume_from_mask,
     ef_from_masks,
+    implausible_masks,
     long_axis,
     mask_area,
     mask_volume,
@@ -129,3 +130,20 @@ def test_beats_carry_areas() -> None:
         assert b.ed_area == res.area[b.ed_frame] == masks[b.ed_frame].sum()
         assert b.es_area == res.area[b.es_frame] == masks[b.es_frame].sum()
     assert res.curve is not None and res.curve.shape == res.area.shape
+
+
+def test_implausible_masks_names_whole_frame_masks_and_impossible_beats() -> None:
+    t = np.arange(100)
+    phase = (1 + np.cos(2 * np.pi * t / 40)) / 2
+    beating = np.stack([_ellipse(32 + 8 * p, 14 + 6 * p) for p in phase])  # EF 61, up to 20 % of the frame
+    assert implausible_masks(ef_from_masks(beating), SIZE * SIZE) == ""
+    broken = beating.copy()
+    broken[[10, 11, 50]] = True  # three whole frames
+    msg = implausible_masks(ef_from_masks(broken), SIZE * SIZE)
+    assert msg.startswith("the mask covers 100% of the frame at frame 10 (3 of 100 frames over 50%)")
+    tiny = np.stack([_ellipse(32 + 8 * p, 14 + 6 * p) if p > 0.1 else _ellipse(8, 4) for p in phase])
+    res = ef_from_masks(tiny)
+    ratio = min(b.es_area / b.ed_area for b in res.beats)
+    assert ratio < 0.2
+    assert implausible_masks(res, SIZE * SIZE) == f"an ES area is {ratio:.0%} of its ED area (under 20%)"
+    assert implausible_masks(res, SIZE * SIZE, min_area_ratio=0.01) == ""
